@@ -1,0 +1,177 @@
+//! The `jetweave` command line (clap): process commands (`node`,
+//! `coordinator`, `sidecar`, `up`) and operator commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{secs, whole_secs, NodeConfig};
+use crate::connect::NatsOptions;
+use crate::error::Error;
+
+/// jetweave: a NATS-native work fabric.
+#[derive(Debug, Parser)]
+#[command(name = "jetweave", version, about, long_about = None)]
+pub struct Cli {
+    /// Connection and naming options shared by every command.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, global = true, env = "NATS_URL", default_value = crate::connect::DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// NATS user (with --password).
+    #[arg(long, global = true, env = "NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(long, global = true, env = "NATS_PASSWORD")]
+    pub password: Option<String>,
+    /// NATS token.
+    #[arg(long, global = true, env = "NATS_TOKEN")]
+    pub token: Option<String>,
+    /// CA certificate for TLS.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for TLS.
+    #[arg(long, global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key for TLS.
+    #[arg(long, global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS.
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// Subject prefix: every subject, stream and bucket name derives from it.
+    #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = crate::subjects::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// How long to keep trying to reach NATS at start (seconds).
+    #[arg(long, global = true, default_value = "10")]
+    pub connect_wait: f64,
+}
+
+impl Global {
+    /// The NATS options these flags describe.
+    pub fn nats(&self) -> Result<NatsOptions, Error> {
+        Ok(NatsOptions {
+            url: self.nats_url.clone(),
+            creds: self.creds.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls,
+            connect_wait: secs("--connect-wait", self.connect_wait)?,
+        })
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker node.
+    ///
+    /// Example: jetweave node --node-id n1 --queues default,gpu --concurrency 8
+    Node(NodeArgs),
+}
+
+/// `jetweave node` flags (each overrides the config file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NodeArgs {
+    /// Node id ([A-Za-z0-9_-]{1,64}).
+    #[arg(long, env = "JETWEAVE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// worker, supervisor or hybrid.
+    #[arg(long, env = "JETWEAVE_ROLE")]
+    pub role: Option<String>,
+    /// Queues to serve, comma separated.
+    #[arg(long, env = "JETWEAVE_QUEUES", value_delimiter = ',')]
+    pub queues: Option<Vec<String>>,
+    /// Capabilities offered to runs, comma separated.
+    #[arg(long, env = "JETWEAVE_CAPABILITIES", value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// Task slots.
+    #[arg(long, env = "JETWEAVE_CONCURRENCY")]
+    pub concurrency: Option<u32>,
+    /// Heartbeat period in seconds.
+    #[arg(long, env = "JETWEAVE_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<f64>,
+    /// Discovery entry TTL in whole seconds.
+    #[arg(long, env = "JETWEAVE_NODE_TTL")]
+    pub node_ttl: Option<f64>,
+    /// Ack wait of the task consumers in whole seconds (a dead node's task
+    /// is redelivered after it).
+    #[arg(long, env = "JETWEAVE_ACK_WAIT")]
+    pub ack_wait: Option<f64>,
+    /// URL of this node's HTTP sidecar, advertised in discovery.
+    #[arg(long, env = "JETWEAVE_URL")]
+    pub url: Option<String>,
+    /// TOML config file.
+    #[arg(long, env = "JETWEAVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Upper bound on waiting for in-flight work at SIGTERM (seconds).
+    #[arg(long, default_value = "30")]
+    pub shutdown_deadline: f64,
+}
+
+impl NodeArgs {
+    /// The config file (if any) with these flags on top.
+    pub fn to_config(&self, prefix: &str) -> Result<NodeConfig, Error> {
+        let mut c = match &self.config {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::new(""),
+        };
+        c.prefix = prefix.to_string();
+        if let Some(v) = &self.node_id {
+            c.node_id = v.clone();
+        }
+        if c.node_id.is_empty() {
+            return Err(Error::Config(
+                "--node-id is required (or node_id in the config file)".into(),
+            ));
+        }
+        if let Some(v) = &self.role {
+            c.role = v.parse()?;
+        }
+        if let Some(v) = &self.queues {
+            c.queues = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = &self.capabilities {
+            c.capabilities = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        if let Some(v) = self.concurrency {
+            c.concurrency = v;
+        }
+        if let Some(v) = self.heartbeat_interval {
+            c.heartbeat_interval = secs("--heartbeat-interval", v)?;
+        }
+        if let Some(v) = self.node_ttl {
+            c.node_ttl = whole_secs("--node-ttl", v)?;
+        }
+        if let Some(v) = self.ack_wait {
+            c.ack_wait = whole_secs("--ack-wait", v)?;
+        }
+        if let Some(v) = &self.url {
+            c.url = Some(v.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The shutdown deadline.
+    pub fn deadline(&self) -> Result<Duration, Error> {
+        secs("--shutdown-deadline", self.shutdown_deadline)
+    }
+}

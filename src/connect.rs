@@ -1,0 +1,120 @@
+//! Connecting to NATS: URL and credentials, and a bounded wait for a server
+//! that is not up yet.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// Default NATS URL.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// How to reach NATS (contract: "Processes and flags").
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Credentials file.
+    pub creds: Option<PathBuf>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Token.
+    pub token: Option<String>,
+    /// CA certificate to trust.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key.
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS.
+    pub tls_required: bool,
+    /// How long to keep trying the first connection.
+    pub connect_wait: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: DEFAULT_NATS_URL.to_string(),
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            connect_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NatsOptions {
+    /// Options for `url` with everything else default.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsOptions {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, Error> {
+        let mut o = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(10)));
+        if let Some(c) = &self.creds {
+            o = o
+                .credentials_file(c)
+                .await
+                .map_err(|e| Error::Config(format!("credentials file {}: {e}", c.display())))?;
+        }
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            o = o.add_root_certificates(ca.clone());
+        }
+        if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+            o = o.add_client_certificate(c.clone(), k.clone());
+        }
+        if self.tls_required {
+            o = o.require_tls(true);
+        }
+        Ok(o)
+    }
+
+    /// Connects, retrying with backoff for up to `connect_wait` while saying
+    /// what it waits for; then fails with a one-line error. Once connected,
+    /// the client reconnects on its own.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+        let deadline = Instant::now() + self.connect_wait;
+        let mut delay = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            let opts = self.options(name).await?;
+            match opts.connect(self.url.as_str()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    if Instant::now() + delay > deadline {
+                        return Err(Error::Nats(format!(
+                            "cannot reach NATS at {} after {:?}: {e}",
+                            self.url, self.connect_wait
+                        )));
+                    }
+                    if !warned {
+                        tracing::warn!(url = %self.url, error = %e, "waiting for NATS");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! # jetweave — a NATS-native work fabric
+//!
+//! Nodes start against a NATS cluster; everything between them flows over
+//! NATS subjects and JetStream. The wire contract is `subjects.md`.
+//!
+//! ## The parts
+//! - [`subjects`] builds every subject, stream, bucket and store name from
+//!   the prefix; [`protocol`] holds every JSON payload.
+//! - [`discovery`]: each node keeps a NodeInfo with a per-key TTL in the
+//!   `P-nodes` KV bucket; watchers see joins, and see a purge when a
+//!   crashed node's TTL runs out. [`discovery::ClusterView`] is the live
+//!   copy nodes and coordinators read.
+//! - [`node`]: heartbeats (`P.node.<id>.heartbeat`), the `weave-node`
+//!   micro service answering control (`P.ctl.<id>.<verb>`, `P.ctl.all.*`)
+//!   and event injection (`P.event.<id>.<process>`) into [`process`]es, and
+//!   graceful shutdown (drain → wait → unregister).
+//! - [`queue`]: the task work queues. A task published on
+//!   `P.tasks.<queue>.<priority>` lands in the `P_TASKS` work-queue stream;
+//!   a node with a free slot pulls it (highest priority first), runs its
+//!   [`handler`] with progress acks, and writes one terminal TaskResult to
+//!   `P_RESULTS` (`P.results.<task_id>`); failures are NAKed with backoff
+//!   and finally dead-lettered to `P_DLQ`.
+//! - [`checkpoint`]: handler state in the `P-checkpoints` object store.
+//! - [`client`]: the library API for submitters (submit, wait, get,
+//!   cancel) over the `weave-api` micro service.
+//! - [`shutdown`]: the one shutdown signal every task listens to.
+//!
+//! ## A task's path
+//! ```text
+//! submitter ──publish──▶ P.tasks.default.normal ──▶ P_TASKS (work queue)
+//!                                                        │ fetch (free slots only)
+//!                                   node dispatcher ◀────┘
+//!                                        │ handler(ctx, payload), progress acks
+//!                                        ▼
+//!        P.results.<id> ◀── one terminal result ──┘ then ack (or NAK+backoff / DLQ)
+//! ```
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod discovery;
+pub mod error;
+pub mod handler;
+pub mod node;
+mod process;
+pub mod protocol;
+pub mod queue;
+pub mod shutdown;
+pub mod subjects;
+
+pub use config::NodeConfig;
+pub use connect::NatsOptions;
+pub use error::{Error, ErrorCode};
+pub use node::{Node, NodeHandle};
+pub use shutdown::Shutdown;

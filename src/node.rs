@@ -1,0 +1,718 @@
+//! The worker node: joins discovery, heartbeats, obeys control, hosts
+//! processes, and runs tasks from its queues.
+//!
+//! [`Node::start`] spawns these parts, all stopped by one [`Shutdown`]:
+//! - the *heartbeat* loop: publishes a [`Heartbeat`] and refreshes the
+//!   node's KV entry (with TTL) every interval, and at once on a health
+//!   change;
+//! - the `weave-node` micro service with three endpoints: `control`
+//!   (`P.ctl.<id>.>`), `broadcast` (`P.ctl.all.*`, its own queue group so
+//!   every node answers) and `events` (`P.event.<id>.*`);
+//! - one dispatcher per queue (see [`crate::queue`]) and the cancel watch;
+//! - the *lifecycle* task, which on `shutdown` (verb, signal or
+//!   [`NodeHandle::shutdown`]) drains, waits for in-flight work up to a
+//!   deadline, deletes the KV entry and stops everything.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::checkpoint::Checkpoints;
+use crate::config::NodeConfig;
+use crate::discovery::{ClusterView, KvDiscovery};
+use crate::error::{Error, ErrorCode};
+use crate::handler::{Handlers, TaskContext};
+use crate::process::Processes;
+use crate::protocol::{
+    now_rfc3339, parse_object, AuditEvent, ErrorReply, EventInjected, EventOutcome, EventRequest,
+    Health, Heartbeat, NodeInfo,
+};
+use crate::shutdown::Shutdown;
+use crate::subjects::{Subjects, NODE_SERVICE};
+
+/// Default bound on waiting for in-flight work at shutdown.
+pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a running task's token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// A user asked: the task ends `cancelled`.
+    User,
+    /// The attempt ran out of time.
+    Timeout,
+    /// The node is stopping: the task goes back to the queue.
+    Shutdown,
+}
+
+/// A task running on this node.
+pub(crate) struct Running {
+    pub queue: String,
+    pub cancel: CancellationToken,
+    pub reason: Arc<Mutex<Option<CancelReason>>>,
+    pub started_at: String,
+}
+
+/// State shared by every part of a node.
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub subjects: Subjects,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub discovery: KvDiscovery,
+    pub view: ClusterView,
+    pub handlers: Handlers,
+    pub checkpoints: Option<Checkpoints>,
+    pub health: watch::Sender<Health>,
+    pub active: AtomicU32,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub running: Mutex<HashMap<String, Running>>,
+    pub cancelled: Mutex<HashSet<String>>,
+    pub processes: Processes,
+    pub started_at: String,
+    /// Stops every loop of the node (the last step of shutdown).
+    pub shutdown: Shutdown,
+    /// Asks for a graceful shutdown; the lifecycle task carries it out.
+    pub stop_requested: Shutdown,
+    pub stop_deadline: Mutex<Duration>,
+    /// In-flight tasks, events and shards.
+    pub work: TaskTracker,
+    /// Wakes the heartbeat loop for an immediate refresh.
+    pub refresh: Notify,
+    pub results: jetstream::stream::Stream,
+    /// Task slots shared by the node's queues.
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    pub fn health(&self) -> Health {
+        *self.health.borrow()
+    }
+
+    pub fn set_health(&self, h: Health) -> bool {
+        let changed = self.health.send_if_modified(|cur| {
+            if *cur != h {
+                *cur = h;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            self.refresh.notify_one();
+        }
+        changed
+    }
+
+    fn running_by_queue(&self) -> Map<String, Value> {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        if let Ok(r) = self.running.lock() {
+            for t in r.values() {
+                *m.entry(t.queue.clone()).or_default() += 1;
+            }
+        }
+        m.into_iter().map(|(k, v)| (k, json!(v))).collect()
+    }
+
+    pub fn node_info(&self) -> NodeInfo {
+        let mut metadata: Map<String, Value> = self
+            .cfg
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        metadata.insert("handlers".into(), json!(self.handlers.types()));
+        metadata.insert(
+            "running_by_queue".into(),
+            Value::Object(self.running_by_queue()),
+        );
+        metadata.insert("processes".into(), json!(self.processes.running_count()));
+        NodeInfo {
+            node_id: self.cfg.node_id.clone(),
+            role: self.cfg.role,
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            url: self.cfg.normalized_url(),
+            queues: self.cfg.queues.clone(),
+            capabilities: self.cfg.capabilities.clone(),
+            max_concurrency: self.cfg.concurrency,
+            health: self.health(),
+            active_tasks: self.active.load(Ordering::Relaxed),
+            started_at: self.started_at.clone(),
+            last_heartbeat_at: now_rfc3339(),
+            metadata,
+        }
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        let mut metadata = Map::new();
+        metadata.insert(
+            "running_by_queue".into(),
+            Value::Object(self.running_by_queue()),
+        );
+        Heartbeat {
+            node_id: self.cfg.node_id.clone(),
+            health: self.health(),
+            active_tasks: self.active.load(Ordering::Relaxed),
+            max_concurrency: self.cfg.concurrency,
+            queues: self.cfg.queues.clone(),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            last_heartbeat_at: now_rfc3339(),
+            metadata,
+        }
+    }
+
+    /// Publishes an audit event to `P.events.<kind>` (stream `P_EVENTS`).
+    pub async fn audit(&self, kind: &str, details: Value) {
+        publish_audit(
+            &self.js,
+            &self.subjects,
+            kind,
+            Some(&self.cfg.node_id),
+            None,
+            details,
+        )
+        .await
+    }
+
+    fn ctl_ok(&self, mut extra: Map<String, Value>) -> Value {
+        extra.insert("ok".into(), json!(true));
+        extra.insert("node_id".into(), json!(self.cfg.node_id));
+        extra.insert("health".into(), json!(self.health()));
+        Value::Object(extra)
+    }
+}
+
+/// Publishes an audit event (best effort: logged, never fatal).
+pub(crate) async fn publish_audit(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: &str,
+    node_id: Option<&str>,
+    run_id: Option<&str>,
+    details: Value,
+) {
+    let ev = AuditEvent {
+        kind: kind.to_string(),
+        at: now_rfc3339(),
+        node_id: node_id.map(str::to_string),
+        run_id: run_id.map(str::to_string),
+        details,
+    };
+    let Ok(body) = serde_json::to_vec(&ev) else {
+        return;
+    };
+    match js.publish(subjects.audit(kind), body.into()).await {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                tracing::warn!(kind, error = %e, "audit event not stored");
+            }
+        }
+        Err(e) => tracing::warn!(kind, error = %e, "audit event not published"),
+    }
+}
+
+pub(crate) fn error_body(e: &Error) -> Bytes {
+    serde_json::to_vec(&ErrorReply::from(e))
+        .unwrap_or_default()
+        .into()
+}
+
+pub(crate) fn json_body(v: &impl serde::Serialize) -> Bytes {
+    serde_json::to_vec(v).unwrap_or_default().into()
+}
+
+/// A node, before it starts: its config and its handlers.
+pub struct Node {
+    config: NodeConfig,
+    handlers: Handlers,
+    replicas: usize,
+}
+
+impl Node {
+    /// A node with the built-in handlers and the config file's external
+    /// handlers.
+    pub fn new(config: NodeConfig) -> Self {
+        let mut handlers = Handlers::builtin();
+        handlers.register_specs(&config.handlers);
+        Node {
+            config,
+            handlers,
+            replicas: 1,
+        }
+    }
+
+    /// Registers a Rust handler for `task_type`.
+    pub fn handler<F, Fut>(&mut self, task_type: &str, f: F) -> &mut Self
+    where
+        F: Fn(TaskContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::handler::HandlerResult> + Send + 'static,
+    {
+        self.handlers.register(task_type, f);
+        self
+    }
+
+    /// Replicas for the JetStream resources it creates (cluster: 3).
+    pub fn replicas(&mut self, n: usize) -> &mut Self {
+        self.replicas = n.max(1);
+        self
+    }
+
+    /// Joins the cluster and starts every part. Returns once the node is
+    /// registered, its endpoints answer and its queues are consumed.
+    pub async fn start(
+        self,
+        client: async_nats::Client,
+        shutdown: Shutdown,
+    ) -> Result<NodeHandle, Error> {
+        self.config.validate()?;
+        let cfg = self.config;
+        let subjects = Subjects::new(&cfg.prefix)?;
+        let js = jetstream::new(client.clone());
+        crate::queue::ensure_streams(&js, &subjects, self.replicas).await?;
+        let results = js
+            .get_stream(subjects.results_stream())
+            .await
+            .map_err(Error::nats)?;
+        let discovery =
+            KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, self.replicas).await?;
+        let node_shutdown = shutdown.child();
+        let view = ClusterView::start(&discovery, node_shutdown.clone()).await?;
+        let checkpoints = Checkpoints::open(
+            client.clone(),
+            &subjects,
+            cfg.checkpoints_keep,
+            self.replicas,
+        )
+        .await?;
+        let (health, _) = watch::channel(Health::Healthy);
+        let processes = Processes::new(&cfg.processes, &self.handlers, node_shutdown.clone());
+        let shared = Arc::new(Shared {
+            subjects,
+            client: client.clone(),
+            js,
+            discovery,
+            view,
+            handlers: self.handlers,
+            checkpoints: Some(checkpoints),
+            health,
+            active: AtomicU32::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            running: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(HashSet::new()),
+            processes,
+            started_at: now_rfc3339(),
+            shutdown: node_shutdown.clone(),
+            stop_requested: Shutdown::new(),
+            stop_deadline: Mutex::new(DEFAULT_SHUTDOWN_DEADLINE),
+            work: TaskTracker::new(),
+            refresh: Notify::new(),
+            results,
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
+            cfg,
+        });
+
+        // Register first, so anyone we answer can also find us.
+        shared.discovery.put_info(&shared.node_info()).await?;
+        start_service(&shared).await?;
+        crate::queue::start_cancel_watch(&shared).await?;
+        for q in shared.cfg.queues.clone() {
+            crate::queue::start_dispatcher(&shared, &q).await?;
+        }
+        tokio::spawn(heartbeat_loop(shared.clone()));
+        client.flush().await.map_err(Error::nats)?;
+        shared
+            .audit(
+                "node.joined",
+                json!({"role": shared.cfg.role, "queues": shared.cfg.queues}),
+            )
+            .await;
+        let (done_tx, done_rx) = watch::channel(false);
+        tokio::spawn(lifecycle(shared.clone(), shutdown, done_tx));
+        tracing::info!(node_id = %shared.cfg.node_id, "node started");
+        Ok(NodeHandle {
+            shared,
+            done: done_rx,
+        })
+    }
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    done: watch::Receiver<bool>,
+}
+
+impl NodeHandle {
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.cfg.node_id
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// Stops taking new work (within 1 s); running work finishes.
+    pub async fn drain(&self) {
+        drain(&self.shared).await
+    }
+
+    /// Takes new work again.
+    pub async fn resume(&self) {
+        resume(&self.shared).await
+    }
+
+    /// Graceful shutdown: drain, wait for in-flight work up to `deadline`,
+    /// delete the discovery entry, stop. Returns when it is done.
+    pub async fn shutdown(&self, deadline: Duration) {
+        request_stop(&self.shared, deadline);
+        self.wait().await
+    }
+
+    /// Resolves when the node has stopped.
+    pub async fn wait(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+async fn drain(s: &Shared) {
+    if s.set_health(Health::Draining) {
+        s.audit("node.draining", json!({})).await;
+    }
+}
+
+async fn resume(s: &Shared) {
+    if s.set_health(Health::Healthy) {
+        s.audit("node.resumed", json!({})).await;
+    }
+}
+
+fn request_stop(s: &Shared, deadline: Duration) {
+    if let Ok(mut d) = s.stop_deadline.lock() {
+        *d = deadline;
+    }
+    s.stop_requested.trigger();
+}
+
+/// Waits for a stop request (or the outer shutdown), then stops gracefully.
+async fn lifecycle(s: Arc<Shared>, outer: Shutdown, done: watch::Sender<bool>) {
+    tokio::select! {
+        _ = s.stop_requested.wait() => {}
+        _ = outer.wait() => {}
+    }
+    let deadline = s
+        .stop_deadline
+        .lock()
+        .map(|d| *d)
+        .unwrap_or(DEFAULT_SHUTDOWN_DEADLINE);
+    tracing::info!(node_id = %s.cfg.node_id, ?deadline, "shutting down: draining");
+    drain(&s).await;
+    s.work.close();
+    if tokio::time::timeout(deadline, s.work.wait()).await.is_err() {
+        tracing::warn!("shutdown deadline passed; returning unfinished tasks to the queue");
+        if let Ok(r) = s.running.lock() {
+            for t in r.values() {
+                if let Ok(mut reason) = t.reason.lock() {
+                    reason.get_or_insert(CancelReason::Shutdown);
+                }
+                t.cancel.cancel();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.work.wait()).await;
+    }
+    // Stop heartbeats before deleting the entry so it is not re-created.
+    s.shutdown.trigger();
+    if let Err(e) = s.discovery.delete(&s.cfg.node_id).await {
+        tracing::warn!(error = %e, "could not delete discovery entry");
+    }
+    s.audit("node.left", json!({"reason": "shutdown"})).await;
+    let _ = s.client.flush().await;
+    tracing::info!(node_id = %s.cfg.node_id, "node stopped");
+    let _ = done.send(true);
+}
+
+async fn heartbeat_loop(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(s.cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = s.shutdown.wait() => break,
+            _ = tick.tick() => {}
+            _ = s.refresh.notified() => {}
+        }
+        if s.shutdown.is_triggered() {
+            break;
+        }
+        let hb = json_body(&s.heartbeat());
+        if let Err(e) = s
+            .client
+            .publish(s.subjects.heartbeat(&s.cfg.node_id), hb)
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat not published");
+        }
+        if let Err(e) = s.discovery.put_info(&s.node_info()).await {
+            tracing::warn!(error = %e, "discovery entry not refreshed");
+        }
+    }
+}
+
+/// Registers the `weave-node` micro service and serves its endpoints.
+async fn start_service(s: &Arc<Shared>) -> Result<(), Error> {
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("node_id".to_string(), s.cfg.node_id.clone());
+    let service = s
+        .client
+        .service_builder()
+        .description("jetweave node: control, processes and event injection")
+        .metadata(meta)
+        .start(NODE_SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| Error::nats(format!("cannot start {NODE_SERVICE} service: {e}")))?;
+    let control = service
+        .endpoint_builder()
+        .name("control")
+        .add(s.subjects.ctl_node_wildcard(&s.cfg.node_id))
+        .await
+        .map_err(Error::nats)?;
+    let broadcast = service
+        .endpoint_builder()
+        .name("broadcast")
+        .queue_group(format!("node-{}", s.cfg.node_id))
+        .add(s.subjects.ctl_all_wildcard())
+        .await
+        .map_err(Error::nats)?;
+    let events = service
+        .endpoint_builder()
+        .name("events")
+        .add(s.subjects.event_node_wildcard(&s.cfg.node_id))
+        .await
+        .map_err(Error::nats)?;
+    let endpoints = futures::stream::select_all([control, broadcast, events]);
+    let s = s.clone();
+    tokio::spawn(async move {
+        let mut endpoints = endpoints;
+        loop {
+            tokio::select! {
+                _ = s.shutdown.wait() => break,
+                req = endpoints.next() => {
+                    let Some(req) = req else { break };
+                    let s = s.clone();
+                    tokio::spawn(async move { serve_request(s, req).await });
+                }
+            }
+        }
+        let _ = service.stop().await;
+    });
+    Ok(())
+}
+
+async fn serve_request(s: Arc<Shared>, req: async_nats::service::Request) {
+    let subject = req.message.subject.to_string();
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let prefix_len = s.subjects.prefix().split('.').count();
+    let rest = tokens.get(prefix_len..).unwrap_or_default();
+    let outcome = match rest {
+        ["event", _node, process] => inject_event(&s, process, &req.message.payload).await,
+        ["ctl", "all", "task_lookup"] => {
+            // Answer only if we run the task; silence means "not here".
+            match lookup_task(&s, &req.message.payload) {
+                Some(v) => Ok(v),
+                None => return,
+            }
+        }
+        ["ctl", _target, verb] => control(&s, verb, &req.message.payload).await,
+        ["ctl", _target, "process", name, verb] => {
+            process_verb(&s, name, verb).map(|v| s.ctl_ok(v))
+        }
+        _ => Err(Error::invalid(
+            ErrorCode::UnknownVerb,
+            format!("unknown control subject {subject}"),
+        )),
+    };
+    let body = match outcome {
+        Ok(v) => json_body(&v),
+        Err(e) => error_body(&e),
+    };
+    if let Err(e) = req.respond(Ok(body)).await {
+        tracing::debug!(error = %e, "could not reply");
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ShutdownRequest {
+    #[serde(default)]
+    deadline_s: Option<f64>,
+}
+
+async fn control(s: &Arc<Shared>, verb: &str, body: &[u8]) -> Result<Value, Error> {
+    let mut m = Map::new();
+    match verb {
+        "ping" => {
+            m.insert("pong".into(), json!(true));
+            m.insert("at".into(), json!(now_rfc3339()));
+        }
+        "status" => {
+            let info = s.node_info();
+            m.insert("role".into(), json!(info.role));
+            m.insert("active_tasks".into(), json!(info.active_tasks));
+            m.insert("max_concurrency".into(), json!(info.max_concurrency));
+            m.insert("queues".into(), json!(info.queues));
+            m.insert("capabilities".into(), json!(info.capabilities));
+            m.insert("handlers".into(), json!(s.handlers.types()));
+            m.insert("completed".into(), json!(s.completed.load(Ordering::Relaxed)));
+            m.insert("failed".into(), json!(s.failed.load(Ordering::Relaxed)));
+            m.insert("started_at".into(), json!(s.started_at));
+            m.insert("processes".into(), json!(s.processes.list()));
+            let running: Vec<String> = s
+                .running
+                .lock()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            m.insert("running_tasks".into(), json!(running));
+        }
+        "drain" => drain(s).await,
+        "resume" => {
+            if s.stop_requested.is_triggered() {
+                return Err(Error::invalid(
+                    ErrorCode::Draining,
+                    "node is shutting down; it cannot resume",
+                ));
+            }
+            resume(s).await
+        }
+        "shutdown" => {
+            let req: ShutdownRequest = parse_object(body)?;
+            let deadline = match req.deadline_s {
+                Some(d) => crate::config::secs("deadline_s", d)?,
+                None => DEFAULT_SHUTDOWN_DEADLINE,
+            };
+            s.set_health(Health::Draining);
+            request_stop(s, deadline);
+            m.insert("deadline_s".into(), json!(deadline.as_secs_f64()));
+        }
+        "processes" => {
+            m.insert("processes".into(), json!(s.processes.list()));
+        }
+        other => {
+            return Err(Error::invalid(
+                ErrorCode::UnknownVerb,
+                format!(
+                    "unknown verb {other:?}: use ping, status, drain, resume, shutdown, processes or process.<name>.<start|stop|restart|status>"
+                ),
+            ))
+        }
+    }
+    Ok(s.ctl_ok(m))
+}
+
+fn process_verb(s: &Shared, name: &str, verb: &str) -> Result<Map<String, Value>, Error> {
+    let (info, status) = match verb {
+        "start" => (s.processes.start(name, &s.handlers)?, "started"),
+        "stop" => (s.processes.stop(name)?, "stopped"),
+        "restart" => (s.processes.restart(name, &s.handlers)?, "restarted"),
+        "status" => {
+            let i = s.processes.status(name)?;
+            (i, "ok")
+        }
+        other => {
+            return Err(Error::invalid(
+                ErrorCode::UnknownVerb,
+                format!("unknown process verb {other:?}: use start, stop, restart or status"),
+            ))
+        }
+    };
+    s.refresh.notify_one();
+    let mut m = Map::new();
+    m.insert("status".into(), json!(status));
+    m.insert("name".into(), json!(info.name));
+    m.insert("state".into(), json!(info.state));
+    m.insert("process_id".into(), json!(info.process_id));
+    m.insert("process".into(), json!(info));
+    Ok(m)
+}
+
+async fn inject_event(s: &Arc<Shared>, process: &str, body: &[u8]) -> Result<Value, Error> {
+    let ev: EventRequest = parse_object(body)?;
+    let (handler_type, stop) = s.processes.accept_event(process)?;
+    let handler = s.handlers.get(&handler_type).ok_or_else(|| {
+        Error::invalid(
+            ErrorCode::ProcessStopped,
+            format!("process {process:?} has no handler {handler_type:?}"),
+        )
+    })?;
+    let event_id = uuid::Uuid::new_v4().simple().to_string();
+    let reply = EventInjected {
+        status: "injected".into(),
+        event_id: event_id.clone(),
+        process: process.to_string(),
+    };
+    let s2 = s.clone();
+    let process = process.to_string();
+    s.work.spawn(async move {
+        let cancel = CancellationToken::new();
+        let mut ctx = TaskContext::new(event_id.clone(), handler_type, 1).with_runtime(
+            &s2.cfg.node_id,
+            cancel.clone(),
+            s2.checkpoints.clone(),
+        );
+        ctx.metadata = ev.metadata.clone();
+        let run = handler(ctx, ev.payload.clone());
+        let outcome = tokio::select! {
+            r = run => r,
+            _ = stop.wait() => { cancel.cancel(); Err(crate::handler::HandlerError::retry("process stopped")) }
+        };
+        let out = EventOutcome {
+            event_id,
+            status: if outcome.is_ok() { "completed" } else { "failed" }.into(),
+            error: outcome.as_ref().err().map(|e| e.message.clone()),
+            result: outcome.unwrap_or(Value::Null),
+            node_id: s2.cfg.node_id.clone(),
+            process: process.clone(),
+            trigger_id: ev.trigger_id,
+        };
+        let subject = s2.subjects.event_outcome(&s2.cfg.node_id, &process);
+        match s2.js.publish(subject, json_body(&out)).await {
+            Ok(ack) => {
+                let _ = ack.await;
+            }
+            Err(e) => tracing::warn!(error = %e, "event outcome not published"),
+        }
+    });
+    serde_json::to_value(reply).map_err(|e| Error::nats(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct LookupRequest {
+    task_id: String,
+}
+
+fn lookup_task(s: &Shared, body: &[u8]) -> Option<Value> {
+    let req: LookupRequest = parse_object(body).ok()?;
+    let r = s.running.lock().ok()?;
+    let t = r.get(&req.task_id)?;
+    Some(json!({
+        "ok": true,
+        "task_id": req.task_id,
+        "node_id": s.cfg.node_id,
+        "queue": t.queue,
+        "started_at": t.started_at,
+    }))
+}

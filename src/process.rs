@@ -1,0 +1,171 @@
+//! Named processes a node hosts (contract §4, seed `000`): long-running
+//! units, each bound to a handler, with a state, a `process_id` that changes
+//! on every start, and an inbox of injected events.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::config::ProcessSpec;
+use crate::error::{Error, ErrorCode};
+use crate::handler::Handlers;
+use crate::protocol::{ProcessInfo, ProcessState};
+use crate::shutdown::Shutdown;
+
+struct Process {
+    spec: ProcessSpec,
+    state: ProcessState,
+    process_id: String,
+    events_handled: u64,
+    /// Stops the events this incarnation is running.
+    stop: Shutdown,
+}
+
+impl Process {
+    fn info(&self) -> ProcessInfo {
+        ProcessInfo {
+            name: self.spec.name.clone(),
+            state: self.state,
+            process_id: self.process_id.clone(),
+            handler: self.spec.handler.clone(),
+            events_handled: self.events_handled,
+        }
+    }
+}
+
+/// The process table of one node.
+pub(crate) struct Processes {
+    table: Mutex<BTreeMap<String, Process>>,
+    root: Shutdown,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Processes {
+    /// Builds the table; processes with `autostart` are started.
+    pub fn new(specs: &[ProcessSpec], handlers: &Handlers, root: Shutdown) -> Self {
+        let table = specs
+            .iter()
+            .map(|s| {
+                let state = if !s.autostart {
+                    ProcessState::Stopped
+                } else if handlers.get(&s.handler).is_some() {
+                    ProcessState::Running
+                } else {
+                    tracing::warn!(process = %s.name, handler = %s.handler, "unknown handler; process failed");
+                    ProcessState::Failed
+                };
+                (
+                    s.name.clone(),
+                    Process {
+                        spec: s.clone(),
+                        state,
+                        process_id: new_id(),
+                        events_handled: 0,
+                        stop: root.child(),
+                    },
+                )
+            })
+            .collect();
+        Processes {
+            table: Mutex::new(table),
+            root,
+        }
+    }
+
+    fn with<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Process) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut t = self
+            .table
+            .lock()
+            .map_err(|_| Error::invalid(ErrorCode::Internal, "process table poisoned"))?;
+        let p = t.get_mut(name).ok_or_else(|| {
+            Error::invalid(
+                ErrorCode::UnknownProcess,
+                format!("unknown process {name:?}"),
+            )
+        })?;
+        f(p)
+    }
+
+    /// Every process.
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        self.table
+            .lock()
+            .map(|t| t.values().map(Process::info).collect())
+            .unwrap_or_default()
+    }
+
+    /// How many processes are running.
+    pub fn running_count(&self) -> usize {
+        self.list()
+            .iter()
+            .filter(|p| p.state == ProcessState::Running)
+            .count()
+    }
+
+    /// One process.
+    pub fn status(&self, name: &str) -> Result<ProcessInfo, Error> {
+        self.with(name, |p| Ok(p.info()))
+    }
+
+    /// Starts a stopped process (a running one stays as it is).
+    pub fn start(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
+        let root = self.root.clone();
+        self.with(name, |p| {
+            if p.state != ProcessState::Running {
+                if handlers.get(&p.spec.handler).is_none() {
+                    p.state = ProcessState::Failed;
+                    return Err(Error::invalid(
+                        ErrorCode::InvalidValue,
+                        format!(
+                            "process {name:?} cannot start: no handler {:?} on this node",
+                            p.spec.handler
+                        ),
+                    ));
+                }
+                p.state = ProcessState::Running;
+                p.process_id = new_id();
+                p.events_handled = 0;
+                p.stop = root.child();
+            }
+            Ok(p.info())
+        })
+    }
+
+    /// Stops a process: its running events are cancelled, new ones refused.
+    pub fn stop(&self, name: &str) -> Result<ProcessInfo, Error> {
+        self.with(name, |p| {
+            p.stop.trigger();
+            if p.state == ProcessState::Running {
+                p.state = ProcessState::Stopped;
+            }
+            Ok(p.info())
+        })
+    }
+
+    /// Stops and starts with a new `process_id`.
+    pub fn restart(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
+        self.stop(name)?;
+        self.start(name, handlers)
+    }
+
+    /// Accepts an event: the handler type and the stop signal of the
+    /// running incarnation, or an error if unknown or not running.
+    pub fn accept_event(&self, name: &str) -> Result<(String, Shutdown), Error> {
+        self.with(name, |p| {
+            if p.state != ProcessState::Running {
+                return Err(Error::invalid(
+                    ErrorCode::ProcessStopped,
+                    format!("process {name:?} is {:?}; start it first", p.state).to_lowercase(),
+                ));
+            }
+            p.events_handled += 1;
+            Ok((p.spec.handler.clone(), p.stop.clone()))
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! Every subject, stream, consumer, KV bucket and object-store name jetweave
+//! uses, built from the prefix in one place (contract: Conventions).
+//!
+//! Nothing else in the crate writes a subject by hand: it asks a
+//! [`Subjects`] value. The validators for ids that become subject tokens
+//! live here too, because an id that is not a single safe token would
+//! change which subject a message lands on.
+//!
+//! ```
+//! use jetweave::subjects::Subjects;
+//! let s = Subjects::new("weave").unwrap();
+//! assert_eq!(s.heartbeat("n1"), "weave.node.n1.heartbeat");
+//! assert_eq!(s.tasks_stream(), "WEAVE_TASKS");
+//! assert_eq!(s.nodes_bucket(), "weave-nodes");
+//! ```
+
+use crate::error::{Error, ErrorCode};
+use crate::protocol::Priority;
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "weave";
+
+/// Name of the NATS micro service every node registers.
+pub const NODE_SERVICE: &str = "weave-node";
+/// Name of the NATS micro service every coordinator registers.
+pub const API_SERVICE: &str = "weave-api";
+
+/// Builds every name from the prefix `P`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    upper: String,
+}
+
+impl Subjects {
+    /// A subject map for `prefix` (`[A-Za-z0-9_-]{1,64}`).
+    pub fn new(prefix: &str) -> Result<Self, Error> {
+        validate_id("prefix", prefix)?;
+        Ok(Subjects {
+            prefix: prefix.to_string(),
+            upper: prefix.to_uppercase().replace('-', "_"),
+        })
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- discovery and heartbeats -------------------------------------
+
+    /// KV bucket holding one NodeInfo per live node: `P-nodes`.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}-nodes", self.prefix)
+    }
+    /// `P.node.<node_id>.heartbeat`.
+    pub fn heartbeat(&self, node_id: &str) -> String {
+        format!("{}.node.{}.heartbeat", self.prefix, node_id)
+    }
+    /// `P.node.*.heartbeat`: every node's heartbeats.
+    pub fn heartbeat_all(&self) -> String {
+        format!("{}.node.*.heartbeat", self.prefix)
+    }
+
+    // ---- control ------------------------------------------------------
+
+    /// `P.ctl.<node_id>`: the group prefix of a node's control endpoints.
+    pub fn ctl_group(&self, node_id: &str) -> String {
+        format!("{}.ctl.{}", self.prefix, node_id)
+    }
+    /// `P.ctl.<node_id>.<verb>`.
+    pub fn ctl(&self, node_id: &str, verb: &str) -> String {
+        format!("{}.ctl.{}.{}", self.prefix, node_id, verb)
+    }
+    /// `P.ctl.all.<verb>`: broadcast to every live node.
+    pub fn ctl_all(&self, verb: &str) -> String {
+        format!("{}.ctl.all.{}", self.prefix, verb)
+    }
+    /// `P.ctl.<node_id>.process.<name>.<verb>`.
+    pub fn ctl_process(&self, node_id: &str, name: &str, verb: &str) -> String {
+        format!("{}.ctl.{}.process.{}.{}", self.prefix, node_id, name, verb)
+    }
+    /// `P.ctl.<node_id>.>`: everything addressed to one node.
+    pub fn ctl_node_wildcard(&self, node_id: &str) -> String {
+        format!("{}.ctl.{}.>", self.prefix, node_id)
+    }
+    /// `P.ctl.all.*`.
+    pub fn ctl_all_wildcard(&self) -> String {
+        format!("{}.ctl.all.*", self.prefix)
+    }
+    /// `P.ctl.all.task_lookup`: "is anyone running this task?" (internal).
+    pub fn task_lookup(&self) -> String {
+        self.ctl_all("task_lookup")
+    }
+
+    // ---- events -------------------------------------------------------
+
+    /// `P.event.<node_id>.<process>`: inject an event into a process.
+    pub fn event(&self, node_id: &str, process: &str) -> String {
+        format!("{}.event.{}.{}", self.prefix, node_id, process)
+    }
+    /// `P.event.<node_id>.*`.
+    pub fn event_node_wildcard(&self, node_id: &str) -> String {
+        format!("{}.event.{}.*", self.prefix, node_id)
+    }
+    /// `P.events.process.<node_id>.<process>`: outcomes of injected events.
+    pub fn event_outcome(&self, node_id: &str, process: &str) -> String {
+        format!("{}.events.process.{}.{}", self.prefix, node_id, process)
+    }
+    /// `P.events.<kind...>`: audit log entries, e.g. `node.joined`.
+    pub fn audit(&self, kind: &str) -> String {
+        format!("{}.events.{}", self.prefix, kind)
+    }
+    /// `P.events.>`.
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+    /// Stream `P_EVENTS`.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper)
+    }
+
+    // ---- tasks --------------------------------------------------------
+
+    /// Stream `P_TASKS` (work-queue retention).
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.upper)
+    }
+    /// `P.tasks.<queue>.<priority>`.
+    pub fn task(&self, queue: &str, priority: Priority) -> String {
+        format!("{}.tasks.{}.{}", self.prefix, queue, priority.as_str())
+    }
+    /// `P.tasks.<queue>.*`.
+    pub fn task_queue_wildcard(&self, queue: &str) -> String {
+        format!("{}.tasks.{}.*", self.prefix, queue)
+    }
+    /// `P.tasks.>`.
+    pub fn tasks_wildcard(&self) -> String {
+        format!("{}.tasks.>", self.prefix)
+    }
+    /// `P.delayed.>`: where a delayed task waits as a message schedule.
+    pub fn delayed_wildcard(&self) -> String {
+        format!("{}.delayed.>", self.prefix)
+    }
+    /// `P.delayed.<queue>.<priority>.<encoded task id>`.
+    pub fn delayed(&self, queue: &str, priority: Priority, task_id: &str) -> String {
+        format!(
+            "{}.delayed.{}.{}.{}",
+            self.prefix,
+            queue,
+            priority.as_str(),
+            encode_key(task_id)
+        )
+    }
+    /// Durable consumer shared by every node serving `queue` at `priority`.
+    pub fn task_consumer(&self, queue: &str, priority: Priority) -> String {
+        format!("tasks_{}_{}", queue, priority.as_str())
+    }
+    /// Stream `P_RESULTS`.
+    pub fn results_stream(&self) -> String {
+        format!("{}_RESULTS", self.upper)
+    }
+    /// `P.results.<task_id>`.
+    pub fn result(&self, task_id: &str) -> String {
+        format!("{}.results.{}", self.prefix, task_id)
+    }
+    /// `P.results.>`.
+    pub fn results_wildcard(&self) -> String {
+        format!("{}.results.>", self.prefix)
+    }
+    /// Stream `P_DLQ`.
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.upper)
+    }
+    /// `P.dlq.<queue>`.
+    pub fn dlq(&self, queue: &str) -> String {
+        format!("{}.dlq.{}", self.prefix, queue)
+    }
+    /// `P.dlq.>`.
+    pub fn dlq_wildcard(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+    /// KV bucket `P-cancels`: cancel requests, watched by every node.
+    pub fn cancels_bucket(&self) -> String {
+        format!("{}-cancels", self.prefix)
+    }
+
+    // ---- API ----------------------------------------------------------
+
+    /// `P.api`: group prefix of the `weave-api` service.
+    pub fn api_group(&self) -> String {
+        format!("{}.api", self.prefix)
+    }
+    /// `P.api.<endpoint>`, e.g. `tasks.submit`.
+    pub fn api(&self, endpoint: &str) -> String {
+        format!("{}.api.{}", self.prefix, endpoint)
+    }
+
+    // ---- runs, shards, checkpoints --------------------------------------
+
+    /// Stream `P_SHARDS`.
+    pub fn shards_stream(&self) -> String {
+        format!("{}_SHARDS", self.upper)
+    }
+    /// `P.shards.<node_id>`.
+    pub fn shards(&self, node_id: &str) -> String {
+        format!("{}.shards.{}", self.prefix, node_id)
+    }
+    /// `P.shards.>`.
+    pub fn shards_wildcard(&self) -> String {
+        format!("{}.shards.>", self.prefix)
+    }
+    /// Durable consumer a node reads its shards with.
+    pub fn shard_consumer(&self, node_id: &str) -> String {
+        format!("shards_{}", node_id)
+    }
+    /// `P.shard_done`: a node reports a finished shard to the coordinator.
+    pub fn shard_done(&self) -> String {
+        format!("{}.ctl.coordinator.shard_done", self.prefix)
+    }
+    /// `P.ctl.coordinator.rebalance`.
+    pub fn rebalance(&self) -> String {
+        format!("{}.ctl.coordinator.rebalance", self.prefix)
+    }
+    /// KV bucket `P-runs`.
+    pub fn runs_bucket(&self) -> String {
+        format!("{}-runs", self.prefix)
+    }
+    /// KV bucket `P-leader` (the coordinator lease).
+    pub fn leader_bucket(&self) -> String {
+        format!("{}-leader", self.prefix)
+    }
+    /// Object store `P-checkpoints`.
+    pub fn checkpoints_store(&self) -> String {
+        format!("{}-checkpoints", self.prefix)
+    }
+}
+
+/// Checks a node id, run id, queue or process name: `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_id(what: &str, value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            ErrorCode::InvalidId,
+            format!("invalid {what} {value:?}: must match [A-Za-z0-9_-]{{1,64}}"),
+        ))
+    }
+}
+
+/// Checks a task id: `[A-Za-z0-9_:-]{1,200}`.
+pub fn validate_task_id(value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 200
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            ErrorCode::InvalidId,
+            format!("invalid task id {value:?}: must match [A-Za-z0-9_:-]{{1,200}}"),
+        ))
+    }
+}
+
+/// Encodes a task id as a KV key / single token: `:` is not allowed in KV
+/// keys, so it becomes `=3A`; `=` itself never appears in a valid task id,
+/// which makes the encoding reversible.
+pub fn encode_key(task_id: &str) -> String {
+    task_id.replace(':', "=3A")
+}
+
+/// Reverses [`encode_key`].
+pub fn decode_key(key: &str) -> String {
+    key.replace("=3A", ":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let s = Subjects::new("acme-1").unwrap();
+        assert_eq!(s.tasks_stream(), "ACME_1_TASKS");
+        assert_eq!(s.nodes_bucket(), "acme-1-nodes");
+        assert_eq!(
+            s.task("default", Priority::Critical),
+            "acme-1.tasks.default.critical"
+        );
+        assert_eq!(
+            s.ctl_process("n1", "w", "start"),
+            "acme-1.ctl.n1.process.w.start"
+        );
+        assert_eq!(s.checkpoints_store(), "acme-1-checkpoints");
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("node id", "n-1_A").is_ok());
+        assert!(validate_id("node id", "").is_err());
+        assert!(validate_id("node id", "a.b").is_err());
+        assert!(validate_id("node id", "a b").is_err());
+        assert!(validate_id("node id", &"x".repeat(65)).is_err());
+        assert!(validate_task_id("run:1:slice:0:10").is_ok());
+        assert!(validate_task_id("a*").is_err());
+        assert!(Subjects::new("we.ave").is_err());
+    }
+
+    #[test]
+    fn key_encoding_round_trips() {
+        let id = "run1:0:slice:0:25";
+        let k = encode_key(id);
+        assert!(!k.contains(':'));
+        assert_eq!(decode_key(&k), id);
+    }
+}

@@ -1,0 +1,228 @@
+//! Shared test harness: real `nats-server` processes (JetStream on, temp
+//! store, random loopback port) that tests can kill and restart, nodes
+//! in-process or as the built binary, and waiting on events with deadlines.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use jetweave::{Node, NodeConfig, NodeHandle, Shutdown};
+
+static INSTALL: Once = Once::new();
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server`
+/// (installed by `scripts/install-nats-server.sh` on first use), else PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let local = root.join(".tools/bin/nats-server");
+    INSTALL.call_once(|| {
+        if !local.exists() {
+            let st = Command::new("bash")
+                .arg(root.join("scripts/install-nats-server.sh"))
+                .status()
+                .expect("run install-nats-server.sh");
+            assert!(st.success(), "install-nats-server.sh failed");
+        }
+    });
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real nats-server with JetStream.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = NatsServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL the server.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node config with fast test timings.
+pub fn node_config(node_id: &str) -> NodeConfig {
+    let mut c = NodeConfig::new(node_id);
+    c.node_ttl = Duration::from_secs(2);
+    c.heartbeat_interval = Duration::from_millis(500);
+    c.ack_wait = Duration::from_secs(2);
+    c
+}
+
+/// A node running in this process.
+pub struct TestNode {
+    pub handle: NodeHandle,
+    pub shutdown: Shutdown,
+}
+
+pub async fn start_node(server: &NatsServer, cfg: NodeConfig) -> TestNode {
+    start_node_with(server, Node::new(cfg)).await
+}
+
+pub async fn start_node_with(server: &NatsServer, node: Node) -> TestNode {
+    let client = server.client().await;
+    let shutdown = Shutdown::new();
+    let handle = node
+        .start(client, shutdown.clone())
+        .await
+        .expect("node start");
+    TestNode { handle, shutdown }
+}
+
+/// The built `jetweave` binary as a child process (killed on drop).
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_jetweave"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn jetweave");
+        Proc { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the exit status up to `d`.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + d;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `d` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, d: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + d;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sends a request and parses the JSON reply.
+pub async fn req(client: &async_nats::Client, subject: &str, body: &[u8]) -> serde_json::Value {
+    let m = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject.to_string(), body.to_vec().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("request to {subject} timed out"))
+    .unwrap_or_else(|e| panic!("request to {subject}: {e}"));
+    serde_json::from_slice(&m.payload).expect("reply is JSON")
+}

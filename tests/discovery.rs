@@ -1,0 +1,208 @@
+//! Discovery (contract §1): the node's KV entry, its TTL on crash, its
+//! deletion on clean shutdown, and the static backend.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use jetweave::discovery::{Discovery, DiscoveryEvent, KvDiscovery, LeaveReason, StaticDiscovery};
+use jetweave::subjects::Subjects;
+
+async fn discovery(server: &NatsServer) -> KvDiscovery {
+    let s = Subjects::new("weave").unwrap();
+    KvDiscovery::open(server.client().await, &s, Duration::from_secs(2), 1)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn node_entry_has_every_field_and_is_deleted_on_shutdown() {
+    let server = NatsServer::start();
+    let mut cfg = node_config("n1");
+    cfg.capabilities = vec!["gpu".into()];
+    cfg.url = Some("http://127.0.0.1:9100/".into());
+    let node = start_node(&server, cfg).await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value("weave-nodes").await.unwrap();
+    let raw = kv.get("n1").await.unwrap().expect("entry present");
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    for f in [
+        "node_id",
+        "role",
+        "hostname",
+        "pid",
+        "url",
+        "queues",
+        "capabilities",
+        "max_concurrency",
+        "health",
+        "active_tasks",
+        "started_at",
+        "last_heartbeat_at",
+        "metadata",
+    ] {
+        assert!(v.get(f).is_some(), "NodeInfo lacks {f}: {v}");
+    }
+    assert_eq!(v["node_id"], "n1");
+    assert_eq!(v["health"], "healthy");
+    assert_eq!(v["url"], "http://127.0.0.1:9100");
+    assert_eq!(v["capabilities"][0], "gpu");
+    assert_eq!(v["pid"], std::process::id());
+
+    let d = discovery(&server).await;
+    let mut watch = d.watch().await.unwrap();
+    node.handle.shutdown(Duration::from_secs(5)).await;
+    let ev = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match watch.next().await {
+                Some(DiscoveryEvent::Left { node_id, reason }) => break (node_id, reason),
+                Some(_) => continue,
+                None => panic!("watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("a Left event after shutdown");
+    assert_eq!(ev, ("n1".to_string(), LeaveReason::Deleted));
+    assert!(kv.get("n1").await.unwrap().is_none());
+}
+
+/// kill -9 of a node process: a watcher sees it leave within node_ttl + 1 s,
+/// and a node that re-registers after expiring expires again.
+#[tokio::test]
+async fn crashed_node_expires_and_reregistered_node_expires_again() {
+    let server = NatsServer::start();
+    let d = discovery(&server).await;
+    let args = [
+        "--nats-url",
+        &server.url(),
+        "node",
+        "--node-id",
+        "crashy",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+    ];
+    for round in 0..2 {
+        let mut node = Proc::spawn(&args);
+        wait_for("node registered", Duration::from_secs(15), || async {
+            d.get("crashy").await.ok().flatten()
+        })
+        .await;
+        let mut watch = d.watch().await.unwrap();
+        // Skip the replayed current entry.
+        node.kill9();
+        let killed = Instant::now();
+        let reason = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match watch.next().await {
+                    Some(DiscoveryEvent::Left { node_id, reason }) if node_id == "crashy" => {
+                        break reason
+                    }
+                    Some(_) => continue,
+                    None => panic!("watch ended"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no Left event within 5 s"));
+        let took = killed.elapsed();
+        assert_eq!(reason, LeaveReason::Expired);
+        assert!(
+            took <= Duration::from_secs(3),
+            "round {round}: left after {took:?} > ttl + 1 s"
+        );
+        eprintln!("round {round}: expired {took:?} after kill -9");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_deletes_the_entry_and_exits_zero() {
+    let server = NatsServer::start();
+    let d = discovery(&server).await;
+    let mut node = Proc::spawn(&["--nats-url", &server.url(), "node", "--node-id", "termy"]);
+    wait_for("node registered", Duration::from_secs(15), || async {
+        d.get("termy").await.ok().flatten()
+    })
+    .await;
+    node.signal(libc::SIGTERM);
+    let st = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+    assert!(
+        d.get("termy").await.unwrap().is_none(),
+        "entry deleted at once"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_nats_is_a_one_line_error() {
+    let port = free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetweave"))
+        .args([
+            "--nats-url",
+            &format!("nats://127.0.0.1:{port}"),
+            "--connect-wait",
+            "1",
+            "node",
+            "--node-id",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach NATS"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetweave"))
+        .args(["node", "--node-id", "bad id"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid node id"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetweave"))
+        .args(["node", "--node-id", "x", "--node-ttl", "1.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whole number"));
+}
+
+#[tokio::test]
+async fn static_discovery_strips_slashes_and_reports_changes() {
+    let d = StaticDiscovery::new([
+        ("node-1", "http://host1:9100/"),
+        ("node-2", "http://host2:9100"),
+    ]);
+    let mut w = d.watch().await.unwrap();
+    let nodes = d.discover().await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0].url.as_deref(), Some("http://host1:9100"));
+    d.register("node-4", Some("http://host4:9100//"), Default::default())
+        .await
+        .unwrap();
+    d.unregister("node-2").await.unwrap();
+    match w.next().await.unwrap() {
+        DiscoveryEvent::Joined(n) => assert_eq!(n.url.as_deref(), Some("http://host4:9100")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        w.next().await.unwrap(),
+        DiscoveryEvent::Left { .. }
+    ));
+    let ids: Vec<String> = d
+        .discover()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(ids, ["node-1", "node-4"]);
+    assert!(d
+        .register("bad id", None, Default::default())
+        .await
+        .is_err());
+}
