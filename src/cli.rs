@@ -85,6 +85,44 @@ pub enum Command {
     ///
     /// Example: jetweave node --node-id n1 --queues default,gpu --concurrency 8
     Node(NodeArgs),
+    /// Run a coordinator: the weave-api service and (when leading) shard
+    /// assignment. Any number may run; one leads.
+    ///
+    /// Example: jetweave coordinator --id c1 --lease-ttl 5
+    Coordinator(CoordinatorArgs),
+}
+
+/// `jetweave coordinator` flags.
+#[derive(Debug, Args, Clone)]
+pub struct CoordinatorArgs {
+    /// Coordinator id (default: random).
+    #[arg(long, env = "JETWEAVE_COORDINATOR_ID")]
+    pub id: Option<String>,
+    /// Leader lease TTL in whole seconds.
+    #[arg(long, default_value = "5")]
+    pub lease_ttl: f64,
+    /// Shard assignment strategy: least_loaded or round_robin.
+    #[arg(long, default_value = "least_loaded")]
+    pub assign: String,
+    /// Most shards one run may have.
+    #[arg(long, default_value = "100000")]
+    pub max_shards: u64,
+}
+
+impl CoordinatorArgs {
+    /// The coordinator config these flags describe.
+    pub fn to_config(&self, prefix: &str) -> Result<crate::coordinator::CoordinatorConfig, Error> {
+        let mut c = crate::coordinator::CoordinatorConfig::new();
+        if let Some(id) = &self.id {
+            c.id = id.clone();
+        }
+        c.prefix = prefix.to_string();
+        c.lease_ttl = whole_secs("--lease-ttl", self.lease_ttl)?;
+        c.strategy = self.assign.parse()?;
+        c.max_shards = self.max_shards;
+        crate::subjects::validate_id("coordinator id", &c.id)?;
+        Ok(c)
+    }
 }
 
 /// `jetweave node` flags (each overrides the config file).

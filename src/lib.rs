@@ -20,6 +20,10 @@
 //!   [`handler`] with progress acks, and writes one terminal TaskResult to
 //!   `P_RESULTS` (`P.results.<task_id>`); failures are NAKed with backoff
 //!   and finally dead-lettered to `P_DLQ`.
+//! - [`coordinator`]: serves the `weave-api` micro service (any number,
+//!   one queue group) and, while it holds the lease in `P-leader`, splits
+//!   runs into shards, publishes them on `P.shards.<node>` and moves them
+//!   when nodes die, drain or join.
 //! - [`checkpoint`]: handler state in the `P-checkpoints` object store.
 //! - [`client`]: the library API for submitters (submit, wait, get,
 //!   cancel) over the `weave-api` micro service.
@@ -37,8 +41,10 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod connect;
+pub mod coordinator;
 pub mod discovery;
 pub mod error;
 pub mod handler;
@@ -49,8 +55,10 @@ pub mod queue;
 pub mod shutdown;
 pub mod subjects;
 
+pub use client::Client;
 pub use config::NodeConfig;
 pub use connect::NatsOptions;
+pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, ErrorCode};
 pub use node::{Node, NodeHandle};
 pub use shutdown::Shutdown;

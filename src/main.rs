@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use jetweave::cli::{Cli, Command, NodeArgs};
-use jetweave::{Node, Shutdown};
+use jetweave::cli::{Cli, Command, CoordinatorArgs, NodeArgs};
+use jetweave::protocol::Role;
+use jetweave::{Coordinator, CoordinatorConfig, Node, Shutdown};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,8 +41,18 @@ async fn run_node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .connect(&format!("jetweave node {}", cfg.node_id))
         .await?;
     let shutdown = Shutdown::new();
+    // Supervisor and hybrid nodes also run a coordinator.
+    let coordinator = if matches!(cfg.role, Role::Supervisor | Role::Hybrid) {
+        let mut c = CoordinatorConfig::new();
+        c.id = cfg.node_id.clone();
+        c.prefix = cfg.prefix.clone();
+        c.node_ttl = cfg.node_ttl;
+        Some(Coordinator::start(client.clone(), c, shutdown.child()).await?)
+    } else {
+        None
+    };
     let node = Node::new(cfg)
-        .start(client, shutdown)
+        .start(client, shutdown.clone())
         .await
         .context("node failed to start")?;
     tokio::select! {
@@ -51,6 +62,27 @@ async fn run_node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         }
         _ = node.wait() => {}
     }
+    shutdown.trigger();
+    if let Some(c) = coordinator {
+        c.wait().await;
+    }
+    Ok(())
+}
+
+async fn run_coordinator(cli: &Cli, args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let cfg = args.to_config(&cli.global.prefix)?;
+    let client = cli
+        .global
+        .nats()?
+        .connect(&format!("jetweave coordinator {}", cfg.id))
+        .await?;
+    let shutdown = Shutdown::new();
+    let c = Coordinator::start(client.clone(), cfg, shutdown.clone()).await?;
+    termination().await;
+    tracing::info!("signal received: shutting down");
+    shutdown.trigger();
+    c.wait().await;
+    let _ = client.flush().await;
     Ok(())
 }
 
@@ -60,6 +92,7 @@ async fn main() {
     init_tracing();
     let result = match &cli.command {
         Command::Node(args) => run_node(&cli, args).await,
+        Command::Coordinator(args) => run_coordinator(&cli, args).await,
     };
     if let Err(e) = result {
         eprintln!("jetweave: {e:#}");

@@ -118,7 +118,7 @@ impl Shared {
     fn running_by_queue(&self) -> Map<String, Value> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         if let Ok(r) = self.running.lock() {
-            for t in r.values() {
+            for t in r.values().filter(|t| t.queue != crate::queue::SHARDS_LABEL) {
                 *m.entry(t.queue.clone()).or_default() += 1;
             }
         }
@@ -329,8 +329,11 @@ impl Node {
         shared.discovery.put_info(&shared.node_info()).await?;
         start_service(&shared).await?;
         crate::queue::start_cancel_watch(&shared).await?;
-        for q in shared.cfg.queues.clone() {
-            crate::queue::start_dispatcher(&shared, &q).await?;
+        if shared.cfg.role != crate::protocol::Role::Supervisor {
+            for q in shared.cfg.queues.clone() {
+                crate::queue::start_dispatcher(&shared, &q).await?;
+            }
+            crate::queue::start_shard_dispatcher(&shared).await?;
         }
         tokio::spawn(heartbeat_loop(shared.clone()));
         client.flush().await.map_err(Error::nats)?;

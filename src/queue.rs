@@ -45,8 +45,10 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::runs::{shard_task_id, ShardDone};
+use crate::coordinator::ShardAssignment;
 use crate::error::Error;
-use crate::handler::{HandlerError, TaskContext};
+use crate::handler::{HandlerError, ShardInfo, TaskContext};
 use crate::node::{CancelReason, Running, Shared};
 use crate::protocol::{
     format_rfc3339, now_rfc3339, parse_object, parse_rfc3339, DeadLetter, Health, Priority,
@@ -99,6 +101,7 @@ pub async fn ensure_streams(
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_age: 30 * day,
+            allow_direct: true,
             ..Default::default()
         },
         stream::Config {
@@ -204,17 +207,84 @@ pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where a dispatcher's messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A task queue.
+    Queue(String),
+    /// This node's shard assignments.
+    Shards,
+}
+
+impl Source {
+    /// The label used for DLQ subjects and running counts.
+    fn label(&self) -> &str {
+        match self {
+            Source::Queue(q) => q,
+            Source::Shards => SHARDS_LABEL,
+        }
+    }
+}
+
+/// DLQ queue name of dead shards.
+pub const SHARDS_LABEL: &str = "shards";
+
 /// Starts the dispatcher of one queue.
 pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(), Error> {
     let mut consumers = Vec::new();
     for p in Priority::ALL {
         consumers.push(task_consumer(&s.js, &s.subjects, queue, p, s.cfg.ack_wait).await?);
     }
-    tokio::spawn(dispatch_loop(s.clone(), queue.to_string(), consumers));
+    let doorbell = s.subjects.task_queue_wildcard(queue);
+    tokio::spawn(dispatch_loop(
+        s.clone(),
+        Source::Queue(queue.to_string()),
+        consumers,
+        doorbell,
+    ));
     Ok(())
 }
 
-async fn dispatch_loop(s: Arc<Shared>, queue: String, consumers: Vec<consumer::PullConsumer>) {
+/// Starts the dispatcher of this node's shard assignments.
+pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error> {
+    crate::coordinator::runs::ensure_resources(&s.js, &s.subjects, 1).await?;
+    let stream =
+        s.js.get_stream(s.subjects.shards_stream())
+            .await
+            .map_err(Error::nats)?;
+    let name = s.subjects.shard_consumer(&s.cfg.node_id);
+    let consumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("jetweave shards of {}", s.cfg.node_id)),
+                filter_subject: s.subjects.shards(&s.cfg.node_id),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: s.cfg.ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))?;
+    let doorbell = s.subjects.shards(&s.cfg.node_id);
+    tokio::spawn(dispatch_loop(
+        s.clone(),
+        Source::Shards,
+        vec![consumer],
+        doorbell,
+    ));
+    Ok(())
+}
+
+async fn dispatch_loop(
+    s: Arc<Shared>,
+    source: Source,
+    consumers: Vec<consumer::PullConsumer>,
+    doorbell_subject: String,
+) {
+    let queue = source.label().to_string();
     let mut health = s.health.subscribe();
     let mut doorbell: Option<async_nats::Subscriber> = None;
     let mut armed = false;
@@ -264,9 +334,8 @@ async fn dispatch_loop(s: Arc<Shared>, queue: String, consumers: Vec<consumer::P
                 got += 1;
                 // Re-check drain between messages of a batch: none is
                 // started once the node drains.
-                let s2 = s.clone();
-                let q = queue.clone();
-                s.work.spawn(run_task(s2, q, msg, permit));
+                s.work
+                    .spawn(run_task(s.clone(), source.clone(), msg, permit));
             }
         }
         drop(permits);
@@ -281,11 +350,7 @@ async fn dispatch_loop(s: Arc<Shared>, queue: String, consumers: Vec<consumer::P
         // Idle. Subscribe to the doorbell, then look once more before
         // sleeping, so a task published in between is not missed.
         if doorbell.is_none() {
-            match s
-                .client
-                .subscribe(s.subjects.task_queue_wildcard(&queue))
-                .await
-            {
+            match s.client.subscribe(doorbell_subject.clone()).await {
                 Ok(sub) => {
                     let _ = s.client.flush().await;
                     doorbell = Some(sub);
@@ -348,13 +413,14 @@ enum Outcome {
     TimedOut(Duration),
 }
 
-/// Runs one delivery of a task message.
+/// Runs one delivery of a task or shard message.
 async fn run_task(
     s: Arc<Shared>,
-    queue: String,
+    source: Source,
     msg: jetstream::Message,
     _permit: OwnedSemaphorePermit,
 ) {
+    let queue = source.label().to_string();
     let (attempt, seq) = match msg.info() {
         Ok(i) => (i.delivered.max(1) as u32, i.stream_sequence),
         Err(_) => {
@@ -362,21 +428,15 @@ async fn run_task(
             return;
         }
     };
-    let fallback_id = format!("{}-{}", s.subjects.tasks_stream(), seq);
-    let header_id = header(&msg, "Nats-Msg-Id");
-    let parsed = parse_object::<TaskEnvelope>(&msg.payload).and_then(|e| e.validate().map(|_| e));
-    let env = match parsed {
-        Ok(e) => e,
-        Err(err) => {
-            let id = header_id
-                .filter(|h| validate_task_id(h).is_ok())
-                .unwrap_or(fallback_id);
-            let reason = format!("rejected task message: {}", err.reason());
+    let (env, task_id, shard) = match parse_message(&s, &source, &msg, seq) {
+        Ok(v) => v,
+        Err((id, reason)) => {
+            let raw = raw_envelope(&msg.payload);
             dead_end(
                 &s,
                 &queue,
                 &id,
-                raw_envelope(&msg.payload),
+                raw,
                 &reason,
                 attempt,
                 TaskStatus::Dead,
@@ -386,27 +446,6 @@ async fn run_task(
             settle(&msg, AckKind::Term).await;
             return;
         }
-    };
-    let task_id = match (&env.id, header_id) {
-        (Some(id), _) => id.clone(),
-        (None, Some(h)) if validate_task_id(&h).is_ok() => h,
-        (None, Some(h)) => {
-            let reason = format!("rejected task message: Nats-Msg-Id {h:?} is not a valid task id");
-            dead_end(
-                &s,
-                &queue,
-                &fallback_id,
-                raw_envelope(&msg.payload),
-                &reason,
-                attempt,
-                TaskStatus::Dead,
-                None,
-            )
-            .await;
-            settle(&msg, AckKind::Term).await;
-            return;
-        }
-        (None, None) => fallback_id,
     };
 
     let cancelled = s
@@ -537,6 +576,7 @@ async fn run_task(
         s.checkpoints.clone(),
     );
     ctx.metadata = env.metadata.clone();
+    ctx.shard = shard.clone();
     let t0 = Instant::now();
     let progress_every = (s.cfg.ack_wait / 3).max(Duration::from_millis(200));
     let outcome = {
@@ -554,7 +594,16 @@ async fn run_task(
             tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
         loop {
             tokio::select! {
-                r = &mut run => break Outcome::Done(r),
+                biased;
+                r = &mut run => {
+                    // A handler that gave up because it was cancelled
+                    // reports the cancel, not a failure.
+                    if r.is_err() && cancel.is_cancelled() {
+                        let why = reason.lock().ok().and_then(|r| *r).unwrap_or(CancelReason::User);
+                        break Outcome::Cancelled(why);
+                    }
+                    break Outcome::Done(r);
+                }
                 _ = cancel.cancelled() => {
                     let why = reason.lock().ok().and_then(|r| *r).unwrap_or(CancelReason::User);
                     break Outcome::Cancelled(why);
@@ -630,6 +679,7 @@ async fn run_task(
         )
         .await;
         settle(&msg, AckKind::Term).await;
+        notify_shard_done(&s, shard, task_id).await;
         return;
     }
     if status == TaskStatus::Completed {
@@ -641,12 +691,86 @@ async fn run_task(
     )
     .await
     {
-        Ok(()) => settle(&msg, AckKind::Ack).await,
+        Ok(()) => {
+            settle(&msg, AckKind::Ack).await;
+            notify_shard_done(&s, shard, task_id).await;
+        }
         Err(e) => {
             tracing::warn!(task_id = %task_id, error = %e, "result not stored; task goes back to the queue");
             settle(&msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
+}
+
+/// Tells the coordinator a shard has its terminal result.
+async fn notify_shard_done(s: &Shared, shard: Option<ShardInfo>, task_id: String) {
+    if let Some(sh) = shard {
+        let done = ShardDone {
+            task_id,
+            run_id: sh.run_id,
+            shard_key: sh.shard_key,
+            node_id: s.cfg.node_id.clone(),
+        };
+        let body = crate::node::json_body(&done);
+        let _ = s.client.publish(s.subjects.shard_done(), body).await;
+    }
+}
+
+type Parsed = (TaskEnvelope, String, Option<ShardInfo>);
+
+/// The envelope, task id and shard of a message, or the id to record and
+/// the reason it is rejected.
+fn parse_message(
+    s: &Shared,
+    source: &Source,
+    msg: &jetstream::Message,
+    seq: u64,
+) -> Result<Parsed, (String, String)> {
+    if *source == Source::Shards {
+        let a: ShardAssignment = parse_object(&msg.payload).map_err(|e| {
+            (
+                format!("{}-{}", s.subjects.shards_stream(), seq),
+                format!("rejected shard message: {}", e.reason()),
+            )
+        })?;
+        let task_id = shard_task_id(&a.run_id, a.iteration, &a.shard_key);
+        let env = TaskEnvelope {
+            task_type: a.task_type,
+            id: Some(task_id.clone()),
+            payload: a.payload,
+            metadata: a.metadata,
+            ..Default::default()
+        };
+        let shard = ShardInfo {
+            run_id: a.run_id,
+            iteration: a.iteration,
+            shard_key: a.shard_key,
+        };
+        return Ok((env, task_id, Some(shard)));
+    }
+    let fallback_id = format!("{}-{}", s.subjects.tasks_stream(), seq);
+    let header_id = header(msg, "Nats-Msg-Id");
+    let env = parse_object::<TaskEnvelope>(&msg.payload)
+        .and_then(|e| e.validate().map(|_| e))
+        .map_err(|err| {
+            let id = header_id
+                .clone()
+                .filter(|h| validate_task_id(h).is_ok())
+                .unwrap_or_else(|| fallback_id.clone());
+            (id, format!("rejected task message: {}", err.reason()))
+        })?;
+    let task_id = match (&env.id, header_id) {
+        (Some(id), _) => id.clone(),
+        (None, Some(h)) if validate_task_id(&h).is_ok() => h,
+        (None, Some(h)) => {
+            return Err((
+                fallback_id,
+                format!("rejected task message: Nats-Msg-Id {h:?} is not a valid task id"),
+            ))
+        }
+        (None, None) => fallback_id,
+    };
+    Ok((env, task_id, None))
 }
 
 /// Dead-letters a task (copy to `P_DLQ` with the error) and records its

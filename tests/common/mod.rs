@@ -105,8 +105,19 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// A client; retries briefly while the server finishes starting.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match async_nats::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("connect retry: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
     }
 }
 
@@ -225,4 +236,30 @@ pub async fn req(client: &async_nats::Client, subject: &str, body: &[u8]) -> ser
     .unwrap_or_else(|_| panic!("request to {subject} timed out"))
     .unwrap_or_else(|e| panic!("request to {subject}: {e}"));
     serde_json::from_slice(&m.payload).expect("reply is JSON")
+}
+
+/// A coordinator running in this process.
+pub struct TestCoordinator {
+    pub coordinator: jetweave::Coordinator,
+    pub shutdown: Shutdown,
+}
+
+pub async fn start_coordinator(server: &NatsServer, id: &str) -> TestCoordinator {
+    let mut cfg = jetweave::CoordinatorConfig::new();
+    cfg.id = id.to_string();
+    cfg.lease_ttl = Duration::from_secs(2);
+    cfg.node_ttl = Duration::from_secs(2);
+    let shutdown = Shutdown::new();
+    let coordinator = jetweave::Coordinator::start(server.client().await, cfg, shutdown.clone())
+        .await
+        .expect("coordinator start");
+    TestCoordinator {
+        coordinator,
+        shutdown,
+    }
+}
+
+/// A jetweave client on the server.
+pub async fn api_client(server: &NatsServer) -> jetweave::Client {
+    jetweave::Client::new(server.client().await, "weave").expect("client")
 }

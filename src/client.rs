@@ -1,0 +1,228 @@
+//! The library API for submitters and operators: a thin typed layer over
+//! the `weave-api` service, the result stream and the control subjects.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jetweave::Error> {
+//! use std::time::Duration;
+//! use jetweave::client::Client;
+//! use jetweave::protocol::{SubmitRequest, TaskEnvelope};
+//!
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await.map_err(jetweave::Error::nats)?;
+//! let client = Client::new(nats, "weave")?;
+//! let req = SubmitRequest {
+//!     envelope: TaskEnvelope::new("echo", serde_json::json!({"hi": 1})),
+//!     ..Default::default()
+//! };
+//! let submitted = client.submit(&req).await?;
+//! let result = client.wait(&submitted.task_id, Duration::from_secs(10)).await?;
+//! assert_eq!(result.result, serde_json::json!({"hi": 1}));
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::protocol::{ClusterStatus, NodeInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult};
+use crate::subjects::{validate_task_id, Subjects};
+
+/// How long API requests wait for an answer.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A jetweave client.
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+}
+
+impl Client {
+    /// A client on an existing NATS connection.
+    pub fn new(nats: async_nats::Client, prefix: &str) -> Result<Self, Error> {
+        Ok(Client {
+            js: jetstream::new(nats.clone()),
+            nats,
+            subjects: Subjects::new(prefix)?,
+        })
+    }
+
+    /// The subject map.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// The NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// Sends a request and decodes a success reply; an error reply becomes
+    /// [`Error::Remote`].
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        subject: String,
+        body: &Value,
+    ) -> Result<T, Error> {
+        let payload = serde_json::to_vec(body).map_err(|e| Error::nats(e.to_string()))?;
+        let msg = tokio::time::timeout(
+            API_TIMEOUT,
+            self.nats.request(subject.clone(), payload.into()),
+        )
+        .await
+        .map_err(|_| Error::Timeout(format!("no answer on {subject}")))?
+        .map_err(|e| Error::nats(format!("{subject}: {e}")))?;
+        let v: Value = serde_json::from_slice(&msg.payload)
+            .map_err(|e| Error::nats(format!("{subject}: reply is not JSON: {e}")))?;
+        if v.get("ok") == Some(&Value::Bool(false)) {
+            return Err(Error::Remote {
+                code: v["code"].as_str().unwrap_or("error").to_string(),
+                message: v["error"].as_str().unwrap_or("error").to_string(),
+            });
+        }
+        serde_json::from_value(v)
+            .map_err(|e| Error::nats(format!("{subject}: unexpected reply: {e}")))
+    }
+
+    async fn api<T: DeserializeOwned>(&self, endpoint: &str, body: &Value) -> Result<T, Error> {
+        self.request(self.subjects.api(endpoint), body).await
+    }
+
+    /// Submits a task through `weave-api` (`tasks.submit`).
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, Error> {
+        req.validate()?;
+        let body = serde_json::to_value(req).map_err(|e| Error::nats(e.to_string()))?;
+        self.api("tasks.submit", &body).await
+    }
+
+    /// A task's status (`tasks.get`).
+    pub async fn get(&self, task_id: &str) -> Result<TaskInfo, Error> {
+        self.api("tasks.get", &json!({ "task_id": task_id })).await
+    }
+
+    /// Cancels a queued or running task (`tasks.cancel`).
+    pub async fn cancel(&self, task_id: &str) -> Result<Value, Error> {
+        self.api("tasks.cancel", &json!({ "task_id": task_id }))
+            .await
+    }
+
+    /// The terminal result of a task, if it has one.
+    pub async fn result(&self, task_id: &str) -> Result<Option<TaskResult>, Error> {
+        validate_task_id(task_id)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.results_stream())
+            .await
+            .map_err(Error::nats)?;
+        Ok(crate::queue::read_result(&stream, &self.subjects, task_id).await)
+    }
+
+    /// Waits for a task's terminal result: subscribes to
+    /// `P.results.<task_id>`, then reads the stream (so a result stored
+    /// before the call is found too).
+    pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<TaskResult, Error> {
+        validate_task_id(task_id)?;
+        let mut sub = self
+            .nats
+            .subscribe(self.subjects.result(task_id))
+            .await
+            .map_err(Error::nats)?;
+        if let Some(r) = self.result(task_id).await? {
+            return Ok(r);
+        }
+        let m = tokio::time::timeout(timeout, sub.next())
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!("no result for task {task_id} within {timeout:?}"))
+            })?
+            .ok_or_else(|| Error::nats("subscription closed"))?;
+        serde_json::from_slice(&m.payload).map_err(|e| Error::nats(e.to_string()))
+    }
+
+    /// Live nodes (`nodes.list`).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Nodes {
+            nodes: Vec<NodeInfo>,
+        }
+        Ok(self.api::<Nodes>("nodes.list", &json!({})).await?.nodes)
+    }
+
+    /// Cluster summary (`cluster.status`).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        self.api("cluster.status", &json!({})).await
+    }
+
+    /// Creates a run (`runs.create`).
+    pub async fn create_run(&self, spec: &Value) -> Result<Value, Error> {
+        self.api("runs.create", spec).await
+    }
+
+    /// A run's state (`runs.get`).
+    pub async fn get_run(&self, run_id: &str) -> Result<Value, Error> {
+        self.api("runs.get", &json!({ "run_id": run_id })).await
+    }
+
+    /// Waits until a run is no longer `running`, calling `progress` with
+    /// (completed, total) whenever it changes.
+    pub async fn wait_run(
+        &self,
+        run_id: &str,
+        timeout: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Value, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let run = self.get_run(run_id).await?;
+            let done = run["completed_shards"].as_u64().unwrap_or(0);
+            let total = run["total_shards"].as_u64().unwrap_or(0);
+            if last != Some(done) {
+                progress(done, total);
+                last = Some(done);
+            }
+            if run["status"] != "running" {
+                return Ok(run);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "run {run_id} still running after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a control verb to one node (`P.ctl.<node>.<verb>`).
+    pub async fn control(&self, node_id: &str, verb: &str, body: &Value) -> Result<Value, Error> {
+        crate::subjects::validate_id("node id", node_id)?;
+        self.request(self.subjects.ctl(node_id, verb), body).await
+    }
+
+    /// Sends a control verb to every live node and gathers the replies
+    /// that arrive within `wait`.
+    pub async fn broadcast(&self, verb: &str, wait: Duration) -> Result<Vec<Value>, Error> {
+        let inbox = self.nats.new_inbox();
+        let mut sub = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(Error::nats)?;
+        self.nats
+            .publish_with_reply(self.subjects.ctl_all(verb), inbox, "{}".into())
+            .await
+            .map_err(Error::nats)?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            if let Ok(v) = serde_json::from_slice(&m.payload) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}

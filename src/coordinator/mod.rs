@@ -1,0 +1,158 @@
+//! The coordinator: serves the `weave-api` service, and — while it holds
+//! the leader lease — assigns run shards to nodes and moves them when nodes
+//! die, drain or join.
+//!
+//! - [`api`]: the `weave-api` endpoints, served by every coordinator.
+//! - [`leader`]: the lease in the `P-leader` KV bucket (per-key TTL,
+//!   renewed with a revision check), so one coordinator leads.
+//! - [`runs`]: the shard planner and the leader's assignment loop.
+//!
+//! Any number of coordinators can run; they share nothing but NATS.
+
+mod api;
+mod leader;
+pub(crate) mod runs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::discovery::{ClusterView, KvDiscovery};
+use crate::error::Error;
+use crate::shutdown::Shutdown;
+use crate::subjects::Subjects;
+
+pub use leader::Leader;
+pub use runs::{
+    plan_shards, AssignStrategy, RunRecord, RunSpec, ShardAssignment, ShardState, ShardStatus,
+};
+
+/// How a coordinator runs.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Its id (`[A-Za-z0-9_-]{1,64}`).
+    pub id: String,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Leader lease TTL (whole seconds).
+    pub lease_ttl: Duration,
+    /// Shard assignment strategy.
+    pub strategy: AssignStrategy,
+    /// Most shards a run may have.
+    pub max_shards: u64,
+    /// Replicas of the JetStream resources it creates.
+    pub replicas: usize,
+    /// Node TTL used when it opens the discovery bucket.
+    pub node_ttl: Duration,
+}
+
+impl CoordinatorConfig {
+    /// Defaults with a random id.
+    pub fn new() -> Self {
+        CoordinatorConfig {
+            id: format!("coord-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            prefix: crate::subjects::DEFAULT_PREFIX.into(),
+            lease_ttl: Duration::from_secs(5),
+            strategy: AssignStrategy::LeastLoaded,
+            max_shards: 100_000,
+            replicas: 1,
+            node_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub(crate) struct Shared {
+    pub id: String,
+    pub cfg: CoordinatorConfig,
+    pub subjects: Subjects,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub view: ClusterView,
+    pub results: stream::Stream,
+    pub tasks: stream::Stream,
+    pub runs: kv::Store,
+    pub leader: Leader,
+    pub shutdown: Shutdown,
+}
+
+/// A running coordinator.
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+impl Coordinator {
+    /// Starts the API service, the leader election and the run loop.
+    pub async fn start(
+        client: async_nats::Client,
+        cfg: CoordinatorConfig,
+        shutdown: Shutdown,
+    ) -> Result<Coordinator, Error> {
+        crate::subjects::validate_id("coordinator id", &cfg.id)?;
+        if cfg.lease_ttl.as_secs() < 1 || cfg.lease_ttl.subsec_nanos() != 0 {
+            return Err(Error::Config(
+                "lease TTL must be a whole number of seconds >= 1".into(),
+            ));
+        }
+        let subjects = Subjects::new(&cfg.prefix)?;
+        let js = jetstream::new(client.clone());
+        crate::queue::ensure_streams(&js, &subjects, cfg.replicas).await?;
+        runs::ensure_resources(&js, &subjects, cfg.replicas).await?;
+        let discovery =
+            KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, cfg.replicas).await?;
+        let view = ClusterView::start(&discovery, shutdown.clone()).await?;
+        let results = js
+            .get_stream(subjects.results_stream())
+            .await
+            .map_err(Error::nats)?;
+        let tasks = api::tasks_stream(&js, &subjects).await?;
+        let runs = runs::runs_bucket(&js, &subjects, cfg.replicas).await?;
+        let leader = Leader::open(&js, &subjects, &cfg.id, cfg.lease_ttl, cfg.replicas).await?;
+        let shared = Arc::new(Shared {
+            id: cfg.id.clone(),
+            cfg,
+            subjects,
+            client: client.clone(),
+            js,
+            view,
+            results,
+            tasks,
+            runs,
+            leader,
+            shutdown,
+        });
+        api::start(&shared).await?;
+        shared
+            .leader
+            .clone()
+            .spawn(shared.shutdown.clone(), shared.js.clone());
+        runs::start_loop(&shared).await?;
+        client.flush().await.map_err(Error::nats)?;
+        tracing::info!(id = %shared.id, "coordinator started");
+        Ok(Coordinator { shared })
+    }
+
+    /// This coordinator's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Does it lead now?
+    pub fn is_leader(&self) -> bool {
+        self.shared.leader.is_leader()
+    }
+
+    /// Resolves once it has stopped (after the shutdown signal, releasing
+    /// the lease if it held it).
+    pub async fn wait(&self) {
+        self.shared.shutdown.wait().await;
+        self.shared.leader.release(&self.shared.js).await;
+    }
+}

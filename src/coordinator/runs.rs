@@ -1,0 +1,1115 @@
+//! Runs and shard assignments (contract §7).
+//!
+//! `runs.create` validates a [`RunSpec`], plans its shards and stores a
+//! [`RunRecord`] in the `P-runs` KV bucket (key = run id). Every
+//! coordinator mirrors the bucket through a watch; only the leader acts:
+//!
+//! - it assigns pending shards to healthy nodes that have the required
+//!   capabilities (least loaded first, or round robin), publishing each on
+//!   `P_SHARDS` (`P.shards.<node_id>`) and recording it in the run;
+//! - when a node leaves (TTL expiry or shutdown) its unfinished shards are
+//!   reassigned with `attempt + 1` (its shard subject is purged first);
+//!   when it drains, its not-started shards move; when a node joins, or on
+//!   `P.ctl.coordinator.rebalance`, not-started shards move toward it;
+//! - nodes report finished shards on `P.ctl.coordinator.shard_done`; the
+//!   leader checks the stored result (the first terminal result of the
+//!   shard's task id is the only one the server keeps), so a shard never
+//!   counts twice, and a periodic sweep catches reports lost in a leader
+//!   change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::Shared;
+use crate::discovery::DiscoveryEvent;
+use crate::error::{Error, ErrorCode};
+use crate::node::{json_body, publish_audit};
+use crate::protocol::{now_rfc3339, parse_object, Health, NodeInfo, Role, TaskStatus};
+use crate::queue::read_result;
+use crate::subjects::{validate_id, Subjects};
+
+/// How shards are placed on nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignStrategy {
+    /// Fewest active tasks plus assigned shards first (default).
+    #[default]
+    LeastLoaded,
+    /// In turn.
+    RoundRobin,
+}
+
+impl std::str::FromStr for AssignStrategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "least_loaded" => Ok(AssignStrategy::LeastLoaded),
+            "round_robin" => Ok(AssignStrategy::RoundRobin),
+            o => Err(Error::Config(format!(
+                "unknown assignment strategy {o:?}: use least_loaded or round_robin"
+            ))),
+        }
+    }
+}
+
+/// Requirements a node must meet to get a run's shards.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Requirements {
+    /// Every one of these capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// A `runs.create` request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSpec {
+    /// Run id (default: generated).
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// The dataset.
+    pub dataset_id: String,
+    /// The iteration.
+    #[serde(default)]
+    pub iteration: u64,
+    /// Items in the run.
+    pub total_items: i64,
+    /// Items per shard (by_slice, by_dataset).
+    #[serde(default = "one")]
+    pub shard_size: i64,
+    /// by_slice, by_dataset or by_iteration.
+    #[serde(default = "by_slice")]
+    pub strategy: String,
+    /// The handler of each shard.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Handed to every shard.
+    #[serde(default)]
+    pub payload: Value,
+    /// Free-form.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Node requirements.
+    #[serde(default)]
+    pub requirements: Requirements,
+}
+
+fn one() -> i64 {
+    1
+}
+fn by_slice() -> String {
+    "by_slice".into()
+}
+
+/// The shard keys of a run: `slice:<start>:<end>` (half-open, by_slice and
+/// by_dataset) or `item:<i>` (by_iteration).
+pub fn plan_shards(
+    strategy: &str,
+    total_items: i64,
+    shard_size: i64,
+    max_shards: u64,
+) -> Result<Vec<String>, Error> {
+    let bad = |m: String| Err(Error::invalid(ErrorCode::InvalidValue, m));
+    if total_items <= 0 {
+        return bad(format!("total_items must be > 0, got {total_items}"));
+    }
+    let total = total_items as u64;
+    let count = match strategy {
+        "by_slice" | "by_dataset" => {
+            if shard_size <= 0 {
+                return bad(format!("shard_size must be > 0, got {shard_size}"));
+            }
+            total.div_ceil(shard_size as u64)
+        }
+        "by_iteration" => total,
+        other => {
+            return bad(format!(
+                "unknown strategy {other:?}: use by_slice, by_dataset or by_iteration"
+            ))
+        }
+    };
+    if count > max_shards {
+        return bad(format!(
+            "run would have {count} shards, more than the maximum {max_shards}"
+        ));
+    }
+    Ok(match strategy {
+        "by_iteration" => (0..total).map(|i| format!("item:{i}")).collect(),
+        _ => {
+            let size = shard_size as u64;
+            (0..count)
+                .map(|i| {
+                    let start = i * size;
+                    format!("slice:{}:{}", start, (start + size).min(total))
+                })
+                .collect()
+        }
+    })
+}
+
+/// Where a shard is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardStatus {
+    /// Waiting for a node.
+    Pending,
+    /// Published to a node.
+    Assigned,
+    /// Done.
+    Completed,
+    /// Dead after its attempts.
+    Failed,
+}
+
+/// One shard in a run record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardState {
+    /// pending, assigned, completed, failed.
+    pub status: ShardStatus,
+    /// The node it is (or was last) assigned to.
+    pub node_id: Option<String>,
+    /// Assignment count (1 for the first).
+    pub attempt: u32,
+    /// Stream sequence of its assignment message.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// The handler's result, when done.
+    #[serde(default)]
+    pub result: Value,
+}
+
+/// A run as stored in `P-runs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// The spec it was created from.
+    pub spec: RunSpec,
+    /// running, completed, failed.
+    pub status: String,
+    /// Why pending shards wait, if they do.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// When created.
+    pub created_at: String,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Shards by key.
+    pub shards: BTreeMap<String, ShardState>,
+}
+
+impl RunRecord {
+    fn task_id(&self, key: &str) -> String {
+        format!("{}:{}:{}", self.run_id, self.spec.iteration, key)
+    }
+
+    /// The `runs.get` reply.
+    pub fn summary(&self) -> Value {
+        let assignments: BTreeMap<&String, &Option<String>> =
+            self.shards.iter().map(|(k, s)| (k, &s.node_id)).collect();
+        let completed = self
+            .shards
+            .values()
+            .filter(|s| s.status == ShardStatus::Completed)
+            .count();
+        let failed = self
+            .shards
+            .values()
+            .filter(|s| s.status == ShardStatus::Failed)
+            .count();
+        json!({
+            "run_id": self.run_id,
+            "status": self.status,
+            "total_shards": self.shards.len(),
+            "completed_shards": completed,
+            "failed_shards": failed,
+            "assignments": assignments,
+            "waiting": self.waiting,
+            "dataset_id": self.spec.dataset_id,
+            "iteration": self.spec.iteration,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "shards": self.shards,
+        })
+    }
+}
+
+/// The assignment message on `P.shards.<node_id>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardAssignment {
+    /// The run.
+    pub run_id: String,
+    /// The dataset.
+    pub dataset_id: String,
+    /// The iteration.
+    pub iteration: u64,
+    /// The shard key.
+    pub shard_key: String,
+    /// The node it is meant for.
+    pub target_node: String,
+    /// The run's strategy.
+    pub strategy: String,
+    /// The handler.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// The run's payload.
+    pub payload: Value,
+    /// The run's metadata.
+    pub metadata: Map<String, Value>,
+    /// Assignment count.
+    pub attempt: u32,
+    /// `<run_id>:<iteration>:<shard_key>`.
+    #[serde(default)]
+    pub task_id: String,
+}
+
+/// A node's report of a finished shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardDone {
+    /// The shard's task id.
+    pub task_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The shard key.
+    pub shard_key: String,
+    /// The node.
+    pub node_id: String,
+}
+
+pub(super) async fn runs_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, Error> {
+    crate::discovery::open_bucket(
+        js,
+        kv::Config {
+            bucket: subjects.runs_bucket(),
+            description: "jetweave runs and shard assignments".into(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Creates the `P_SHARDS` work-queue stream when missing.
+pub(crate) async fn ensure_resources(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<(), Error> {
+    js.get_or_create_stream(stream::Config {
+        name: subjects.shards_stream(),
+        description: Some("jetweave shard assignments (one subject per node)".into()),
+        subjects: vec![subjects.shards_wildcard()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| Error::nats(format!("cannot create shard stream: {e}")))
+}
+
+pub(super) async fn create(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
+    let spec: RunSpec = parse_object(body)?;
+    let run_id = spec
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    validate_id("run id", &run_id)?;
+    if spec.dataset_id.is_empty() || spec.dataset_id.len() > 200 {
+        return Err(Error::invalid(
+            ErrorCode::InvalidValue,
+            "dataset_id must be 1..=200 characters",
+        ));
+    }
+    if spec.task_type.is_empty() {
+        return Err(Error::invalid(
+            ErrorCode::InvalidValue,
+            "field `type` (the shard handler) is required",
+        ));
+    }
+    let keys = plan_shards(
+        &spec.strategy,
+        spec.total_items,
+        spec.shard_size,
+        s.cfg.max_shards,
+    )?;
+    let mut spec = spec;
+    spec.run_id = Some(run_id.clone());
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        status: "running".into(),
+        waiting: None,
+        created_at: now_rfc3339(),
+        finished_at: None,
+        shards: keys
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    ShardState {
+                        status: ShardStatus::Pending,
+                        node_id: None,
+                        attempt: 0,
+                        seq: None,
+                        result: Value::Null,
+                    },
+                )
+            })
+            .collect(),
+        spec,
+    };
+    let body = serde_json::to_vec(&record).map_err(|e| Error::nats(e.to_string()))?;
+    s.runs.create(&run_id, body.into()).await.map_err(|e| {
+        if e.kind() == kv::CreateErrorKind::AlreadyExists {
+            Error::invalid(
+                ErrorCode::InvalidValue,
+                format!("run {run_id:?} already exists"),
+            )
+        } else {
+            Error::nats(e)
+        }
+    })?;
+    publish_audit(
+        &s.js,
+        &s.subjects,
+        "run.created",
+        None,
+        Some(&run_id),
+        json!({"total_shards": record.shards.len(), "strategy": record.spec.strategy}),
+    )
+    .await;
+    // Wake the leader (its watch sees the new key too).
+    let _ = s.client.publish(s.subjects.rebalance(), "{}".into()).await;
+    Ok(record.summary())
+}
+
+#[derive(Deserialize)]
+struct RunRef {
+    run_id: String,
+}
+
+pub(super) async fn get(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
+    let r: RunRef = parse_object(body)?;
+    validate_id("run id", &r.run_id)?;
+    let rec = load(s, &r.run_id).await?.ok_or_else(|| {
+        Error::invalid(ErrorCode::UnknownRun, format!("unknown run {:?}", r.run_id))
+    })?;
+    Ok(rec.0.summary())
+}
+
+async fn load(s: &Shared, run_id: &str) -> Result<Option<(RunRecord, u64)>, Error> {
+    match s.runs.entry(run_id).await.map_err(Error::nats)? {
+        Some(e) if e.operation == kv::Operation::Put => {
+            let rec = serde_json::from_slice(&e.value)
+                .map_err(|e| Error::nats(format!("corrupt run record {run_id}: {e}")))?;
+            Ok(Some((rec, e.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Runs by status, from the coordinator's mirror.
+pub(super) async fn counts(s: &Shared) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(mut keys) = s.runs.keys().await {
+        while let Some(Ok(k)) = keys.next().await {
+            if let Ok(Some((r, _))) = load(s, &k).await {
+                *out.entry(r.status).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The leader's working state.
+struct Engine {
+    s: Arc<Shared>,
+    /// Mirror of `P-runs`: run id -> (record, revision).
+    runs: HashMap<String, (RunRecord, u64)>,
+    health: HashMap<String, Health>,
+    rr: usize,
+}
+
+pub(super) async fn start_loop(s: &Arc<Shared>) -> Result<(), Error> {
+    let mut done_sub = s
+        .client
+        .subscribe(s.subjects.shard_done())
+        .await
+        .map_err(Error::nats)?;
+    let mut rebalance_sub = s
+        .client
+        .subscribe(s.subjects.rebalance())
+        .await
+        .map_err(Error::nats)?;
+    let mut watch = s.runs.watch_with_history(">").await.map_err(Error::nats)?;
+    let mut view_events = s
+        .view
+        .subscribe()
+        .ok_or_else(|| Error::nats("cluster view has no event channel"))?;
+    let mut leadership = s.leader.subscribe();
+    let mut engine = Engine {
+        s: s.clone(),
+        runs: HashMap::new(),
+        health: s
+            .view
+            .nodes()
+            .into_iter()
+            .map(|n| (n.node_id.clone(), n.health))
+            .collect(),
+        rr: 0,
+    };
+    let s = s.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = s.shutdown.wait() => break,
+                e = watch.next() => {
+                    let Some(Ok(e)) = e else { break };
+                    let fresh = engine.mirror(e);
+                    if let (Some(id), true) = (fresh, s.leader.is_leader()) {
+                        engine.reconcile(&id).await;
+                    }
+                }
+                r = leadership.changed() => {
+                    if r.is_err() { break }
+                    if *leadership.borrow_and_update() {
+                        engine.sweep_results().await;
+                        engine.reconcile_all().await;
+                    }
+                }
+                ev = view_events.recv() => {
+                    match ev {
+                        Ok(ev) => if s.leader.is_leader() { engine.on_node_event(ev).await },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+                m = done_sub.next() => {
+                    let Some(m) = m else { break };
+                    if s.leader.is_leader() {
+                        if let Ok(d) = serde_json::from_slice::<ShardDone>(&m.payload) {
+                            engine.shard_done(&d.run_id, &d.shard_key).await;
+                        }
+                    }
+                }
+                m = rebalance_sub.next() => {
+                    let Some(m) = m else { break };
+                    let mut moved = 0;
+                    if s.leader.is_leader() {
+                        engine.reconcile_all().await;
+                        moved = engine.rebalance(None).await;
+                    }
+                    if let Some(reply) = m.reply {
+                        let body = json_body(&json!({"ok": true, "leader": s.leader.is_leader(), "moved": moved, "coordinator_id": s.id}));
+                        let _ = s.client.publish(reply, body).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if s.leader.is_leader() {
+                        if ticks.is_multiple_of(3) { engine.sweep_results().await; }
+                        engine.reconcile_all().await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+impl Engine {
+    /// Applies a watch entry; returns the run id if it is a new run.
+    fn mirror(&mut self, e: kv::Entry) -> Option<String> {
+        if e.operation != kv::Operation::Put {
+            self.runs.remove(&e.key);
+            return None;
+        }
+        let rec: RunRecord = serde_json::from_slice(&e.value).ok()?;
+        let fresh = !self.runs.contains_key(&e.key);
+        match self.runs.get(&e.key) {
+            Some((_, rev)) if *rev >= e.revision => {}
+            _ => {
+                self.runs.insert(e.key.clone(), (rec, e.revision));
+            }
+        }
+        fresh.then_some(e.key)
+    }
+
+    fn eligible(&self, rec: &RunRecord) -> Vec<NodeInfo> {
+        self.s
+            .view
+            .nodes()
+            .into_iter()
+            .filter(|n| {
+                n.health == Health::Healthy
+                    && n.role != Role::Supervisor
+                    && n.handlers().contains(&rec.spec.task_type)
+                    && rec
+                        .spec
+                        .requirements
+                        .capabilities
+                        .iter()
+                        .all(|c| n.capabilities.contains(c))
+            })
+            .collect()
+    }
+
+    /// Unfinished shards per node across all runs.
+    fn load(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for (r, _) in self.runs.values() {
+            for sh in r.shards.values() {
+                if sh.status == ShardStatus::Assigned {
+                    if let Some(n) = &sh.node_id {
+                        *m.entry(n.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    fn pick(&mut self, nodes: &[NodeInfo], load: &HashMap<String, u64>) -> Option<String> {
+        if nodes.is_empty() {
+            return None;
+        }
+        match self.s.cfg.strategy {
+            AssignStrategy::RoundRobin => {
+                self.rr = self.rr.wrapping_add(1);
+                Some(nodes[self.rr % nodes.len()].node_id.clone())
+            }
+            AssignStrategy::LeastLoaded => nodes
+                .iter()
+                .min_by_key(|n| {
+                    (
+                        u64::from(n.active_tasks) + load.get(&n.node_id).copied().unwrap_or(0),
+                        load.get(&n.node_id).copied().unwrap_or(0),
+                        n.node_id.clone(),
+                    )
+                })
+                .map(|n| n.node_id.clone()),
+        }
+    }
+
+    async fn publish_assignment(
+        &self,
+        rec: &RunRecord,
+        key: &str,
+        node: &str,
+        attempt: u32,
+    ) -> Result<u64, Error> {
+        let a = ShardAssignment {
+            run_id: rec.run_id.clone(),
+            dataset_id: rec.spec.dataset_id.clone(),
+            iteration: rec.spec.iteration,
+            shard_key: key.to_string(),
+            target_node: node.to_string(),
+            strategy: rec.spec.strategy.clone(),
+            task_type: rec.spec.task_type.clone(),
+            payload: rec.spec.payload.clone(),
+            metadata: rec.spec.metadata.clone(),
+            attempt,
+            task_id: rec.task_id(key),
+        };
+        let ack = self
+            .s
+            .js
+            .publish(self.s.subjects.shards(node), json_body(&a))
+            .await
+            .map_err(Error::nats)?
+            .await
+            .map_err(Error::nats)?;
+        Ok(ack.sequence)
+    }
+
+    /// Writes a changed record (compare-and-set on the revision).
+    async fn save(&mut self, rec: RunRecord, rev: u64) -> bool {
+        let Ok(body) = serde_json::to_vec(&rec) else {
+            return false;
+        };
+        match self.s.runs.update(&rec.run_id, body.into(), rev).await {
+            Ok(new_rev) => {
+                self.runs.insert(rec.run_id.clone(), (rec, new_rev));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %rec.run_id, error = %e, "run record changed under us; reloading");
+                if let Ok(Some(fresh)) = load(&self.s, &rec.run_id).await {
+                    self.runs.insert(rec.run_id.clone(), fresh);
+                }
+                false
+            }
+        }
+    }
+
+    async fn reconcile_all(&mut self) {
+        let ids: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, (r, _))| r.status == "running")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.reconcile(&id).await;
+        }
+    }
+
+    /// Assigns pending shards, re-queues shards of vanished nodes, and
+    /// closes the run when every shard is done.
+    async fn reconcile(&mut self, run_id: &str) {
+        if !self.s.leader.is_leader() {
+            return;
+        }
+        let Some((mut rec, rev)) = self.runs.get(run_id).cloned() else {
+            return;
+        };
+        if rec.status != "running" {
+            return;
+        }
+        let before = rec.clone();
+        let live: HashSet<String> = self.s.view.nodes().into_iter().map(|n| n.node_id).collect();
+        for sh in rec.shards.values_mut() {
+            if sh.status == ShardStatus::Assigned
+                && !sh.node_id.as_ref().is_some_and(|n| live.contains(n))
+            {
+                sh.status = ShardStatus::Pending;
+            }
+        }
+        let nodes = self.eligible(&rec);
+        let mut load = self.load();
+        let pending: Vec<String> = rec
+            .shards
+            .iter()
+            .filter(|(_, s)| s.status == ShardStatus::Pending)
+            .map(|(k, _)| k.clone())
+            .collect();
+        rec.waiting = None;
+        for key in pending {
+            let Some(node) = self.pick(&nodes, &load) else {
+                rec.waiting = Some(if rec.spec.requirements.capabilities.is_empty() {
+                    format!(
+                        "waiting for a healthy node with handler {:?}",
+                        rec.spec.task_type
+                    )
+                } else {
+                    format!(
+                        "waiting for a healthy node with handler {:?} and capabilities {:?}",
+                        rec.spec.task_type, rec.spec.requirements.capabilities
+                    )
+                });
+                break;
+            };
+            let Some(sh) = rec.shards.get(&key).cloned() else {
+                continue;
+            };
+            let attempt = sh.attempt + 1;
+            match self.publish_assignment(&rec, &key, &node, attempt).await {
+                Ok(seq) => {
+                    *load.entry(node.clone()).or_default() += 1;
+                    let kind = if sh.attempt > 0 {
+                        "shard.reassigned"
+                    } else {
+                        "shard.assigned"
+                    };
+                    publish_audit(
+                        &self.s.js,
+                        &self.s.subjects,
+                        kind,
+                        Some(&node),
+                        Some(&rec.run_id),
+                        json!({"shard_key": key, "attempt": attempt, "from": sh.node_id}),
+                    )
+                    .await;
+                    rec.shards.insert(
+                        key,
+                        ShardState {
+                            status: ShardStatus::Assigned,
+                            node_id: Some(node),
+                            attempt,
+                            seq: Some(seq),
+                            result: Value::Null,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish shard assignment");
+                    break;
+                }
+            }
+        }
+        self.finish_if_done(&mut rec).await;
+        if rec != before {
+            self.save(rec, rev).await;
+        }
+    }
+
+    async fn finish_if_done(&self, rec: &mut RunRecord) {
+        if rec.status != "running" {
+            return;
+        }
+        let all_done = rec
+            .shards
+            .values()
+            .all(|s| matches!(s.status, ShardStatus::Completed | ShardStatus::Failed));
+        if !all_done {
+            return;
+        }
+        let failed = rec.shards.values().any(|s| s.status == ShardStatus::Failed);
+        rec.status = if failed { "failed" } else { "completed" }.into();
+        rec.finished_at = Some(now_rfc3339());
+        rec.waiting = None;
+        publish_audit(
+            &self.s.js,
+            &self.s.subjects,
+            if failed {
+                "run.failed"
+            } else {
+                "run.completed"
+            },
+            None,
+            Some(&rec.run_id),
+            json!({"total_shards": rec.shards.len()}),
+        )
+        .await;
+    }
+
+    /// A node reported a shard finished: check its stored result.
+    async fn shard_done(&mut self, run_id: &str, key: &str) {
+        let Some((mut rec, rev)) = self.runs.get(run_id).cloned() else {
+            return;
+        };
+        if !self.apply_result(&mut rec, key).await {
+            return;
+        }
+        self.finish_if_done(&mut rec).await;
+        self.save(rec, rev).await;
+    }
+
+    /// Marks a shard done if its result is stored; true if it changed.
+    async fn apply_result(&self, rec: &mut RunRecord, key: &str) -> bool {
+        let task_id = rec.task_id(key);
+        let Some(sh) = rec.shards.get_mut(key) else {
+            return false;
+        };
+        if matches!(sh.status, ShardStatus::Completed | ShardStatus::Failed) {
+            return false;
+        }
+        let Some(res) = read_result(&self.s.results, &self.s.subjects, &task_id).await else {
+            return false;
+        };
+        sh.status = if res.status == TaskStatus::Completed {
+            ShardStatus::Completed
+        } else {
+            ShardStatus::Failed
+        };
+        sh.result = res.result;
+        if let Some(n) = res.node_id {
+            sh.node_id = Some(n.clone());
+            publish_audit(
+                &self.s.js,
+                &self.s.subjects,
+                "shard.completed",
+                Some(&n),
+                Some(&rec.run_id),
+                json!({"shard_key": key, "status": res.status}),
+            )
+            .await;
+        }
+        true
+    }
+
+    /// Checks stored results of every unfinished shard (reports lost while
+    /// no coordinator led).
+    async fn sweep_results(&mut self) {
+        let ids: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, (r, _))| r.status == "running")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            let Some((mut rec, rev)) = self.runs.get(&id).cloned() else {
+                continue;
+            };
+            let keys: Vec<String> = rec
+                .shards
+                .iter()
+                .filter(|(_, s)| {
+                    s.status == ShardStatus::Assigned || s.status == ShardStatus::Pending
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut changed = false;
+            for k in keys {
+                changed |= self.apply_result(&mut rec, &k).await;
+            }
+            if changed {
+                self.finish_if_done(&mut rec).await;
+                self.save(rec, rev).await;
+            }
+        }
+    }
+
+    async fn on_node_event(&mut self, ev: DiscoveryEvent) {
+        match ev {
+            DiscoveryEvent::Left { node_id, reason } => {
+                self.health.remove(&node_id);
+                let kind = match reason {
+                    crate::discovery::LeaveReason::Expired => "node.expired",
+                    crate::discovery::LeaveReason::Deleted => "node.removed",
+                };
+                publish_audit(
+                    &self.s.js,
+                    &self.s.subjects,
+                    kind,
+                    Some(&node_id),
+                    None,
+                    json!({}),
+                )
+                .await;
+                self.forget_node(&node_id).await;
+                self.reconcile_all().await;
+            }
+            DiscoveryEvent::Joined(d) => {
+                if let Some(info) = d.info {
+                    self.health.insert(info.node_id.clone(), info.health);
+                    self.reconcile_all().await;
+                    if info.health == Health::Healthy {
+                        self.rebalance(Some(&info.node_id)).await;
+                    }
+                }
+            }
+            DiscoveryEvent::Updated(d) => {
+                let Some(info) = d.info else { return };
+                let prev = self.health.insert(info.node_id.clone(), info.health);
+                if prev != Some(info.health) {
+                    match info.health {
+                        Health::Draining => self.move_unstarted(&info.node_id, None).await,
+                        Health::Healthy => {
+                            self.reconcile_all().await;
+                            self.rebalance(Some(&info.node_id)).await;
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Removes a vanished node's shard messages and consumer.
+    async fn forget_node(&self, node_id: &str) {
+        if let Ok(stream) = self.s.js.get_stream(self.s.subjects.shards_stream()).await {
+            let _ = stream.purge().filter(self.s.subjects.shards(node_id)).await;
+            let _ = stream
+                .delete_consumer(&self.s.subjects.shard_consumer(node_id))
+                .await;
+        }
+    }
+
+    /// Task ids a node runs now (asked over control).
+    async fn running_on(&self, node_id: &str) -> Option<HashSet<String>> {
+        let m = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.s
+                .client
+                .request(self.s.subjects.ctl(node_id, "status"), "".into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let v: Value = serde_json::from_slice(&m.payload).ok()?;
+        Some(
+            v["running_tasks"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Moves shards assigned to `from` that have not started; at most
+    /// `limit` (all if None), to `to` (or any eligible node if None).
+    /// Returns how many moved.
+    async fn move_unstarted_to(
+        &mut self,
+        from: &str,
+        limit: Option<usize>,
+        to: Option<&str>,
+    ) -> usize {
+        let Some(running) = self.running_on(from).await else {
+            return 0;
+        };
+        let Ok(stream) = self.s.js.get_stream(self.s.subjects.shards_stream()).await else {
+            return 0;
+        };
+        let mut moved = 0;
+        let ids: Vec<String> = self.runs.keys().cloned().collect();
+        for id in ids {
+            let Some((mut rec, rev)) = self.runs.get(&id).cloned() else {
+                continue;
+            };
+            if rec.status != "running" {
+                continue;
+            }
+            let mut changed = false;
+            let keys: Vec<String> = rec.shards.keys().cloned().collect();
+            for key in keys {
+                if limit.is_some_and(|l| moved >= l) {
+                    break;
+                }
+                let task_id = rec.task_id(&key);
+                let Some(sh) = rec.shards.get(&key).cloned() else {
+                    continue;
+                };
+                if sh.status != ShardStatus::Assigned
+                    || sh.node_id.as_deref() != Some(from)
+                    || running.contains(&task_id)
+                {
+                    continue;
+                }
+                let Some(seq) = sh.seq else { continue };
+                // Only a message still waiting can be deleted: then it has
+                // not started.
+                if !matches!(stream.delete_message(seq).await, Ok(true)) {
+                    continue;
+                }
+                let new_state = match to {
+                    Some(node) => match self
+                        .publish_assignment(&rec, &key, node, sh.attempt + 1)
+                        .await
+                    {
+                        Ok(seq) => ShardState {
+                            status: ShardStatus::Assigned,
+                            node_id: Some(node.to_string()),
+                            attempt: sh.attempt + 1,
+                            seq: Some(seq),
+                            result: Value::Null,
+                        },
+                        Err(_) => ShardState {
+                            status: ShardStatus::Pending,
+                            ..sh.clone()
+                        },
+                    },
+                    None => ShardState {
+                        status: ShardStatus::Pending,
+                        ..sh.clone()
+                    },
+                };
+                publish_audit(
+                    &self.s.js,
+                    &self.s.subjects,
+                    "shard.reassigned",
+                    new_state.node_id.as_deref(),
+                    Some(&rec.run_id),
+                    json!({"shard_key": key, "from": from, "reason": if to.is_some() { "rebalance" } else { "drain" }}),
+                )
+                .await;
+                rec.shards.insert(key, new_state);
+                moved += 1;
+                changed = true;
+            }
+            if changed {
+                self.save(rec, rev).await;
+            }
+        }
+        moved
+    }
+
+    async fn move_unstarted(&mut self, from: &str, limit: Option<usize>) {
+        self.move_unstarted_to(from, limit, None).await;
+        self.reconcile_all().await;
+    }
+
+    /// Moves not-started shards from the most loaded nodes toward `target`
+    /// (or toward the least loaded node) until loads differ by at most one.
+    async fn rebalance(&mut self, target: Option<&str>) -> usize {
+        let mut total = 0;
+        for _ in 0..64 {
+            let load = self.load();
+            let nodes: Vec<NodeInfo> = self
+                .s
+                .view
+                .nodes()
+                .into_iter()
+                .filter(|n| n.health == Health::Healthy && n.role != Role::Supervisor)
+                .collect();
+            if nodes.len() < 2 {
+                break;
+            }
+            let l = |n: &str| load.get(n).copied().unwrap_or(0);
+            let Some(max) = nodes
+                .iter()
+                .max_by_key(|n| (l(&n.node_id), n.node_id.clone()))
+            else {
+                break;
+            };
+            let to = match target {
+                Some(t) if nodes.iter().any(|n| n.node_id == t) => t.to_string(),
+                _ => match nodes
+                    .iter()
+                    .min_by_key(|n| (l(&n.node_id), n.node_id.clone()))
+                {
+                    Some(n) => n.node_id.clone(),
+                    None => break,
+                },
+            };
+            if max.node_id == to || l(&max.node_id) <= l(&to) + 1 {
+                break;
+            }
+            let from = max.node_id.clone();
+            let moved = self.move_unstarted_to(&from, Some(1), Some(&to)).await;
+            if moved == 0 {
+                break;
+            }
+            total += moved;
+        }
+        total
+    }
+}
+
+/// Shared with the node side: the task id of a shard.
+pub(crate) fn shard_task_id(run_id: &str, iteration: u64, key: &str) -> String {
+    format!("{run_id}:{iteration}:{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planner_makes_contiguous_slices_and_items() {
+        assert_eq!(
+            plan_shards("by_slice", 100, 25, 1000).unwrap(),
+            ["slice:0:25", "slice:25:50", "slice:50:75", "slice:75:100"]
+        );
+        assert_eq!(
+            plan_shards("by_dataset", 10, 4, 1000).unwrap(),
+            ["slice:0:4", "slice:4:8", "slice:8:10"]
+        );
+        assert_eq!(
+            plan_shards("by_iteration", 3, 0, 1000).unwrap(),
+            ["item:0", "item:1", "item:2"]
+        );
+        assert!(plan_shards("by_slice", 10, 0, 1000).is_err());
+        assert!(plan_shards("by_slice", 0, 1, 1000).is_err());
+        assert!(plan_shards("by_slice", -5, 1, 1000).is_err());
+        assert!(plan_shards("by_magic", 10, 1, 1000).is_err());
+        assert!(plan_shards("by_iteration", 2000, 1, 1000).is_err());
+        assert_eq!(shard_task_id("r", 0, "item:1"), "r:0:item:1");
+    }
+}

@@ -1,0 +1,564 @@
+//! Task work queues (contract §5) and the weave-api task endpoints (§6).
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use common::*;
+use jetweave::config::HandlerSpec;
+use jetweave::protocol::{Priority, SubmitRequest, TaskEnvelope, TaskStatus};
+use jetweave::Node;
+use serde_json::{json, Value};
+
+fn submit_req(task_type: &str, payload: Value) -> SubmitRequest {
+    SubmitRequest {
+        envelope: TaskEnvelope::new(task_type, payload),
+        ..Default::default()
+    }
+}
+
+async fn publish(client: &async_nats::Client, subject: &str, id: Option<&str>, body: Value) {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut m =
+        async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into());
+    if let Some(id) = id {
+        m = m.message_id(id);
+    }
+    js.send_publish(subject.to_string(), m)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn echo_round_trip_by_publish_and_by_api_and_dedup() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+
+    // Plain publish with Nats-Msg-Id: the header is the task id.
+    publish(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("plain-1"),
+        json!({"type": "echo", "payload": {"x": 1}}),
+    )
+    .await;
+    let r = api.wait("plain-1", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed);
+    assert_eq!(r.result, json!({"x": 1}));
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.node_id.as_deref(), Some("w1"));
+
+    // Via the API.
+    let sub = api
+        .submit(&submit_req("echo", json!("hello")))
+        .await
+        .unwrap();
+    assert_eq!(sub.queue, "default");
+    assert_eq!(sub.priority, Priority::Normal);
+    let r = api
+        .wait(&sub.task_id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.result, json!("hello"));
+    let info = api.get(&sub.task_id).await.unwrap();
+    assert_eq!(info.status, TaskStatus::Completed);
+
+    // Duplicate submits with the same id execute once.
+    let counter = Arc::new(Mutex::new(0u32));
+    node.handle.shutdown(Duration::from_secs(2)).await;
+    let mut n = Node::new(node_config("w2"));
+    let c2 = counter.clone();
+    n.handler("counted", move |_ctx, _p| {
+        let c = c2.clone();
+        async move {
+            *c.lock().unwrap() += 1;
+            Ok(json!(null))
+        }
+    });
+    let _node2 = start_node_with(&server, n).await;
+    for _ in 0..3 {
+        publish(
+            &nats,
+            "weave.tasks.default.normal",
+            Some("dup-1"),
+            json!({"type": "counted"}),
+        )
+        .await;
+    }
+    let mut req = submit_req("counted", json!(null));
+    req.envelope.id = Some("dup-1".into());
+    let again = api.submit(&req).await.unwrap();
+    assert!(again.duplicate);
+    let r = api.wait("dup-1", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    // A later, distinct task proves the queue moved past the duplicates.
+    publish(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("dup-2"),
+        json!({"type": "counted"}),
+    )
+    .await;
+    let r = api.wait("dup-2", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(*counter.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn retries_dead_letters_and_timeouts() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+
+    // fail times=2 completes on attempt 3, after the backoff.
+    let mut req = submit_req("fail", json!({"times": 2}));
+    req.envelope.backoff_s = Some(vec![0.3, 0.3]);
+    let t0 = Instant::now();
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.result, json!({"attempts": 3}));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "backoff honoured"
+    );
+
+    // times=-1: dead, with a DLQ copy carrying the last error.
+    let nats = server.client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut req = submit_req("fail", json!({"times": -1}));
+    req.envelope.backoff_s = Some(vec![0.1]);
+    req.envelope.max_attempts = Some(2);
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.error.as_deref(), Some("planned failure"));
+    let dlq = js.get_stream("WEAVE_DLQ").await.unwrap();
+    let m = dlq
+        .direct_get_last_for_subject("weave.dlq.default")
+        .await
+        .unwrap();
+    let dl: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(dl["task_id"], json!(id));
+    assert_eq!(dl["error"], "planned failure");
+    assert_eq!(dl["envelope"]["type"], "fail");
+
+    // timeout_s cancels a sleep; the last attempt ends `timeout`.
+    let mut req = submit_req("sleep", json!({"ms": 5000}));
+    req.envelope.timeout_s = Some(0.3);
+    req.envelope.max_attempts = Some(1);
+    let t0 = Instant::now();
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Timeout);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+
+    // A type no live node handles ends dead with a clear error.
+    let id = api
+        .submit(&submit_req("no_such_handler", json!(null)))
+        .await
+        .unwrap()
+        .task_id;
+    let r = api.wait(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert!(r.error.unwrap().contains("no live node handles task type"));
+}
+
+#[tokio::test]
+async fn cancel_queued_and_running_tasks_and_delayed_tasks() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+
+    // Running: the handler stops within 1 s.
+    let id = api
+        .submit(&submit_req("sleep", json!({"ms": 10_000})))
+        .await
+        .unwrap()
+        .task_id;
+    wait_for("task running", Duration::from_secs(5), || async {
+        let i = api.get(&id).await.ok()?;
+        (i.status == TaskStatus::Running).then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    let reply = api.cancel(&id).await.unwrap();
+    assert_eq!(reply["previous_status"], "running");
+    let r = api.wait(&id, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Cancelled);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "cancelled in {:?}",
+        t0.elapsed()
+    );
+    wait_for("slot free", Duration::from_secs(2), || async {
+        let st = api.control("w1", "status", &json!({})).await.ok()?;
+        (st["active_tasks"] == 0).then_some(())
+    })
+    .await;
+
+    // Queued (node drained): removed, never runs.
+    node.handle.drain().await;
+    let id = api
+        .submit(&submit_req("echo", json!(1)))
+        .await
+        .unwrap()
+        .task_id;
+    assert_eq!(api.get(&id).await.unwrap().status, TaskStatus::Queued);
+    let reply = api.cancel(&id).await.unwrap();
+    assert_eq!(reply["previous_status"], "queued");
+    node.handle.resume().await;
+    let after = api
+        .submit(&submit_req("echo", json!(2)))
+        .await
+        .unwrap()
+        .task_id;
+    api.wait(&after, Duration::from_secs(5)).await.unwrap();
+    let r = api.result(&id).await.unwrap().unwrap();
+    assert_eq!(r.status, TaskStatus::Cancelled);
+    assert_eq!(r.attempts, 0);
+    let err = api.cancel(&id).await.unwrap_err();
+    assert_eq!(err.code(), "already_finished");
+    let err = api.cancel("never-submitted").await.unwrap_err();
+    assert_eq!(err.code(), "unknown_task");
+
+    // not_before: by API (message schedule) and by plain publish.
+    for (how, id) in [("api", "delayed-api"), ("publish", "delayed-pub")] {
+        let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1800);
+        let nb = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let t0 = Instant::now();
+        if how == "api" {
+            let mut req = submit_req("echo", json!(how));
+            req.envelope.id = Some(id.into());
+            req.envelope.not_before = Some(nb);
+            api.submit(&req).await.unwrap();
+        } else {
+            let nats = server.client().await;
+            publish(
+                &nats,
+                "weave.tasks.default.normal",
+                None,
+                json!({"type": "echo", "id": id, "payload": how, "not_before": nb}),
+            )
+            .await;
+        }
+        let r = api.wait(id, Duration::from_secs(6)).await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(r.status, TaskStatus::Completed);
+        assert_eq!(r.attempts, 1, "{how}: a delay is not an attempt");
+        assert!(
+            took >= Duration::from_millis(1700),
+            "{how}: ran after {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(3500),
+            "{how}: ran after {took:?}"
+        );
+        let started = time::OffsetDateTime::parse(
+            r.started_at.as_deref().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(
+            started >= at - time::Duration::milliseconds(10),
+            "{how}: started before not_before"
+        );
+    }
+}
+
+#[tokio::test]
+async fn higher_priority_is_dispatched_first() {
+    let server = NatsServer::start();
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cfg = node_config("w1");
+    cfg.concurrency = 1;
+    let mut n = Node::new(cfg);
+    let o = order.clone();
+    n.handler("mark", move |_ctx, p| {
+        let o = o.clone();
+        async move {
+            o.lock()
+                .unwrap()
+                .push(p.as_str().unwrap_or_default().to_string());
+            Ok(Value::Null)
+        }
+    });
+    let node = start_node_with(&server, n).await;
+    node.handle.drain().await;
+    let nats = server.client().await;
+    for i in 0..50 {
+        publish(
+            &nats,
+            "weave.tasks.default.low",
+            None,
+            json!({"type": "mark", "id": format!("low-{i}"), "payload": format!("low-{i}")}),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        publish(
+            &nats,
+            "weave.tasks.default.critical",
+            None,
+            json!({"type": "mark", "id": format!("crit-{i}"), "payload": format!("crit-{i}")}),
+        )
+        .await;
+    }
+    node.handle.resume().await;
+    let api = api_client(&server).await;
+    api.wait("low-49", Duration::from_secs(20)).await.unwrap();
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 55);
+    let tenth_low = order
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.starts_with("low"))
+        .nth(9)
+        .unwrap()
+        .0;
+    let last_crit = order.iter().rposition(|s| s.starts_with("crit")).unwrap();
+    assert!(
+        last_crit < tenth_low,
+        "critical must start before the 10th low: {order:?}"
+    );
+}
+
+/// kill -9 of the node running a task: another node finishes it (attempt 2).
+#[tokio::test]
+async fn a_dead_nodes_task_is_finished_by_another_node() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let mut a = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "node",
+        "--node-id",
+        "doomed",
+        "--ack-wait",
+        "2",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+    ]);
+    wait_for("node up", Duration::from_secs(15), || async {
+        api.nodes()
+            .await
+            .ok()?
+            .iter()
+            .any(|n| n.node_id == "doomed")
+            .then_some(())
+    })
+    .await;
+    let id = api
+        .submit(&submit_req("sleep", json!({"ms": 3000})))
+        .await
+        .unwrap()
+        .task_id;
+    wait_for("running on doomed", Duration::from_secs(5), || async {
+        let i = api.get(&id).await.ok()?;
+        (i.node_id.as_deref() == Some("doomed")).then_some(())
+    })
+    .await;
+    let _b = start_node(&server, node_config("survivor")).await;
+    a.kill9();
+    let killed = Instant::now();
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    let took = killed.elapsed();
+    assert_eq!(r.status, TaskStatus::Completed);
+    assert_eq!(r.node_id.as_deref(), Some("survivor"));
+    assert_eq!(r.attempts, 2);
+    eprintln!("finished elsewhere {took:?} after kill -9 (ack_wait 2 s + 3 s task)");
+    assert!(took <= Duration::from_millis(5500), "took {took:?}");
+}
+
+#[tokio::test]
+async fn exec_and_http_handlers() {
+    let server = NatsServer::start();
+    // A local HTTP handler.
+    let app = axum::Router::new().route(
+        "/run",
+        axum::routing::post(|axum::Json(v): axum::Json<Value>| async move {
+            if v["payload"]["fail"] == true {
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "nope").into_response()
+            } else {
+                axum::Json(json!({"got": v["payload"], "attempt": v["attempt"]})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut cfg = node_config("w1");
+    cfg.handlers = vec![
+        HandlerSpec { task_type: "double".into(), exec: Some(vec!["python3".into(), "-c".into(), "import sys, json; e = json.load(sys.stdin); print(json.dumps({'doubled': e['payload']['n'] * 2}))".into()]), http: None },
+        HandlerSpec { task_type: "crash".into(), exec: Some(vec!["sh".into(), "-c".into(), "echo 'disk on fire' >&2; exit 4".into()]), http: None },
+        HandlerSpec { task_type: "remote".into(), exec: None, http: Some(format!("http://127.0.0.1:{port}/run")) },
+    ];
+    let _node = start_node(&server, cfg).await;
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+
+    let id = api
+        .submit(&submit_req("double", json!({"n": 21})))
+        .await
+        .unwrap()
+        .task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.result, json!({"doubled": 42}));
+
+    let mut req = submit_req("crash", json!(null));
+    req.envelope.max_attempts = Some(1);
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert_eq!(r.error.as_deref(), Some("disk on fire"));
+
+    let id = api
+        .submit(&submit_req("remote", json!({"k": "v"})))
+        .await
+        .unwrap()
+        .task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.result, json!({"got": {"k": "v"}, "attempt": 1}));
+
+    let mut req = submit_req("remote", json!({"fail": true}));
+    req.envelope.max_attempts = Some(1);
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert!(r.error.unwrap().contains("500"));
+}
+
+#[tokio::test]
+async fn bad_task_messages_are_dead_lettered_and_the_queue_moves_on() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let raw = |id: &str, body: &[u8]| {
+        let js = js.clone();
+        let id = id.to_string();
+        let body = body.to_vec();
+        async move {
+            js.send_publish(
+                "weave.tasks.default.normal",
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(body.into())
+                    .message_id(id),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+    raw("bad-json", b"this is not json").await;
+    raw("bad-array", b"[1, 2]").await;
+    raw("bad-notype", br#"{"payload": 1}"#).await;
+    raw("bad-types", br#"{"type": "echo", "timeout_s": "soon"}"#).await;
+    raw("bad-attempts", br#"{"type": "echo", "max_attempts": 0}"#).await;
+    publish(
+        &nats,
+        "weave.tasks.default.normal",
+        None,
+        json!({"type": "echo", "id": "bad id!"}),
+    )
+    .await;
+    raw("good", br#"{"type": "echo", "payload": "ok"}"#).await;
+    let r = api.wait("good", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed);
+    for id in [
+        "bad-json",
+        "bad-array",
+        "bad-notype",
+        "bad-types",
+        "bad-attempts",
+    ] {
+        let r = api.wait(id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r.status, TaskStatus::Dead, "{id}");
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .starts_with("rejected task message"),
+            "{id}: {r:?}"
+        );
+    }
+    let dlq = js.get_stream("WEAVE_DLQ").await.unwrap();
+    assert!(dlq.get_info().await.unwrap().state.messages >= 6);
+
+    // API requests with bad bodies get error replies.
+    let cases: Vec<(&str, &[u8], &str)> = vec![
+        ("weave.api.tasks.submit", b"{", "invalid_json"),
+        ("weave.api.tasks.submit", b"[]", "invalid_json"),
+        ("weave.api.tasks.submit", br#"{"type": 5}"#, "invalid_value"),
+        (
+            "weave.api.tasks.submit",
+            br#"{"payload": 1}"#,
+            "invalid_value",
+        ),
+        (
+            "weave.api.tasks.submit",
+            br#"{"type": "echo", "priority": "urgent"}"#,
+            "invalid_value",
+        ),
+        (
+            "weave.api.tasks.submit",
+            br#"{"type": "echo", "queue": "a.b"}"#,
+            "invalid_id",
+        ),
+        (
+            "weave.api.tasks.submit",
+            br#"{"type": "echo", "id": "x y"}"#,
+            "invalid_id",
+        ),
+        ("weave.api.tasks.get", b"{}", "invalid_value"),
+        (
+            "weave.api.tasks.get",
+            br#"{"task_id": "a b"}"#,
+            "invalid_id",
+        ),
+        (
+            "weave.api.tasks.cancel",
+            br#"{"task_id": "nope"}"#,
+            "unknown_task",
+        ),
+    ];
+    for (subject, body, code) in cases {
+        let r = req(&nats, subject, body).await;
+        assert_eq!(
+            r["ok"],
+            false,
+            "{subject} {}: {r}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(
+            r["code"],
+            code,
+            "{subject} {}: {r}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let r = req(&nats, "weave.api.tasks.get", br#"{"task_id": "never"}"#).await;
+    assert_eq!(r["status"], "unknown");
+    let st = api.cluster_status().await.unwrap();
+    assert_eq!(st.total_nodes, 1);
+    assert_eq!(st.leader.as_deref(), Some("c1"));
+}
