@@ -988,7 +988,25 @@ impl Engine {
                 if !matches!(stream.delete_message(seq).await, Ok(true)) {
                     continue;
                 }
-                let new_state = match to {
+                // Rebalance names the target; a drain picks the least
+                // loaded eligible node (or leaves it pending).
+                let target = match to {
+                    Some(node) => Some(node.to_string()),
+                    None => {
+                        let nodes: Vec<NodeInfo> = self
+                            .eligible(&rec)
+                            .into_iter()
+                            .filter(|n| n.node_id != from)
+                            .collect();
+                        let load = self.load();
+                        self.pick(&nodes, &load)
+                    }
+                };
+                let pending = ShardState {
+                    status: ShardStatus::Pending,
+                    ..sh.clone()
+                };
+                let new_state = match &target {
                     Some(node) => match self
                         .publish_assignment(&rec, &key, node, sh.attempt + 1)
                         .await
@@ -1000,15 +1018,9 @@ impl Engine {
                             seq: Some(seq),
                             result: Value::Null,
                         },
-                        Err(_) => ShardState {
-                            status: ShardStatus::Pending,
-                            ..sh.clone()
-                        },
+                        Err(_) => pending,
                     },
-                    None => ShardState {
-                        status: ShardStatus::Pending,
-                        ..sh.clone()
-                    },
+                    None => pending,
                 };
                 publish_audit(
                     &self.s.js,

@@ -1,0 +1,381 @@
+//! Runs, shard assignment and movement (contract §7), leader failover.
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn assignments(run: &Value) -> Vec<(String, String)> {
+    run["assignments"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+async fn result_of(
+    api: &jetweave::Client,
+    run_id: &str,
+    key: &str,
+) -> jetweave::protocol::TaskResult {
+    api.wait(&format!("{run_id}:0:{key}"), Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_is_split_over_two_nodes_and_completes() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _a = start_node(&server, node_config("a")).await;
+    let _b = start_node(&server, node_config("b")).await;
+    let api = api_client(&server).await;
+    let created = api
+        .create_run(
+            &json!({"run_id": "r1", "dataset_id": "ds", "iteration": 0, "total_items": 100,
+            "shard_size": 25, "strategy": "by_slice", "type": "count", "payload": {"item_ms": 5}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["total_shards"], 4);
+    let mut seen = Vec::new();
+    let run = api
+        .wait_run("r1", Duration::from_secs(20), |d, t| seen.push((d, t)))
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["completed_shards"], 4);
+    assert_eq!(seen.last(), Some(&(4, 4)));
+    let a = assignments(&run);
+    let keys: Vec<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["slice:0:25", "slice:25:50", "slice:50:75", "slice:75:100"]
+    );
+    let nodes: BTreeSet<&str> = a.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from(["a", "b"]), "shards on both nodes");
+    let r = result_of(&api, "r1", "slice:25:50").await;
+    assert_eq!(r.result, json!({"items": 25, "resumed_from": 0}));
+    // The audit log has the run's life.
+    let js = async_nats::jetstream::new(server.client().await);
+    let ev = js.get_stream("WEAVE_EVENTS").await.unwrap();
+    for subj in [
+        "weave.events.run.created",
+        "weave.events.shard.assigned",
+        "weave.events.shard.completed",
+        "weave.events.run.completed",
+    ] {
+        assert!(ev.direct_get_last_for_subject(subj).await.is_ok(), "{subj}");
+    }
+    let st = api.cluster_status().await.unwrap();
+    assert_eq!(st.runs.get("completed"), Some(&1));
+}
+
+#[tokio::test]
+async fn capabilities_place_shards_and_a_run_waits_for_a_fitting_node() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _plain = start_node(&server, node_config("plain")).await;
+    let mut g = node_config("gpu1");
+    g.capabilities = vec!["gpu".into()];
+    let _gpu = start_node(&server, g).await;
+    let api = api_client(&server).await;
+    api.create_run(
+        &json!({"run_id": "g1", "dataset_id": "ds", "total_items": 6, "shard_size": 2,
+        "type": "count", "requirements": {"capabilities": ["gpu"]}}),
+    )
+    .await
+    .unwrap();
+    let run = api
+        .wait_run("g1", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+    assert!(assignments(&run).iter().all(|(_, n)| n == "gpu1"), "{run}");
+
+    // Nobody has "tpu": the run waits and says why; a fitting node unblocks it.
+    api.create_run(
+        &json!({"run_id": "t1", "dataset_id": "ds", "total_items": 2, "shard_size": 1,
+        "type": "count", "requirements": {"capabilities": ["tpu"]}}),
+    )
+    .await
+    .unwrap();
+    let waiting = wait_for("waiting reason", Duration::from_secs(5), || async {
+        let r = api.get_run("t1").await.ok()?;
+        r["waiting"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(waiting.contains("tpu"), "{waiting}");
+    let mut t = node_config("tpu1");
+    t.capabilities = vec!["tpu".into()];
+    let _tpu = start_node(&server, t).await;
+    let run = api
+        .wait_run("t1", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+}
+
+#[tokio::test]
+async fn bad_run_specs_get_clear_errors() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let nats = server.client().await;
+    let cases: Vec<(&[u8], &str, &str)> = vec![
+        (b"{", "invalid_json", "JSON"),
+        (
+            br#"{"total_items": 10, "type": "count"}"#,
+            "invalid_value",
+            "dataset_id",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": 10, "shard_size": 0, "type": "count"}"#,
+            "invalid_value",
+            "shard_size",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": -1, "type": "count"}"#,
+            "invalid_value",
+            "total_items",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": 10, "strategy": "by_magic", "type": "count"}"#,
+            "invalid_value",
+            "strategy",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": "ten", "type": "count"}"#,
+            "invalid_value",
+            "invalid type",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": 1, "type": "count", "run_id": "a:b"}"#,
+            "invalid_id",
+            "run id",
+        ),
+        (
+            br#"{"dataset_id": "d", "total_items": 1000000, "shard_size": 1, "type": "count"}"#,
+            "invalid_value",
+            "maximum",
+        ),
+    ];
+    for (body, code, words) in cases {
+        let r = req(&nats, "weave.api.runs.create", body).await;
+        assert_eq!(r["ok"], false, "{}: {r}", String::from_utf8_lossy(body));
+        assert_eq!(r["code"], code, "{}: {r}", String::from_utf8_lossy(body));
+        assert!(
+            r["error"].as_str().unwrap().contains(words),
+            "{}: {r}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let r = req(&nats, "weave.api.runs.get", br#"{"run_id": "nope"}"#).await;
+    assert_eq!(r["code"], "unknown_run");
+    let ok = req(
+        &nats,
+        "weave.api.runs.create",
+        br#"{"run_id": "dup", "dataset_id": "d", "total_items": 1, "type": "count"}"#,
+    )
+    .await;
+    assert_eq!(ok["run_id"], "dup");
+    let again = req(
+        &nats,
+        "weave.api.runs.create",
+        br#"{"run_id": "dup", "dataset_id": "d", "total_items": 1, "type": "count"}"#,
+    )
+    .await;
+    assert_eq!(again["ok"], false);
+}
+
+/// kill -9 of a node mid-run: its shard moves to the survivor within
+/// node_ttl + 2 s and resumes from the latest checkpoint.
+#[tokio::test]
+async fn a_dead_nodes_shards_move_and_resume_from_checkpoints() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let mut doomed = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "node",
+        "--node-id",
+        "doomed",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--ack-wait",
+        "2",
+    ]);
+    wait_for("doomed registered", Duration::from_secs(15), || async {
+        api.nodes()
+            .await
+            .ok()?
+            .iter()
+            .any(|n| n.node_id == "doomed")
+            .then_some(())
+    })
+    .await;
+    api.create_run(
+        &json!({"run_id": "k1", "dataset_id": "ds", "total_items": 30, "shard_size": 30,
+        "type": "count", "payload": {"item_ms": 100}}),
+    )
+    .await
+    .unwrap();
+    // Let it checkpoint a few items, then start the survivor and kill.
+    wait_for(
+        "shard running on doomed",
+        Duration::from_secs(5),
+        || async {
+            let st = api.control("doomed", "status", &json!({})).await.ok()?;
+            (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _survivor = start_node(&server, node_config("survivor")).await;
+    doomed.kill9();
+    let killed = Instant::now();
+    wait_for("shard moved", Duration::from_secs(6), || async {
+        let r = api.get_run("k1").await.ok()?;
+        (r["assignments"]["slice:0:30"] == "survivor").then_some(())
+    })
+    .await;
+    let moved = killed.elapsed();
+    eprintln!("shard moved {moved:?} after kill -9 (node_ttl 2 s)");
+    assert!(moved <= Duration::from_secs(4), "moved after {moved:?}");
+    let run = api
+        .wait_run("k1", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["completed_shards"], 1);
+    let r = result_of(&api, "k1", "slice:0:30").await;
+    assert_eq!(r.node_id.as_deref(), Some("survivor"));
+    let resumed = r.result["resumed_from"].as_u64().unwrap();
+    assert!(resumed > 0, "resumed from a checkpoint: {:?}", r.result);
+    assert_eq!(r.result["items"], 30);
+}
+
+#[tokio::test]
+async fn drain_moves_not_started_shards_and_a_joining_node_gets_shards() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let mut cfg = node_config("a");
+    cfg.concurrency = 1;
+    let a = start_node(&server, cfg).await;
+    api.create_run(
+        &json!({"run_id": "j1", "dataset_id": "ds", "total_items": 8, "strategy": "by_iteration",
+        "type": "count", "payload": {"item_ms": 300}}),
+    )
+    .await
+    .unwrap();
+    wait_for("all on a", Duration::from_secs(5), || async {
+        let r = api.get_run("j1").await.ok()?;
+        assignments(&r).iter().all(|(_, n)| n == "a").then_some(())
+    })
+    .await;
+    // A node joins: not-started shards move toward it.
+    let mut cfg = node_config("b");
+    cfg.concurrency = 1;
+    let _b = start_node(&server, cfg).await;
+    let on_b = wait_for("shards rebalanced to b", Duration::from_secs(5), || async {
+        let r = api.get_run("j1").await.ok()?;
+        let n = assignments(&r).iter().filter(|(_, n)| n == "b").count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    eprintln!("{on_b} shards moved to the joining node");
+    // Drain a: its remaining not-started shards move to b.
+    a.handle.drain().await;
+    let run = api
+        .wait_run("j1", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+    let on_a = assignments(&run).iter().filter(|(_, n)| n == "a").count();
+    assert!(on_a <= 3, "a kept {on_a} shards after draining: {run}");
+    let js = async_nats::jetstream::new(server.client().await);
+    let ev = js.get_stream("WEAVE_EVENTS").await.unwrap();
+    let m = ev
+        .direct_get_last_for_subject("weave.events.shard.reassigned")
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["details"]["reason"], "drain");
+    assert_eq!(v["node_id"], "b");
+}
+
+/// kill -9 of the leading coordinator: the standby leads within
+/// lease TTL + 2 s and a new run completes.
+#[tokio::test]
+async fn leader_failover() {
+    let server = NatsServer::start();
+    let api = api_client(&server).await;
+    let mut c1 = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "coordinator",
+        "--id",
+        "c1",
+        "--lease-ttl",
+        "2",
+    ]);
+    wait_for("c1 leads", Duration::from_secs(15), || async {
+        let st = api.cluster_status().await.ok()?;
+        (st.leader.as_deref() == Some("c1")).then_some(())
+    })
+    .await;
+    let _c2 = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "coordinator",
+        "--id",
+        "c2",
+        "--lease-ttl",
+        "2",
+    ]);
+    let _n = start_node(&server, node_config("n1")).await;
+    // Both answer the API; c2 knows c1 leads.
+    wait_for("two coordinators", Duration::from_secs(15), || async {
+        let nats = server.client().await;
+        let inbox = nats.new_inbox();
+        let mut sub = nats.subscribe(inbox.clone()).await.ok()?;
+        nats.publish_with_reply("$SRV.PING.weave-api", inbox, "".into())
+            .await
+            .ok()?;
+        let mut n = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            futures::StreamExt::next(&mut sub),
+        )
+        .await
+        {
+            n += 1;
+        }
+        (n == 2).then_some(())
+    })
+    .await;
+    c1.kill9();
+    let killed = Instant::now();
+    wait_for("c2 leads", Duration::from_secs(6), || async {
+        let st = api.cluster_status().await.ok()?;
+        (st.leader.as_deref() == Some("c2")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("new leader {took:?} after kill -9 (lease 2 s)");
+    assert!(took <= Duration::from_secs(4), "took {took:?}");
+    api.create_run(&json!({"run_id": "after", "dataset_id": "ds", "total_items": 4, "shard_size": 2, "type": "count"}))
+        .await
+        .unwrap();
+    let run = api
+        .wait_run("after", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+}
