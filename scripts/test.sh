@@ -6,3 +6,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-nats-server.sh
 export NATS_SERVER_BIN="$PWD/.tools/bin/nats-server"
 cargo test --all-targets "$@"
+cargo test --doc

@@ -16,23 +16,32 @@ fn init_tracing() {
         .init();
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened to from the first line of `main` so a
+/// signal that arrives while a node is still starting is not fatal.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
-async fn run_node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
+async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::Result<()> {
     let cfg = args.to_config(&cli.global.prefix)?;
     let deadline = args.deadline()?;
     let client = cli
@@ -56,7 +65,7 @@ async fn run_node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
         .await
         .context("node failed to start")?;
     tokio::select! {
-        _ = termination() => {
+        _ = signals.recv() => {
             tracing::info!("signal received: shutting down");
             node.shutdown(deadline).await;
         }
@@ -69,7 +78,11 @@ async fn run_node(cli: &Cli, args: &NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_coordinator(cli: &Cli, args: &CoordinatorArgs) -> anyhow::Result<()> {
+async fn run_coordinator(
+    cli: &Cli,
+    args: &CoordinatorArgs,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
     let cfg = args.to_config(&cli.global.prefix)?;
     let client = cli
         .global
@@ -78,7 +91,7 @@ async fn run_coordinator(cli: &Cli, args: &CoordinatorArgs) -> anyhow::Result<()
         .await?;
     let shutdown = Shutdown::new();
     let c = Coordinator::start(client.clone(), cfg, shutdown.clone()).await?;
-    termination().await;
+    signals.recv().await;
     tracing::info!("signal received: shutting down");
     shutdown.trigger();
     c.wait().await;
@@ -88,11 +101,18 @@ async fn run_coordinator(cli: &Cli, args: &CoordinatorArgs) -> anyhow::Result<()
 
 #[tokio::main]
 async fn main() {
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("jetweave: cannot install signal handlers: {e}");
+            std::process::exit(1);
+        }
+    };
     let cli = Cli::parse();
     init_tracing();
     let result = match &cli.command {
-        Command::Node(args) => run_node(&cli, args).await,
-        Command::Coordinator(args) => run_coordinator(&cli, args).await,
+        Command::Node(args) => run_node(&cli, args, &mut signals).await,
+        Command::Coordinator(args) => run_coordinator(&cli, args, &mut signals).await,
     };
     if let Err(e) = result {
         eprintln!("jetweave: {e:#}");
