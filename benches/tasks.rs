@@ -11,7 +11,6 @@
 //!     with 1 and 2 in-process nodes;
 //! (c) submit-to-result latency at a steady 200 tasks/s, open loop.
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
