@@ -39,6 +39,7 @@ pub struct Client {
     nats: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
+    timeout: Duration,
 }
 
 impl Client {
@@ -48,7 +49,30 @@ impl Client {
             js: jetstream::new(nats.clone()),
             nats,
             subjects: Subjects::new(prefix)?,
+            timeout: API_TIMEOUT,
         })
+    }
+
+    /// The same client with another request timeout (default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many task messages were ever published to the task stream
+    /// (its last sequence).
+    pub async fn tasks_published(&self) -> Result<u64, Error> {
+        let mut stream = self
+            .js
+            .get_stream(self.subjects.tasks_stream())
+            .await
+            .map_err(Error::nats)?;
+        Ok(stream
+            .info()
+            .await
+            .map_err(Error::nats)?
+            .state
+            .last_sequence)
     }
 
     /// The subject map.

@@ -53,7 +53,9 @@ mod process;
 pub mod protocol;
 pub mod queue;
 pub mod shutdown;
+pub mod sidecar;
 pub mod subjects;
+pub mod up;
 
 pub use client::Client;
 pub use config::NodeConfig;

@@ -3,13 +3,14 @@
 
 use anyhow::Context;
 use clap::Parser;
-use jetweave::cli::{Cli, Command, CoordinatorArgs, NodeArgs};
+use jetweave::cli::{ops, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
 use jetweave::protocol::Role;
 use jetweave::{Coordinator, CoordinatorConfig, Node, Shutdown};
 
-fn init_tracing() {
+fn init_tracing(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -99,6 +100,50 @@ async fn run_coordinator(
     Ok(())
 }
 
+async fn run_sidecar(cli: &Cli, args: &SidecarArgs, signals: &mut Signals) -> anyhow::Result<()> {
+    let cfg = args.to_config(&cli.global.prefix)?;
+    let client = cli.global.nats()?.connect("jetweave sidecar").await?;
+    let shutdown = Shutdown::new();
+    let handle = jetweave::sidecar::serve(client.clone(), cfg, shutdown.clone()).await?;
+    eprintln!("sidecar listening on http://{}", handle.local_addr);
+    signals.recv().await;
+    shutdown.trigger();
+    handle.wait().await;
+    Ok(())
+}
+
+async fn run_up(cli: &Cli, args: &UpArgs, signals: &mut Signals) -> anyhow::Result<()> {
+    let opts = jetweave::up::UpOptions {
+        data_dir: args.data_dir.clone(),
+        nats_port: args.nats_port,
+        monitor_port: args.monitor_port,
+        http: args.http.clone(),
+        prefix: cli.global.prefix.clone(),
+    };
+    jetweave::up::run(opts, signals.recv()).await?;
+    Ok(())
+}
+
+async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
+    let nats = cli.global.nats()?.connect("jetweave cli").await?;
+    let c = jetweave::Client::new(nats, &cli.global.prefix)?;
+    match &cli.command {
+        Command::Nodes(a) => ops::nodes(&c, a).await?,
+        Command::Drain(a) => ops::target(&c, "drain", a).await?,
+        Command::Resume(a) => ops::target(&c, "resume", a).await?,
+        Command::Ping(a) => ops::target(&c, "ping", a).await?,
+        Command::Submit(a) => ops::submit(&c, a).await?,
+        Command::Task(a) => ops::task(&c, a).await?,
+        Command::Cancel(a) => ops::cancel(&c, a).await?,
+        Command::Run(a) => ops::run(&c, a).await?,
+        Command::Events(a) => ops::events(&c, a).await?,
+        Command::Checkpoints(a) => ops::checkpoints(&c, a).await?,
+        Command::Status(a) => ops::status(&c, a).await?,
+        _ => unreachable!("process commands are handled in main"),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let mut signals = match Signals::install() {
@@ -109,10 +154,17 @@ async fn main() {
         }
     };
     let cli = Cli::parse();
-    init_tracing();
+    let process = matches!(
+        cli.command,
+        Command::Node(_) | Command::Coordinator(_) | Command::Sidecar(_)
+    );
+    init_tracing(!process);
     let result = match &cli.command {
         Command::Node(args) => run_node(&cli, args, &mut signals).await,
         Command::Coordinator(args) => run_coordinator(&cli, args, &mut signals).await,
+        Command::Sidecar(args) => run_sidecar(&cli, args, &mut signals).await,
+        Command::Up(args) => run_up(&cli, args, &mut signals).await,
+        _ => run_ops(&cli).await,
     };
     if let Err(e) = result {
         eprintln!("jetweave: {e:#}");

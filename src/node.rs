@@ -138,6 +138,11 @@ impl Shared {
             Value::Object(self.running_by_queue()),
         );
         metadata.insert("processes".into(), json!(self.processes.running_count()));
+        metadata.insert(
+            "completed".into(),
+            json!(self.completed.load(Ordering::Relaxed)),
+        );
+        metadata.insert("failed".into(), json!(self.failed.load(Ordering::Relaxed)));
         NodeInfo {
             node_id: self.cfg.node_id.clone(),
             role: self.cfg.role,

@@ -1,5 +1,9 @@
 //! The `jetweave` command line (clap): process commands (`node`,
-//! `coordinator`, `sidecar`, `up`) and operator commands.
+//! `coordinator`, `sidecar`, `up`) and operator commands ([`ops`]).
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage.
+
+pub mod ops;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,6 +94,124 @@ pub enum Command {
     ///
     /// Example: jetweave coordinator --id c1 --lease-ttl 5
     Coordinator(CoordinatorArgs),
+    /// Run the HTTP sidecar for REST callers.
+    ///
+    /// Example: jetweave sidecar --listen 127.0.0.1:9100 --node n1 --auth-token s3cret
+    Sidecar(SidecarArgs),
+    /// Start a whole local cluster: NATS server, coordinator, a hybrid node
+    /// and the sidecar. Ctrl-C stops it all.
+    ///
+    /// Example: jetweave up
+    Up(UpArgs),
+    /// List live nodes (table, or --json); --watch redraws on changes.
+    ///
+    /// Example: jetweave nodes --watch
+    Nodes(ops::NodesArgs),
+    /// Drain a node (or --all): it finishes its work and takes no more.
+    ///
+    /// Example: jetweave drain n1
+    Drain(ops::TargetArgs),
+    /// Resume a drained node (or --all).
+    ///
+    /// Example: jetweave resume --all
+    Resume(ops::TargetArgs),
+    /// Ping a node (or --all) and show the round trip.
+    ///
+    /// Example: jetweave ping --all
+    Ping(ops::TargetArgs),
+    /// Submit a task; --wait prints its result.
+    ///
+    /// Example: jetweave submit echo --payload '{"x": 1}' --priority high --wait
+    Submit(ops::SubmitArgs),
+    /// Show a task's status and result.
+    ///
+    /// Example: jetweave task 3f2a...
+    Task(ops::TaskArgs),
+    /// Cancel a queued or running task.
+    ///
+    /// Example: jetweave cancel 3f2a...
+    Cancel(ops::TaskArgs),
+    /// Create runs and show their progress.
+    #[command(subcommand)]
+    Run(ops::RunCommand),
+    /// Show the audit log (WEAVE_EVENTS); --follow keeps tailing it.
+    ///
+    /// Example: jetweave events --since 10m --follow
+    Events(ops::EventsArgs),
+    /// List a task's checkpoints, oldest first.
+    ///
+    /// Example: jetweave checkpoints run1:0:slice:0:25
+    Checkpoints(ops::TaskArgs),
+    /// Cluster summary: nodes, leader, queues, runs.
+    ///
+    /// Example: jetweave status --json
+    Status(ops::JsonArgs),
+}
+
+/// `jetweave sidecar` flags.
+#[derive(Debug, Args, Clone)]
+pub struct SidecarArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9100",
+        env = "JETWEAVE_SIDECAR_LISTEN"
+    )]
+    pub listen: String,
+    /// Node served by the root per-node routes (/health, /processes, ...).
+    #[arg(long, env = "JETWEAVE_SIDECAR_NODE")]
+    pub node: Option<String>,
+    /// Require `Authorization: Bearer <token>` on every route.
+    #[arg(long, env = "JETWEAVE_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Per-request NATS timeout in seconds.
+    #[arg(long, default_value = "5")]
+    pub request_timeout: f64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value = "1048576")]
+    pub body_limit: usize,
+    /// Allow cross-origin requests from any origin.
+    #[arg(long)]
+    pub cors: bool,
+    /// Seconds a registered agent stays without a heartbeat.
+    #[arg(long, default_value = "30")]
+    pub agent_ttl: f64,
+}
+
+impl SidecarArgs {
+    /// The sidecar config these flags describe.
+    pub fn to_config(&self, prefix: &str) -> Result<crate::sidecar::SidecarConfig, Error> {
+        if let Some(n) = &self.node {
+            crate::subjects::validate_id("node id", n)?;
+        }
+        Ok(crate::sidecar::SidecarConfig {
+            listen: self.listen.clone(),
+            prefix: prefix.to_string(),
+            node: self.node.clone(),
+            auth_token: self.auth_token.clone().filter(|t| !t.is_empty()),
+            request_timeout: secs("--request-timeout", self.request_timeout)?,
+            body_limit: self.body_limit,
+            cors: self.cors,
+            agent_ttl: secs("--agent-ttl", self.agent_ttl)?,
+        })
+    }
+}
+
+/// `jetweave up` flags.
+#[derive(Debug, Args, Clone)]
+pub struct UpArgs {
+    /// Where the NATS store, logs and the lock file go.
+    #[arg(long, default_value = ".jetweave")]
+    pub data_dir: PathBuf,
+    /// NATS client port.
+    #[arg(long, default_value = "4222")]
+    pub nats_port: u16,
+    /// NATS monitoring port.
+    #[arg(long, default_value = "8222")]
+    pub monitor_port: u16,
+    /// Sidecar listen address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub http: String,
 }
 
 /// `jetweave coordinator` flags.

@@ -1,0 +1,266 @@
+//! `jetweave up`: a whole local cluster for trying jetweave out — the pinned
+//! nats-server with `nats-server.conf`, a coordinator, one hybrid node with
+//! the built-in handlers and an example `exec` handler, and the HTTP
+//! sidecar — stopped together by Ctrl-C.
+//!
+//! Only nats-server is a child process (it is sent SIGTERM on Ctrl-C and
+//! dies with us through `PR_SET_PDEATHSIG` if we are killed); everything
+//! else runs in this process under one [`Shutdown`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{HandlerSpec, NodeConfig, ProcessSpec};
+use crate::error::Error;
+use crate::protocol::Role;
+use crate::shutdown::Shutdown;
+
+/// What `jetweave up` starts.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Where the server's store and the lock file live.
+    pub data_dir: PathBuf,
+    /// NATS client port.
+    pub nats_port: u16,
+    /// NATS monitoring port.
+    pub monitor_port: u16,
+    /// Sidecar listen address.
+    pub http: String,
+    /// Subject prefix.
+    pub prefix: String,
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server`
+/// in this directory or above, else the install script is run, else PATH.
+pub fn find_nats_server() -> Result<PathBuf, Error> {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let cwd = std::env::current_dir()?;
+    for dir in cwd.ancestors() {
+        let p = dir.join(".tools/bin/nats-server");
+        if p.exists() {
+            return Ok(p);
+        }
+        let script = dir.join("scripts/install-nats-server.sh");
+        if script.exists() {
+            let st = Command::new("bash").arg(&script).status()?;
+            if st.success() && p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    which("nats-server").ok_or_else(|| {
+        Error::Config(
+            "nats-server not found: run scripts/install-nats-server.sh or set NATS_SERVER_BIN"
+                .into(),
+        )
+    })
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A lock file holding our pid: a second `jetweave up` says so.
+struct Lock(PathBuf);
+
+impl Lock {
+    fn take(dir: &Path) -> Result<Lock, Error> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("up.pid");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                // Signal 0: is that process alive?
+                let alive = unsafe { libc::kill(pid, 0) } == 0;
+                if alive && pid != std::process::id() as i32 {
+                    return Err(Error::Config(format!(
+                        "jetweave up is already running (pid {pid}, lock {}); stop it with Ctrl-C in its terminal or `kill {pid}`",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok(Lock(path))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The nats-server child; SIGTERM and wait on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(bin: &Path, opts: &UpOptions) -> Result<Server, Error> {
+        let store = opts.data_dir.join("nats");
+        std::fs::create_dir_all(&store)?;
+        let mut cmd = Command::new(bin);
+        if Path::new("nats-server.conf").exists() {
+            cmd.args(["-c", "nats-server.conf"]);
+        } else {
+            cmd.arg("-js");
+        }
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &opts.nats_port.to_string(),
+            "-m",
+            &opts.monitor_port.to_string(),
+            "-sd",
+        ])
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(
+            opts.data_dir.join("nats-server.log"),
+        )?);
+        // Die with us even if we are killed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", opts.nats_port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Config(format!(
+                    "nats-server did not start; see {}",
+                    opts.data_dir.join("nats-server.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the local cluster until `stop` resolves.
+pub async fn run(
+    opts: UpOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let _lock = Lock::take(&opts.data_dir)?;
+    if std::net::TcpStream::connect(("127.0.0.1", opts.nats_port)).is_ok() {
+        return Err(Error::Config(format!(
+            "port {} is in use (another NATS server?); pick another with --nats-port",
+            opts.nats_port
+        )));
+    }
+    let bin = find_nats_server()?;
+    let server = Server::start(&bin, &opts)?;
+    let url = format!("nats://127.0.0.1:{}", opts.nats_port);
+    let nats = crate::connect::NatsOptions::new(url.clone());
+    let client = nats.connect("jetweave up").await?;
+    let shutdown = Shutdown::new();
+
+    let mut ccfg = crate::coordinator::CoordinatorConfig::new();
+    ccfg.id = "local-coordinator".into();
+    ccfg.prefix = opts.prefix.clone();
+    let coordinator =
+        crate::coordinator::Coordinator::start(client.clone(), ccfg, shutdown.child()).await?;
+
+    let mut cfg = NodeConfig::new("local");
+    cfg.prefix = opts.prefix.clone();
+    cfg.role = Role::Hybrid;
+    cfg.url = Some(format!("http://{}", opts.http));
+    let example = Path::new("examples/handlers/wordcount.py");
+    if example.exists() {
+        cfg.handlers.push(HandlerSpec {
+            task_type: "wordcount".into(),
+            exec: Some(vec!["python3".into(), example.display().to_string()]),
+            http: None,
+        });
+    }
+    cfg.processes.push(ProcessSpec {
+        name: "watcher".into(),
+        handler: "echo".into(),
+        autostart: true,
+    });
+    let node = crate::node::Node::new(cfg)
+        .start(client.clone(), shutdown.clone())
+        .await?;
+
+    let sidecar_cfg = crate::sidecar::SidecarConfig {
+        listen: opts.http.clone(),
+        prefix: opts.prefix.clone(),
+        node: Some("local".into()),
+        ..Default::default()
+    };
+    let sidecar = crate::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
+
+    let p = &opts.prefix;
+    println!(
+        r#"
+jetweave is up.
+  NATS        {url}   (monitoring http://127.0.0.1:{mon})
+  sidecar     http://{http}   (OpenAPI: http://{http}/openapi.json)
+  node        local (hybrid: worker + coordinator), processes: watcher
+  data        {data}
+
+Try, with the nats CLI:
+  nats -s {url} req {p}.api.tasks.submit '{{"type": "echo", "payload": {{"hello": "world"}}}}'
+  nats -s {url} sub '{p}.results.>'
+  nats -s {url} req {p}.ctl.local.status ''
+  nats -s {url} kv ls {p}-nodes
+  nats -s {url} req {p}.event.local.watcher '{{"payload": {{"ping": 1}}}}'
+
+or curl:
+  curl -s http://{http}/health
+  curl -s -X POST http://{http}/tasks/submit -H 'content-type: application/json' -d '{{"task_data": {{"type": "wordcount", "payload": {{"text": "to be or not to be"}}}}}}'
+  curl -s http://{http}/cluster/status
+
+or the CLI:
+  jetweave --nats-url {url} submit echo --payload '{{"x": 1}}' --wait
+  jetweave --nats-url {url} nodes
+
+Ctrl-C stops everything.
+"#,
+        mon = opts.monitor_port,
+        http = sidecar.local_addr,
+        data = opts.data_dir.display(),
+    );
+
+    stop.await;
+    println!("stopping...");
+    node.shutdown(Duration::from_secs(10)).await;
+    shutdown.trigger();
+    coordinator.wait().await;
+    sidecar.wait().await;
+    let _ = client.flush().await;
+    drop(client);
+    drop(server);
+    println!("stopped.");
+    Ok(())
+}
