@@ -1,0 +1,416 @@
+//! The HTTP sidecar (contract §9), as the real binary against real NATS.
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use jetweave::config::ProcessSpec;
+use serde_json::{json, Value};
+
+struct Sidecar {
+    _proc: Proc,
+    base: String,
+}
+
+async fn sidecar(server: &NatsServer, extra: &[&str]) -> Sidecar {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = server.url();
+    let mut args = vec!["--nats-url", &url, "sidecar", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(&args);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    wait_for("sidecar up", Duration::from_secs(15), || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    Sidecar { _proc: proc, base }
+}
+
+async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let mut req = match method {
+        "GET" => http.get(url),
+        _ => http.post(url),
+    };
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("http");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn cluster(server: &NatsServer) -> (TestCoordinator, TestNode) {
+    let c = start_coordinator(server, "c1").await;
+    let mut cfg = node_config("n1");
+    cfg.processes = vec![ProcessSpec {
+        name: "watcher".into(),
+        handler: "echo".into(),
+        autostart: true,
+    }];
+    let n = start_node(server, cfg).await;
+    (c, n)
+}
+
+/// The seed `000` transport's curl examples, verbatim shapes.
+#[tokio::test]
+async fn per_node_routes_match_the_process_transport() {
+    let server = NatsServer::start();
+    let _cluster = cluster(&server).await;
+    let sc = sidecar(&server, &["--node", "n1"]).await;
+    let b = &sc.base;
+
+    let (st, v) = call("GET", &format!("{b}/health"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["node_id"], "n1");
+    assert_eq!(v["process_count"], 1);
+    let (st, v) = call("GET", &format!("{b}/status"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["node_id"], "n1");
+    assert!(v["processes"].is_array());
+    let (st, v) = call("GET", &format!("{b}/processes"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["node_id"], "n1");
+    assert_eq!(v["processes"][0]["name"], "watcher");
+    assert_eq!(v["processes"][0]["state"], "running");
+    assert!(v["processes"][0]["process_id"].is_string());
+    let (st, v) = call("GET", &format!("{b}/processes/watcher/status"), None).await;
+    assert_eq!((st, v["name"].clone()), (200, json!("watcher")));
+    for (verb, word) in [
+        ("stop", "stopped"),
+        ("start", "started"),
+        ("restart", "restarted"),
+    ] {
+        let (st, v) = call("POST", &format!("{b}/processes/watcher/{verb}"), None).await;
+        assert_eq!(st, 200, "{verb}: {v}");
+        assert_eq!(v["status"], word);
+        assert_eq!(v["name"], "watcher");
+    }
+    let (st, v) = call(
+        "POST",
+        &format!("{b}/processes/watcher/event"),
+        Some(json!({"trigger_id": "remote", "trigger_type": "remote", "payload": {"alert": "high_error_rate"}, "metadata": {}})),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["status"], "injected");
+    assert_eq!(v["process"], "watcher");
+    assert!(v["event_id"].is_string());
+    // Cluster-wide form of the same routes.
+    let (st, v) = call("GET", &format!("{b}/nodes/n1/health"), None).await;
+    assert_eq!((st, v["node_id"].clone()), (200, json!("n1")));
+    // 404s.
+    for (m, path) in [
+        ("GET", "/processes/ghost/status"),
+        ("POST", "/processes/ghost/start"),
+        ("POST", "/processes/ghost/event"),
+        ("GET", "/nodes/ghost/health"),
+        ("GET", "/tasks/nope"),
+        ("GET", "/runs/nope"),
+        ("GET", "/no/such/route"),
+    ] {
+        let body = if m == "POST" { Some(json!({})) } else { None };
+        let (st, v) = call(m, &format!("{b}{path}"), body).await;
+        assert_eq!(st, 404, "{m} {path}: {v}");
+    }
+    // 400s: invalid JSON and fields.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{b}/processes/watcher/event"))
+        .body("{oops")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "invalid_json");
+    let (st, v) = call(
+        "POST",
+        &format!("{b}/tasks/submit"),
+        Some(json!({"task_data": {"type": "echo"}, "priority": "urgent"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("priority"));
+    let (st, _) = call(
+        "POST",
+        &format!("{b}/agents/register"),
+        Some(json!({"agent_id": "x"})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    // 413: body over the 1 MiB limit.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let r = http
+        .post(format!("{b}/tasks/submit"))
+        .body(big)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+}
+
+/// The seed `001` agent-coordinator curl examples, and an HTTP agent that
+/// receives a task by capability.
+#[tokio::test]
+async fn agent_coordinator_routes_and_an_http_agent_gets_its_task() {
+    let server = NatsServer::start();
+    let _cluster = cluster(&server).await;
+    let sc = sidecar(&server, &[]).await;
+    let b = &sc.base;
+
+    // A local agent that records what it receives.
+    let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let s = s2.clone();
+            async move {
+                s.lock().unwrap().push(v.clone());
+                axum::Json(json!({"answer": 42, "prompt": v["payload"]["prompt"]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (st, v) = call(
+        "POST",
+        &format!("{b}/agents/register"),
+        Some(json!({
+            "agent_id": "hermes-agent", "agent_type": "worker",
+            "capabilities": ["data-processing", "analysis", "general"],
+            "services": ["task-execution", "analysis"],
+            "endpoints": {"http": agent_url}, "metadata": {"version": "1.0.0"}
+        })),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["message"], "Agent hermes-agent registered successfully");
+    assert_eq!(v["agent_id"], "hermes-agent");
+    assert!(v["registered_at"].is_string());
+
+    let (st, v) = call(
+        "POST",
+        &format!("{b}/agents/discover"),
+        Some(json!({"status": "active", "agent_type": "worker"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"hermes-agent"), "{v}");
+    let (_, v) = call(
+        "POST",
+        &format!("{b}/agents/discover"),
+        Some(json!({"capabilities": ["analysis"]})),
+    )
+    .await;
+    assert_eq!(v["count"], 1, "{v}");
+    assert_eq!(v["agents"][0]["endpoints"]["http"], json!(agent_url));
+    let (st, _) = call("POST", &format!("{b}/agents/hermes-agent/heartbeat"), None).await;
+    assert_eq!(st, 200);
+
+    let (st, v) = call(
+        "POST",
+        &format!("{b}/tasks/submit"),
+        Some(json!({
+            "task_data": {"model": "llama2", "prompt": "test prompt"},
+            "priority": "normal", "requirements": {"capabilities": ["data-processing"]}
+        })),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["agent_id"], "hermes-agent");
+    let id = v["task_id"].as_str().unwrap().to_string();
+    let (st, r) = call("GET", &format!("{b}/tasks/{id}/result?wait_s=10"), None).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["result"], json!({"answer": 42, "prompt": "test prompt"}));
+    assert_eq!(seen.lock().unwrap()[0]["payload"]["model"], "llama2");
+    let (st, t) = call("GET", &format!("{b}/tasks/{id}"), None).await;
+    assert_eq!((st, t["status"].clone()), (200, json!("completed")));
+
+    // Counts come from the nodes' discovery entries, refreshed every heartbeat.
+    let v = wait_for("completed count", Duration::from_secs(3), || async {
+        let (st, v) = call("GET", &format!("{b}/tasks/status"), None).await;
+        (st == 200 && v["stats"]["tasks_completed"].as_u64()? >= 1).then_some(v)
+    })
+    .await;
+    assert_eq!(v["status"], "success");
+    let stats = &v["stats"];
+    assert!(stats["tasks_distributed"].as_u64().unwrap() >= 1);
+    for f in ["tasks_failed", "load_balancer_stats"] {
+        assert!(stats.get(f).is_some(), "{f}");
+    }
+    for f in [
+        "strategy",
+        "active_agents",
+        "total_assignments",
+        "avg_agent_load",
+    ] {
+        assert!(stats["load_balancer_stats"].get(f).is_some(), "{f}");
+    }
+}
+
+#[tokio::test]
+async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
+    let mut server = NatsServer::start();
+    let (_c, _n) = cluster(&server).await;
+    let a = sidecar(&server, &[]).await;
+    let b = sidecar(&server, &["--auth-token", "s3cret"]).await;
+
+    // Native task routes.
+    let nats = server.client().await;
+    let api = jetweave::Client::new(nats, "weave").unwrap();
+    let mut req = jetweave::protocol::SubmitRequest {
+        envelope: jetweave::protocol::TaskEnvelope::new("echo", json!({"n": 1})),
+        ..Default::default()
+    };
+    req.envelope.id = Some("native-1".into());
+    api.submit(&req).await.unwrap();
+    let (st, r) = call(
+        "GET",
+        &format!("{}/tasks/native-1/result?wait_s=5", a.base),
+        None,
+    )
+    .await;
+    assert_eq!((st, r["result"].clone()), (200, json!({"n": 1})));
+    let (st, r) = call("POST", &format!("{}/tasks/native-1/cancel", a.base), None).await;
+    assert_eq!(st, 409, "{r}");
+    let (st, r) = call(
+        "GET",
+        &format!("{}/tasks/native-1/result?wait_s=abc", a.base),
+        None,
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    let (st, v) = call("GET", &format!("{}/nodes", a.base), None).await;
+    assert_eq!((st, v["nodes"][0]["node_id"].clone()), (200, json!("n1")));
+    let (st, v) = call("POST", &format!("{}/nodes/n1/drain", a.base), None).await;
+    assert_eq!((st, v["health"].clone()), (200, json!("draining")));
+    let (st, v) = call("POST", &format!("{}/nodes/n1/resume", a.base), None).await;
+    assert_eq!((st, v["health"].clone()), (200, json!("healthy")));
+    let (st, v) = call(
+        "POST",
+        &format!("{}/runs", a.base),
+        Some(json!({"run_id": "hr", "dataset_id": "d", "total_items": 2, "type": "count"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call("GET", &format!("{}/runs/hr", a.base), None).await;
+    assert_eq!((st, v["run_id"].clone()), (200, json!("hr")));
+    let (st, v) = call(
+        "POST",
+        &format!("{}/runs", a.base),
+        Some(json!({"dataset_id": "d", "total_items": 2, "shard_size": 0, "type": "count"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+
+    // Two sidecars agree.
+    let http = reqwest::Client::new();
+    let one: Value = http
+        .get(format!("{}/cluster/status", a.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let two: Value = http
+        .get(format!("{}/cluster/status", b.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["total_nodes"], 1);
+    assert_eq!(one["total_nodes"], two["total_nodes"]);
+    assert_eq!(one["leader"], two["leader"]);
+
+    // 401 without or with a wrong token.
+    assert_eq!(
+        http.get(format!("{}/cluster/status", b.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        http.get(format!("{}/cluster/status", b.base))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // /metrics: Prometheus text that counts what we did.
+    let text = http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("jetweave_sidecar_requests_total")
+                && l.contains("route=\"/nodes/{node}/drain\"")
+        })
+        .unwrap_or_else(|| panic!("no drain counter in\n{text}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(text.contains("jetweave_sidecar_nats_request_seconds_bucket"));
+    assert!(
+        text.contains("jetweave_nodes{health=\"healthy\"} 1"),
+        "{text}"
+    );
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = l.rsplit_once(' ').expect("metric line");
+        assert!(!name.is_empty());
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample {l}"));
+    }
+
+    // NATS gone: 503, not a hang or a 500.
+    server.kill();
+    let (st, v) = call("GET", &format!("{}/cluster/status", a.base), None).await;
+    assert_eq!(st, 503, "{v}");
+    let (st, _) = call("GET", &format!("{}/nodes/n1/health", a.base), None).await;
+    assert_eq!(st, 503);
+}
