@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-nats-server.sh
+./scripts/install-python-deps.sh
 export NATS_SERVER_BIN="$PWD/.tools/bin/nats-server"
 cargo test --all-targets "$@"
 cargo test --doc
