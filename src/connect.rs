@@ -93,12 +93,25 @@ impl NatsOptions {
     /// what it waits for; then fails with a one-line error. Once connected,
     /// the client reconnects on its own.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+        let addrs = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| Error::Config(format!("invalid NATS URL {u:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(Error::Config("no NATS URL given".into()));
+        }
         let deadline = Instant::now() + self.connect_wait;
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
         loop {
             let opts = self.options(name).await?;
-            match opts.connect(self.url.as_str()).await {
+            match opts.connect(addrs.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     if Instant::now() + delay > deadline {
@@ -116,5 +129,17 @@ impl NatsOptions {
                 }
             }
         }
+    }
+}
+
+/// Replicas for the JetStream resources jetweave creates: 1 on a single
+/// server, 3 (or the cluster size, if smaller) when the server says it is
+/// part of a cluster.
+pub fn replicas_for(client: &async_nats::Client) -> usize {
+    let info = client.server_info();
+    if info.cluster.as_deref().is_some_and(|c| !c.is_empty()) {
+        info.connect_urls.len().clamp(1, 3)
+    } else {
+        1
     }
 }

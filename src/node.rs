@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     pub results: jetstream::stream::Stream,
     /// Task slots shared by the node's queues.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Replicas of the JetStream resources it creates.
+    pub replicas: usize,
 }
 
 impl Shared {
@@ -255,7 +257,7 @@ impl Node {
         Node {
             config,
             handlers,
-            replicas: 1,
+            replicas: 0,
         }
     }
 
@@ -269,7 +271,8 @@ impl Node {
         self
     }
 
-    /// Replicas for the JetStream resources it creates (cluster: 3).
+    /// Replicas for the JetStream resources it creates; by default 1 on
+    /// a single server and 3 on a cluster.
     pub fn replicas(&mut self, n: usize) -> &mut Self {
         self.replicas = n.max(1);
         self
@@ -278,7 +281,7 @@ impl Node {
     /// Joins the cluster and starts every part. Returns once the node is
     /// registered, its endpoints answer and its queues are consumed.
     pub async fn start(
-        self,
+        mut self,
         client: async_nats::Client,
         shutdown: Shutdown,
     ) -> Result<NodeHandle, Error> {
@@ -286,6 +289,9 @@ impl Node {
         let cfg = self.config;
         let subjects = Subjects::new(&cfg.prefix)?;
         let js = jetstream::new(client.clone());
+        if self.replicas == 0 {
+            self.replicas = crate::connect::replicas_for(&client);
+        }
         crate::queue::ensure_streams(&js, &subjects, self.replicas).await?;
         let results = js
             .get_stream(subjects.results_stream())
@@ -327,6 +333,7 @@ impl Node {
             refresh: Notify::new(),
             results,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
+            replicas: self.replicas,
             cfg,
         });
 

@@ -159,6 +159,7 @@ pub(crate) async fn task_consumer(
 pub(crate) async fn cancels_bucket(
     js: &jetstream::Context,
     subjects: &Subjects,
+    replicas: usize,
 ) -> Result<kv::Store, Error> {
     crate::discovery::open_bucket(
         js,
@@ -166,6 +167,7 @@ pub(crate) async fn cancels_bucket(
             bucket: subjects.cancels_bucket(),
             description: "jetweave cancel requests".into(),
             history: 1,
+            num_replicas: replicas.max(1),
             max_age: Duration::from_secs(86_400),
             storage: stream::StorageType::File,
             ..Default::default()
@@ -177,7 +179,7 @@ pub(crate) async fn cancels_bucket(
 /// Keeps the node's set of cancelled task ids current and cancels the
 /// running ones at once.
 pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
-    let store = cancels_bucket(&s.js, &s.subjects).await?;
+    let store = cancels_bucket(&s.js, &s.subjects, s.replicas).await?;
     let mut watch = store.watch_with_history(">").await.map_err(Error::nats)?;
     let s = s.clone();
     tokio::spawn(async move {
@@ -247,7 +249,7 @@ pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(),
 
 /// Starts the dispatcher of this node's shard assignments.
 pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error> {
-    crate::coordinator::runs::ensure_resources(&s.js, &s.subjects, 1).await?;
+    crate::coordinator::runs::ensure_resources(&s.js, &s.subjects, s.replicas).await?;
     let stream =
         s.js.get_stream(s.subjects.shards_stream())
             .await

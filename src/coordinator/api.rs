@@ -230,7 +230,7 @@ async fn find_queued(s: &Shared, task_id: &str) -> Result<Option<(u64, String)>,
 }
 
 async fn cancels(s: &Shared) -> Result<kv::Store, Error> {
-    crate::queue::cancels_bucket(&s.js, &s.subjects).await
+    crate::queue::cancels_bucket(&s.js, &s.subjects, s.cfg.replicas).await
 }
 
 async fn cancel(s: &Shared, body: &[u8]) -> Result<Value, Error> {

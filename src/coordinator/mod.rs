@@ -41,7 +41,8 @@ pub struct CoordinatorConfig {
     pub strategy: AssignStrategy,
     /// Most shards a run may have.
     pub max_shards: u64,
-    /// Replicas of the JetStream resources it creates.
+    /// Replicas of the JetStream resources it creates (0: 1 on a single
+    /// server, 3 on a cluster).
     pub replicas: usize,
     /// Node TTL used when it opens the discovery bucket.
     pub node_ttl: Duration,
@@ -56,7 +57,7 @@ impl CoordinatorConfig {
             lease_ttl: Duration::from_secs(5),
             strategy: AssignStrategy::LeastLoaded,
             max_shards: 100_000,
-            replicas: 1,
+            replicas: 0,
             node_ttl: Duration::from_secs(5),
         }
     }
@@ -96,6 +97,10 @@ impl Coordinator {
         shutdown: Shutdown,
     ) -> Result<Coordinator, Error> {
         crate::subjects::validate_id("coordinator id", &cfg.id)?;
+        let mut cfg = cfg;
+        if cfg.replicas == 0 {
+            cfg.replicas = crate::connect::replicas_for(&client);
+        }
         if cfg.lease_ttl.as_secs() < 1 || cfg.lease_ttl.subsec_nanos() != 0 {
             return Err(Error::Config(
                 "lease TTL must be a whole number of seconds >= 1".into(),
