@@ -58,6 +58,8 @@ use crate::subjects::{decode_key, validate_task_id, Subjects};
 
 /// How long an idle dispatcher sleeps between polls.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How long a saturated dispatcher waits for more free slots before a fetch.
+const SATURATED_GATHER: Duration = Duration::from_millis(1);
 /// Duplicate window of `P_TASKS` (the server default).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -289,7 +291,8 @@ async fn dispatch_loop(
     let queue = source.label().to_string();
     let mut health = s.health.subscribe();
     let mut doorbell: Option<async_nats::Subscriber> = None;
-    let mut armed = false;
+    let mut saturated = false;
+    let batch_min = (s.cfg.concurrency as usize / 4).clamp(1, 64);
     loop {
         if s.shutdown.is_triggered() || s.stop_requested.is_triggered() {
             break;
@@ -308,6 +311,12 @@ async fn dispatch_loop(
             _ = s.shutdown.wait() => break,
             _ = health.changed() => continue,
         };
+        // Under full load, gather a few freed slots before fetching, so one
+        // fetch round trip brings a batch rather than a single task. Idle
+        // or lightly loaded nodes fetch at once (no added latency).
+        if saturated && s.slots.available_permits() + 1 < batch_min {
+            tokio::time::sleep(SATURATED_GATHER).await;
+        }
         let mut permits = vec![first];
         while permits.len() < 256 {
             match s.slots.clone().try_acquire_owned() {
@@ -341,10 +350,10 @@ async fn dispatch_loop(
             }
         }
         drop(permits);
+        saturated = got == wanted && got > 0;
         if got > 0 {
-            armed = false;
-            if got == wanted {
-                // Saturated: the doorbell would only add traffic.
+            if saturated {
+                // The doorbell would only add traffic.
                 doorbell = None;
             }
             continue;
@@ -356,14 +365,10 @@ async fn dispatch_loop(
                 Ok(sub) => {
                     let _ = s.client.flush().await;
                     doorbell = Some(sub);
-                    armed = false;
                     continue;
                 }
                 Err(e) => tracing::warn!(error = %e, "doorbell subscribe failed"),
             }
-        }
-        if !armed {
-            armed = true;
         }
         let ring = async {
             match doorbell.as_mut() {
