@@ -199,6 +199,12 @@ async fn main() {
         println!("tasks: bench");
         return;
     }
+    // `cargo test --all-targets` builds and runs this too (without
+    // `--bench`): only `cargo bench` measures.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run `cargo bench --bench tasks`");
+        return;
+    }
     let n = env_usize("BENCH_N", 20_000);
     let reps = env_usize("BENCH_REPS", 3);
     let server = NatsServer::start();

@@ -192,7 +192,7 @@ impl Handlers {
     ///     let n = payload.as_i64().unwrap_or(0);
     ///     Ok(serde_json::json!(n * 2))
     /// });
-    /// assert!(h.get("double").is_some());
+    /// assert!(h.types().contains(&"double".to_string()));
     /// ```
     pub fn register<F, Fut>(&mut self, task_type: impl Into<String>, f: F)
     where
