@@ -61,10 +61,24 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     } else {
         None
     };
+    let node_id = cfg.node_id.clone();
+    let prefix = cfg.prefix.clone();
     let node = Node::new(cfg)
-        .start(client, shutdown.clone())
+        .start(client.clone(), shutdown.clone())
         .await
         .context("node failed to start")?;
+    let sidecar = match &args.http {
+        Some(listen) => {
+            let sc = jetweave::sidecar::SidecarConfig {
+                listen: listen.clone(),
+                prefix,
+                node: Some(node_id),
+                ..Default::default()
+            };
+            Some(jetweave::sidecar::serve(client, sc, shutdown.child()).await?)
+        }
+        None => None,
+    };
     tokio::select! {
         _ = signals.recv() => {
             tracing::info!("signal received: shutting down");
@@ -75,6 +89,9 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     shutdown.trigger();
     if let Some(c) = coordinator {
         c.wait().await;
+    }
+    if let Some(s) = sidecar {
+        s.wait().await;
     }
     Ok(())
 }

@@ -414,3 +414,41 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
     let (st, _) = call("GET", &format!("{}/nodes/n1/health", a.base), None).await;
     assert_eq!(st, 503);
 }
+
+/// `jetweave node --http ADDR` embeds the sidecar for that node and
+/// advertises it as the node's url.
+#[tokio::test]
+async fn a_node_can_embed_its_sidecar() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _node = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "node",
+        "--node-id",
+        "emb",
+        "--http",
+        &listen,
+    ]);
+    let base = format!("http://{listen}");
+    let v: Value = wait_for("embedded sidecar", Duration::from_secs(15), || async {
+        let r = reqwest::get(format!("{base}/health")).await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    })
+    .await;
+    assert_eq!(v["node_id"], "emb");
+    let api = api_client(&server).await;
+    let info = api
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == "emb")
+        .unwrap();
+    assert_eq!(info.url.as_deref(), Some(base.as_str()));
+}

@@ -284,6 +284,11 @@ pub struct NodeArgs {
     /// Upper bound on waiting for in-flight work at SIGTERM (seconds).
     #[arg(long, default_value = "30")]
     pub shutdown_deadline: f64,
+    /// Also serve the HTTP sidecar for this node on this address
+    /// (its per-node routes at the root); advertised as the node's url
+    /// unless --url is given.
+    #[arg(long, env = "JETWEAVE_HTTP")]
+    pub http: Option<String>,
 }
 
 impl NodeArgs {
@@ -325,6 +330,8 @@ impl NodeArgs {
         }
         if let Some(v) = &self.url {
             c.url = Some(v.clone());
+        } else if let Some(h) = &self.http {
+            c.url = Some(format!("http://{h}"));
         }
         c.validate()?;
         Ok(c)
