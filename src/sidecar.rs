@@ -337,7 +337,8 @@ fn router(app: Shared) -> Router {
         )
         .route("/runs", post(runs_create))
         .route("/runs/{id}", get(runs_get))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi));
     if app.cfg.node.is_some() {
         r = r.merge(node_routes());
     }
@@ -494,18 +495,23 @@ async fn process_verb_impl(
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "per-node", responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn health(State(app): State<Shared>) -> ApiResult {
     health_impl(&app, &this_node(&app)?).await
 }
+#[utoipa::path(get, path = "/status", tag = "per-node", responses((status = 200, description = "the node's full status"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn status(State(app): State<Shared>) -> ApiResult {
     status_impl(&app, &this_node(&app)?).await
 }
+#[utoipa::path(get, path = "/processes", tag = "per-node", responses((status = 200, description = "{node_id, processes: [{name, state, process_id}]}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn processes(State(app): State<Shared>) -> ApiResult {
     processes_impl(&app, &this_node(&app)?).await
 }
+#[utoipa::path(get, path = "/processes/{name}/status", tag = "per-node", params(("name" = String, Path, description = "process name")), responses((status = 200, description = "the process"), (status = 404, description = "unknown process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn process_status(State(app): State<Shared>, Path(name): Path<String>) -> ApiResult {
     process_status_impl(&app, &this_node(&app)?, &name).await
 }
+#[utoipa::path(post, path = "/processes/{name}/{verb}", tag = "per-node", params(("name" = String, Path, description = "process name"), ("verb" = String, Path, description = "start, stop, restart or event")), request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: started|stopped|restarted, name}"), (status = 202, description = "event: {status: injected, event_id, process}"), (status = 400, description = "invalid JSON or fields"), (status = 404, description = "unknown process"), (status = 409, description = "process stopped"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn process_verb(
     State(app): State<Shared>,
     Path((name, verb)): Path<(String, String)>,
@@ -513,21 +519,26 @@ async fn process_verb(
 ) -> ApiResult {
     process_verb_impl(&app, &this_node(&app)?, &name, &verb, body).await
 }
+#[utoipa::path(get, path = "/nodes/{node}/health", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn health_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
     health_impl(&app, &node).await
 }
+#[utoipa::path(get, path = "/nodes/{node}/status", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "the node's full status"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn status_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
     status_impl(&app, &node).await
 }
+#[utoipa::path(get, path = "/nodes/{node}/processes", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{node_id, processes}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn processes_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
     processes_impl(&app, &node).await
 }
+#[utoipa::path(get, path = "/nodes/{node}/processes/{name}/status", tag = "per-node", params(("node" = String, Path, description = "node id"), ("name" = String, Path, description = "process name")), responses((status = 200, description = "the process"), (status = 404, description = "unknown node or process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn process_status_of(
     State(app): State<Shared>,
     Path((node, name)): Path<(String, String)>,
 ) -> ApiResult {
     process_status_impl(&app, &node, &name).await
 }
+#[utoipa::path(post, path = "/nodes/{node}/processes/{name}/{verb}", tag = "per-node", params(("node" = String, Path, description = "node id"), ("name" = String, Path, description = "process name"), ("verb" = String, Path, description = "start, stop, restart or event")), request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status, name}"), (status = 202, description = "event injected"), (status = 400, description = "invalid JSON or fields"), (status = 404, description = "unknown node or process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn process_verb_of(
     State(app): State<Shared>,
     Path((node, name, verb)): Path<(String, String, String)>,
@@ -538,6 +549,7 @@ async fn process_verb_of(
 
 // ---- native routes ------------------------------------------------------
 
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "{task_id, status, result?}"), (status = 404, description = "unknown task"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn task_get(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let v = app.api("tasks.get", json!({"task_id": id})).await?;
     if v["status"] == "unknown" {
@@ -555,6 +567,7 @@ struct WaitQuery {
     wait_s: Option<f64>,
 }
 
+#[utoipa::path(get, path = "/tasks/{id}/result", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "the terminal TaskResult"), (status = 202, description = "not finished yet"), (status = 400, description = "invalid wait_s"), (status = 404, description = "unknown task"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn task_result(
     State(app): State<Shared>,
     Path(id): Path<String>,
@@ -593,36 +606,44 @@ async fn task_result(
     }
 }
 
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "{ok, task_id, status: cancelled}"), (status = 404, description = "unknown task"), (status = 409, description = "already finished"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn task_cancel(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("tasks.cancel", json!({"task_id": id})).await?)
 }
 
+#[utoipa::path(get, path = "/cluster/status", tag = "cluster", responses((status = 200, description = "{total_nodes, healthy_nodes, draining_nodes, total_processes, leader, queues}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn cluster_status(State(app): State<Shared>) -> ApiResult {
     ok(app.api("cluster.status", json!({})).await?)
 }
 
+#[utoipa::path(get, path = "/nodes", tag = "cluster", responses((status = 200, description = "{nodes: [NodeInfo]}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn nodes(State(app): State<Shared>) -> ApiResult {
     ok(app.api("nodes.list", json!({})).await?)
 }
 
+#[utoipa::path(post, path = "/nodes/{node}/drain", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: draining}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn node_drain(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
     ok(app.ctl(&node, "drain", json!({})).await?)
 }
 
+#[utoipa::path(post, path = "/nodes/{node}/resume", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: healthy}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn node_resume(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
     ok(app.ctl(&node, "resume", json!({})).await?)
 }
 
+#[utoipa::path(post, path = "/runs", tag = "runs", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 201, description = "the run"), (status = 400, description = "invalid run spec"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn runs_create(State(app): State<Shared>, body: Bytes) -> ApiResult {
     let spec: Value = parse_body(&body)?;
     let r = app.api("runs.create", spec).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "{run_id, status, total_shards, completed_shards, assignments}"), (status = 404, description = "unknown run"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn runs_get(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("runs.get", json!({"run_id": id})).await?)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus text exposition"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn metrics(State(app): State<Shared>) -> Response {
     // Cluster gauges are read at scrape time (best effort).
     if let Ok(Ok(st)) =
@@ -685,6 +706,7 @@ fn agent_queue(agent_id: &str) -> String {
 /// Task type of tasks sent to agents.
 const AGENT_TASK: &str = "agent";
 
+#[utoipa::path(post, path = "/agents/register", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, message, agent_id, registered_at}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn agent_register(State(app): State<Shared>, body: Bytes) -> ApiResult {
     let req: RegisterRequest = parse_body(&body)?;
     validate_id("agent_id", &req.agent_id).map_err(ApiError::from)?;
@@ -761,6 +783,7 @@ async fn agent_register(State(app): State<Shared>, body: Bytes) -> ApiResult {
     }))
 }
 
+#[utoipa::path(post, path = "/agents/{id}/heartbeat", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "{status: success}"), (status = 404, description = "agent not registered here"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn agent_heartbeat(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let found = app
         .agents
@@ -844,6 +867,7 @@ fn agent_view(n: &crate::protocol::NodeInfo) -> Value {
     })
 }
 
+#[utoipa::path(post, path = "/agents/discover", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, agents, count}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn agent_discover(State(app): State<Shared>, body: Bytes) -> ApiResult {
     let f: DiscoverRequest = parse_body(&body)?;
     let nodes = app.timed("api", app.client.nodes()).await?;
@@ -872,6 +896,7 @@ struct SubmitBody {
     requirements: crate::coordinator::runs::Requirements,
 }
 
+#[utoipa::path(post, path = "/tasks/submit", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, task_id}"), (status = 400, description = "invalid JSON or fields"), (status = 503, description = "no agent or worker can take it"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn tasks_submit(State(app): State<Shared>, body: Bytes) -> ApiResult {
     let b: SubmitBody = parse_body(&body)?;
     if !b.task_data.is_object() {
@@ -937,6 +962,7 @@ async fn tasks_submit(State(app): State<Shared>, body: Bytes) -> ApiResult {
     }))
 }
 
+#[utoipa::path(get, path = "/tasks/status", tag = "agents", responses((status = 200, description = "{status: success, stats}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 async fn tasks_status(State(app): State<Shared>) -> ApiResult {
     let nodes = app.timed("api", app.client.nodes()).await?;
     let sum = |k: &str| -> u64 {
@@ -973,4 +999,45 @@ async fn tasks_status(State(app): State<Shared>) -> ApiResult {
             }
         }
     }))
+}
+
+/// The sidecar's OpenAPI document, generated from the route annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "jetweave sidecar",
+        description = "REST in front of the jetweave NATS API (contract section 9)."
+    ),
+    paths(
+        health,
+        status,
+        processes,
+        process_status,
+        process_verb,
+        health_of,
+        status_of,
+        processes_of,
+        process_status_of,
+        process_verb_of,
+        task_get,
+        task_result,
+        task_cancel,
+        cluster_status,
+        nodes,
+        node_drain,
+        node_resume,
+        runs_create,
+        runs_get,
+        metrics,
+        agent_register,
+        agent_heartbeat,
+        agent_discover,
+        tasks_submit,
+        tasks_status
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Response {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi()).into_response()
 }

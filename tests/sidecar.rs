@@ -452,3 +452,41 @@ async fn a_node_can_embed_its_sidecar() {
         .unwrap();
     assert_eq!(info.url.as_deref(), Some(base.as_str()));
 }
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let server = NatsServer::start();
+    let sc = sidecar(&server, &["--node", "n1"]).await;
+    let (st, doc) = call("GET", &format!("{}/openapi.json", sc.base), None).await;
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/health",
+        "/status",
+        "/processes",
+        "/processes/{name}/status",
+        "/processes/{name}/{verb}",
+        "/nodes/{node}/health",
+        "/agents/register",
+        "/agents/discover",
+        "/agents/{id}/heartbeat",
+        "/tasks/submit",
+        "/tasks/status",
+        "/tasks/{id}",
+        "/tasks/{id}/result",
+        "/tasks/{id}/cancel",
+        "/cluster/status",
+        "/nodes",
+        "/nodes/{node}/drain",
+        "/nodes/{node}/resume",
+        "/runs",
+        "/runs/{id}",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
