@@ -280,3 +280,60 @@ async fn up_serves_a_task_and_stops_cleanly() {
     );
     assert!(!data.path().join("up.pid").exists());
 }
+
+/// `nodes --watch` redraws when a node joins and when it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_watch_redraws_on_join_and_leave() {
+    use std::io::BufRead;
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _n1 = start_node(&server, node_config("n1")).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jetweave"))
+        .args(["--nats-url", &server.url(), "nodes", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let ids = |line: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["node_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("first listing");
+    assert_eq!(ids(&first), ["n1"]);
+    let n2 = start_node(&server, node_config("n2")).await;
+    let joined = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a redraw after the join");
+        if ids(&l).contains(&"n2".to_string()) {
+            break l;
+        }
+    };
+    assert_eq!(ids(&joined), ["n1", "n2"]);
+    n2.handle.shutdown(Duration::from_secs(2)).await;
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a redraw after the leave");
+        if ids(&l) == ["n1"] {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

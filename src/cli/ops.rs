@@ -246,7 +246,10 @@ fn nodes_table(nodes: &[NodeInfo]) {
 /// `jetweave nodes`.
 pub async fn nodes(c: &Client, a: &NodesArgs) -> Result<(), Error> {
     let list = c.nodes().await?;
-    if a.json {
+    if a.json && a.watch {
+        // One JSON document per line while watching.
+        println!("{}", serde_json::to_string(&list).unwrap_or_default());
+    } else if a.json {
         print_json(&list);
     } else {
         nodes_table(&list);
