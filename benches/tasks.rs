@@ -134,7 +134,7 @@ async fn weave(server: &NatsServer, n: usize, pass: usize) -> f64 {
 
 /// (c) latency at a steady offered load, open loop: send times are fixed
 /// by the schedule, not by completions.
-async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64, f64) {
+async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64, f64, f64) {
     let client = server.client().await;
     let mut results = client.subscribe("weave.results.>").await.unwrap();
     client.flush().await.unwrap();
@@ -167,13 +167,42 @@ async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64,
         let m = results.next().await.unwrap();
         let now = Instant::now();
         let id = m.subject.rsplit('.').next().unwrap().to_string();
+        if !id.starts_with(&format!("lat{pass}-")) {
+            continue;
+        }
         let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
         let t = sent.lock().unwrap()[i].unwrap();
         lat.push(now.duration_since(t).as_secs_f64() * 1000.0);
     }
     publisher.await.unwrap();
     lat.sort_by(|a, b| a.total_cmp(b));
-    (lat[lat.len() / 2], lat[(lat.len() * 99) / 100])
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (q(0.5), q(0.99), q(0.999))
+}
+
+/// Core NATS request/reply round trip, the floor for any request on this
+/// machine: p50, p99, p99.9 in ms.
+async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
+    let responder = server.client().await;
+    let mut sub = responder.subscribe("bench.rtt").await.unwrap();
+    responder.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(r) = m.reply {
+                let _ = responder.publish(r, m.payload).await;
+            }
+        }
+    });
+    let client = server.client().await;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        client.request("bench.rtt", "x".into()).await.unwrap();
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (q(0.5), q(0.99), q(0.999))
 }
 
 async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<TestNode> {
@@ -208,36 +237,79 @@ async fn main() {
     let n = env_usize("BENCH_N", 20_000);
     let reps = env_usize("BENCH_REPS", 3);
     let server = NatsServer::start();
-    println!("jetweave task benchmark: N = {n} tasks per pass, {reps} repetitions, one nats-server (default fsync), loopback, 2 cores");
-    let (mut a, mut b1, mut b2, mut p50, mut p99) = (vec![], vec![], vec![], vec![], vec![]);
+    println!("jetweave task benchmark: N = {n} tasks per pass, {reps} repetitions, one nats-server (default fsync), loopback, 2 cores; nodes run in this process (concurrency 256)");
+    let mut a = vec![];
+    let mut b: Vec<Vec<f64>> = vec![vec![], vec![], vec![]];
+    let node_counts = [1usize, 2, 4];
+    let rates = [100.0, 1000.0, 5000.0];
+    let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
+    let mut rtt = vec![];
     for pass in 0..reps {
         a.push(raw(&server, n, pass).await);
-        let ns = nodes(&server, 1, pass * 10).await;
-        b1.push(weave(&server, n, pass * 10).await);
-        let (l50, l99) = latency(&server, 200.0, 1000, pass).await;
-        p50.push(l50);
-        p99.push(l99);
-        stop(ns).await;
-        let ns = nodes(&server, 2, pass * 10 + 1).await;
-        b2.push(weave(&server, n, pass * 10 + 1).await);
-        stop(ns).await;
+        for (k, &count) in node_counts.iter().enumerate() {
+            let tag = pass * 10 + k;
+            let ns = nodes(&server, count, tag).await;
+            b[k].push(weave(&server, n, tag).await);
+            if count == 1 {
+                for (r, &rate) in rates.iter().enumerate() {
+                    let m = ((rate * 2.0) as usize).clamp(200, 10_000);
+                    lat[r].push(latency(&server, rate, m, tag * 10 + r).await);
+                }
+            }
+            stop(ns).await;
+        }
+        rtt.push(core_rtt(&server, 2000).await);
         println!(
-            "pass {pass}: raw {:.0} msg/s | jetweave 1 node {:.0} tasks/s, 2 nodes {:.0} tasks/s | 200/s latency p50 {:.2} ms p99 {:.2} ms",
-            a[pass], b1[pass], b2[pass], p50[pass], p99[pass]
+            "pass {pass}: raw {:.0} msg/s | jetweave 1/2/4 nodes {:.0}/{:.0}/{:.0} tasks/s | p50 at 100/1000/5000 per s: {:.2}/{:.2}/{:.2} ms | core rtt p50 {:.3} ms",
+            a[pass], b[0][pass], b[1][pass], b[2][pass], lat[0][pass].0, lat[1][pass].0, lat[2][pass].0, rtt[pass].0
         );
     }
     let show = |name: &str, v: &[f64], unit: &str| {
         let (lo, med, hi) = stats(v.to_vec());
-        println!("{name:<38} median {med:>9.2} {unit}  (min {lo:.2}, max {hi:.2})");
+        println!("{name:<44} median {med:>10.3} {unit}  (min {lo:.3}, max {hi:.3})");
     };
     println!();
     show("(a) raw JetStream work queue", &a, "msg/s");
-    show("(b) jetweave echo, 1 node", &b1, "tasks/s");
-    show("(b) jetweave echo, 2 nodes", &b2, "tasks/s");
-    let r1: Vec<f64> = b1.iter().zip(&a).map(|(b, a)| b / a).collect();
-    let r2: Vec<f64> = b2.iter().zip(&a).map(|(b, a)| b / a).collect();
-    show("ratio (b)/(a), 1 node", &r1, "");
-    show("ratio (b)/(a), 2 nodes", &r2, "");
-    show("(c) latency p50 at 200 tasks/s", &p50, "ms");
-    show("(c) latency p99 at 200 tasks/s", &p99, "ms");
+    for (k, count) in node_counts.iter().enumerate() {
+        show(
+            &format!("(b) jetweave echo, {count} node(s)"),
+            &b[k],
+            "tasks/s",
+        );
+        let r: Vec<f64> = b[k].iter().zip(&a).map(|(b, a)| b / a).collect();
+        show(&format!("    ratio (b)/(a), {count} node(s)"), &r, "");
+    }
+    for (r, rate) in rates.iter().enumerate() {
+        let p = |f: fn(&(f64, f64, f64)) -> f64| lat[r].iter().map(f).collect::<Vec<_>>();
+        show(
+            &format!("(c) latency p50 at {rate} tasks/s"),
+            &p(|x| x.0),
+            "ms",
+        );
+        show(
+            &format!("(c) latency p99 at {rate} tasks/s"),
+            &p(|x| x.1),
+            "ms",
+        );
+        show(
+            &format!("(c) latency p99.9 at {rate} tasks/s"),
+            &p(|x| x.2),
+            "ms",
+        );
+    }
+    show(
+        "core NATS request/reply p50",
+        &rtt.iter().map(|x| x.0).collect::<Vec<_>>(),
+        "ms",
+    );
+    show(
+        "core NATS request/reply p99",
+        &rtt.iter().map(|x| x.1).collect::<Vec<_>>(),
+        "ms",
+    );
+    show(
+        "core NATS request/reply p99.9",
+        &rtt.iter().map(|x| x.2).collect::<Vec<_>>(),
+        "ms",
+    );
 }
