@@ -658,13 +658,17 @@ impl Engine {
         }
     }
 
-    async fn reconcile_all(&mut self) {
-        let ids: Vec<String> = self
-            .runs
+    /// Ids of the runs still running.
+    fn running_ids(&self) -> Vec<String> {
+        self.runs
             .iter()
             .filter(|(_, (r, _))| r.status == "running")
             .map(|(k, _)| k.clone())
-            .collect();
+            .collect()
+    }
+
+    async fn reconcile_all(&mut self) {
+        let ids = self.running_ids();
         for id in ids {
             self.reconcile(&id).await;
         }
@@ -837,12 +841,7 @@ impl Engine {
     /// Checks stored results of every unfinished shard (reports lost while
     /// no coordinator led).
     async fn sweep_results(&mut self) {
-        let ids: Vec<String> = self
-            .runs
-            .iter()
-            .filter(|(_, (r, _))| r.status == "running")
-            .map(|(k, _)| k.clone())
-            .collect();
+        let ids = self.running_ids();
         for id in ids {
             let Some((mut rec, rev)) = self.runs.get(&id).cloned() else {
                 continue;
