@@ -1,0 +1,156 @@
+//! Scale: 1 000 simulated nodes (in this process, each with its own
+//! discovery entry refreshed every second and a heartbeat) against one
+//! server and one coordinator: time until the coordinator sees all of
+//! them, CPU of this process (simulator + coordinator) and of the server,
+//! server RSS; and one real idle node's RSS (target ≤ 15 MiB).
+//! `cargo bench --bench scale` (BENCH_NODES, default 1000).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use jetweave::discovery::KvDiscovery;
+use jetweave::protocol::{now_rfc3339, Health, NodeInfo, Role};
+use jetweave::subjects::Subjects;
+
+fn ticks(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn server_pid(port: u16) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmd.contains("nats-server") && cmd.contains(&port.to_string()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run `cargo bench --bench scale`");
+        return;
+    }
+    let count: usize = std::env::var("BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let server = NatsServer::start();
+    let spid = server_pid(server.port).expect("server pid");
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let client = server.client().await;
+    let subjects = Subjects::new("weave").unwrap();
+    let d = KvDiscovery::open(client.clone(), &subjects, Duration::from_secs(5), 1)
+        .await
+        .unwrap();
+    let info = |i: usize| NodeInfo {
+        node_id: format!("sim-{i:04}"),
+        role: Role::Worker,
+        hostname: "sim".into(),
+        pid: i as u32,
+        url: None,
+        queues: vec!["default".into()],
+        capabilities: vec![],
+        max_concurrency: 8,
+        health: Health::Healthy,
+        active_tasks: 0,
+        started_at: now_rfc3339(),
+        last_heartbeat_at: now_rfc3339(),
+        metadata: Default::default(),
+    };
+    println!("scale: {count} simulated nodes, heartbeat + discovery refresh every 1 s each, one server, one coordinator");
+    let t0 = Instant::now();
+    let sim = {
+        let d = d.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let round = Instant::now();
+                for i in 0..count {
+                    let n = info(i);
+                    let _ = client
+                        .publish(
+                            subjects.heartbeat(&n.node_id),
+                            serde_json::to_vec(&n).unwrap().into(),
+                        )
+                        .await;
+                    let _ = d.put_info(&n).await;
+                }
+                tokio::time::sleep(Duration::from_secs(1).saturating_sub(round.elapsed())).await;
+            }
+        })
+    };
+    wait_for(
+        "coordinator sees every node",
+        Duration::from_secs(120),
+        || async {
+            let st = api.cluster_status().await.ok()?;
+            (st.total_nodes as usize >= count).then_some(())
+        },
+    )
+    .await;
+    let seen = t0.elapsed();
+    // Steady state: 10 s of CPU.
+    let (s0, m0) = (ticks(spid), ticks(std::process::id()));
+    let w0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let wall = w0.elapsed().as_secs_f64();
+    let (s1, m1) = (ticks(spid), ticks(std::process::id()));
+    let st = api.cluster_status().await.unwrap();
+    sim.abort();
+    println!(
+        "coordinator saw all {count} nodes after {:.2} s (cluster.status total_nodes {})",
+        seen.as_secs_f64(),
+        st.total_nodes
+    );
+    println!("steady state over {wall:.1} s: nats-server CPU {:.0} %, simulator+coordinator process CPU {:.0} %", (s1 - s0) / wall * 100.0, (m1 - m0) / wall * 100.0);
+    println!(
+        "nats-server RSS {:.1} MiB, simulator+coordinator RSS {:.1} MiB",
+        rss_mib(spid),
+        rss_mib(std::process::id())
+    );
+
+    // One real idle node.
+    let node = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "node",
+        "--node-id",
+        "idle-real",
+    ]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c0 = ticks(node.pid() as u32);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let c1 = ticks(node.pid() as u32);
+    println!(
+        "one real idle node: RSS {:.1} MiB (target ≤ 15 MiB), CPU {:.1} %",
+        rss_mib(node.pid() as u32),
+        (c1 - c0) / 5.0 * 100.0
+    );
+}
