@@ -562,3 +562,33 @@ async fn bad_task_messages_are_dead_lettered_and_the_queue_moves_on() {
     assert_eq!(st.total_nodes, 1);
     assert_eq!(st.leader.as_deref(), Some("c1"));
 }
+
+/// A delayed task leaves nothing behind in the task stream once it ran.
+#[tokio::test]
+async fn delayed_tasks_leave_no_schedule_behind() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1200);
+    let mut req = submit_req("echo", json!(1));
+    req.envelope.id = Some("later".into());
+    req.envelope.not_before = Some(
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    );
+    api.submit(&req).await.unwrap();
+    assert_eq!(
+        api.get("later").await.unwrap().status,
+        TaskStatus::Queued,
+        "a delayed task is queued"
+    );
+    api.wait("later", Duration::from_secs(5)).await.unwrap();
+    let js = async_nats::jetstream::new(server.client().await);
+    let s = js.get_stream("WEAVE_TASKS").await.unwrap();
+    wait_for("empty task stream", Duration::from_secs(3), || {
+        let mut s = s.clone();
+        async move { (s.info().await.ok()?.state.messages == 0).then_some(()) }
+    })
+    .await;
+}
