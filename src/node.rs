@@ -288,6 +288,23 @@ impl Node {
         self.config.validate()?;
         let cfg = self.config;
         let subjects = Subjects::new(&cfg.prefix)?;
+        // Two live nodes with one id would share a discovery entry and a
+        // shard consumer: refuse to start while another answers for it.
+        if let Ok(Ok(m)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.request(subjects.ctl(&cfg.node_id, "ping"), Bytes::new()),
+        )
+        .await
+        {
+            if serde_json::from_slice::<Value>(&m.payload)
+                .is_ok_and(|v| v["ok"] == Value::Bool(true))
+            {
+                return Err(Error::Config(format!(
+                    "node id {:?} is in use by a live node; pick another --node-id or stop that node",
+                    cfg.node_id
+                )));
+            }
+        }
         let js = jetstream::new(client.clone());
         if self.replicas == 0 {
             self.replicas = crate::connect::replicas_for(&client);

@@ -206,3 +206,15 @@ async fn static_discovery_strips_slashes_and_reports_changes() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn a_second_node_with_a_live_id_is_refused() {
+    let server = NatsServer::start();
+    let _first = start_node(&server, node_config("twin")).await;
+    let err = jetweave::Node::new(node_config("twin"))
+        .start(server.client().await, jetweave::Shutdown::new())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("in use by a live node"), "{err}");
+}
