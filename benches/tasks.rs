@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use common::*;
 use futures::StreamExt;
-use jetweave::Node;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -205,20 +204,49 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
     (q(0.5), q(0.99), q(0.999))
 }
 
-async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<TestNode> {
+/// `k` nodes as separate `jetweave node` processes (256 slots each),
+/// returned once every one is in discovery.
+async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<Proc> {
+    let d = jetweave::discovery::KvDiscovery::open(
+        server.client().await,
+        &jetweave::subjects::Subjects::new("weave").unwrap(),
+        Duration::from_secs(5),
+        1,
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
+    let mut ids = Vec::new();
     for i in 0..k {
-        let mut cfg = node_config(&format!("bench{pass}-{i}"));
-        cfg.concurrency = 256;
-        cfg.ack_wait = Duration::from_secs(30);
-        out.push(start_node_with(server, Node::new(cfg)).await);
+        let id = format!("bench{pass}-{i}");
+        out.push(Proc::spawn(&[
+            "--nats-url",
+            &server.url(),
+            "node",
+            "--node-id",
+            &id,
+            "--concurrency",
+            "256",
+            "--ack-wait",
+            "30",
+        ]));
+        ids.push(id);
     }
+    wait_for("bench nodes up", Duration::from_secs(30), || async {
+        let live = d.nodes().await.ok()?;
+        ids.iter()
+            .all(|id| live.iter().any(|n| &n.node_id == id))
+            .then_some(())
+    })
+    .await;
     out
 }
 
-async fn stop(nodes: Vec<TestNode>) {
-    for n in nodes {
-        n.handle.shutdown(Duration::from_secs(5)).await;
+/// SIGTERM each node and wait for it to exit (it drains and unregisters).
+async fn stop(nodes: Vec<Proc>) {
+    for mut n in nodes {
+        n.signal(libc::SIGTERM);
+        let _ = tokio::task::spawn_blocking(move || n.wait_exit(Duration::from_secs(10))).await;
     }
 }
 
@@ -237,7 +265,7 @@ async fn main() {
     let n = env_usize("BENCH_N", 20_000);
     let reps = env_usize("BENCH_REPS", 3);
     let server = NatsServer::start();
-    println!("jetweave task benchmark: N = {n} tasks per pass, {reps} repetitions, one nats-server (default fsync), loopback, 2 cores; nodes run in this process (concurrency 256)");
+    println!("jetweave task benchmark: N = {n} tasks per pass, {reps} repetitions, one nats-server (default fsync), loopback, 2 cores; nodes are separate processes (concurrency 256)");
     let mut a = vec![];
     let mut b: Vec<Vec<f64>> = vec![vec![], vec![], vec![]];
     let node_counts = [1usize, 2, 4];
@@ -297,6 +325,31 @@ async fn main() {
             "ms",
         );
     }
+    let med = |v: &[f64]| stats(v.to_vec()).1;
+    let report = serde_json::json!({
+        "n": n, "reps": reps,
+        "raw_msgs_per_s": med(&a),
+        "throughput": node_counts.iter().enumerate().map(|(k, c)| serde_json::json!({
+            "nodes": c, "tasks_per_s": med(&b[k]),
+            "ratio": med(&b[k].iter().zip(&a).map(|(b, a)| b / a).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+        "latency": rates.iter().enumerate().map(|(r, rate)| serde_json::json!({
+            "rate": rate,
+            "p50_ms": med(&lat[r].iter().map(|x| x.0).collect::<Vec<_>>()),
+            "p99_ms": med(&lat[r].iter().map(|x| x.1).collect::<Vec<_>>()),
+            "p999_ms": med(&lat[r].iter().map(|x| x.2).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+        "core_rtt_p50_ms": med(&rtt.iter().map(|x| x.0).collect::<Vec<_>>()),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("tasks.json"),
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    );
+    println!(
+        "figures written to target/bench-results/tasks.json (scripts/bench-chart.sh draws them)"
+    );
     show(
         "core NATS request/reply p50",
         &rtt.iter().map(|x| x.0).collect::<Vec<_>>(),
