@@ -12,7 +12,7 @@ fi
 venv=.tools/celery
 if [ ! -x "$venv/bin/celery" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "celery[redis]==5.4.0"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "celery[redis]==5.7.0" "kombu==5.7.0" "packaging"
 fi
 work=$(mktemp -d)
 redis-server --port 6391 --save '' --appendonly no --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &

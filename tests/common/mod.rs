@@ -163,7 +163,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_jetweave"))
+        // Tests and benches get the path from cargo; examples use the
+        // release build.
+        let bin = option_env!("CARGO_BIN_EXE_jetweave").unwrap_or(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/release/jetweave"
+        ));
+        let child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
