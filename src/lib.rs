@@ -12,8 +12,8 @@
 //!   copy nodes and coordinators read.
 //! - [`node`]: heartbeats (`P.node.<id>.heartbeat`), the `weave-node`
 //!   micro service answering control (`P.ctl.<id>.<verb>`, `P.ctl.all.*`)
-//!   and event injection (`P.event.<id>.<process>`) into [`process`]es, and
-//!   graceful shutdown (drain → wait → unregister).
+//!   and event injection (`P.event.<id>.<process>`) into named processes,
+//!   and graceful shutdown (drain → wait → unregister).
 //! - [`queue`]: the task work queues. A task published on
 //!   `P.tasks.<queue>.<priority>` lands in the `P_TASKS` work-queue stream;
 //!   a node with a free slot pulls it (highest priority first), runs its
@@ -27,6 +27,9 @@
 //! - [`checkpoint`]: handler state in the `P-checkpoints` object store.
 //! - [`client`]: the library API for submitters (submit, wait, get,
 //!   cancel) over the `weave-api` micro service.
+//! - [`sidecar`]: the HTTP sidecar (axum) turning REST calls into NATS
+//!   requests; [`up`] starts a whole local cluster; [`cli`] is the command
+//!   line, operator commands included.
 //! - [`shutdown`]: the one shutdown signal every task listens to.
 //!
 //! ## A task's path
