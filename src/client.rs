@@ -147,24 +147,36 @@ impl Client {
 
     /// Waits for a task's terminal result: subscribes to
     /// `P.results.<task_id>`, then reads the stream (so a result stored
-    /// before the call is found too).
+    /// before the call is found too), and reads it again every second so a
+    /// result published while the connection was down is not missed.
     pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<TaskResult, Error> {
         validate_task_id(task_id)?;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut sub = self
             .nats
             .subscribe(self.subjects.result(task_id))
             .await
             .map_err(Error::nats)?;
-        if let Some(r) = self.result(task_id).await? {
-            return Ok(r);
+        loop {
+            // A failed or lost read (e.g. while reconnecting) is retried.
+            if let Ok(Ok(Some(r))) =
+                tokio::time::timeout(Duration::from_secs(1), self.result(task_id)).await
+            {
+                return Ok(r);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "no result for task {task_id} within {timeout:?}"
+                )));
+            }
+            let recheck = (now + Duration::from_secs(1)).min(deadline);
+            if let Ok(Some(m)) = tokio::time::timeout_at(recheck, sub.next()).await {
+                if let Ok(r) = serde_json::from_slice(&m.payload) {
+                    return Ok(r);
+                }
+            }
         }
-        let m = tokio::time::timeout(timeout, sub.next())
-            .await
-            .map_err(|_| {
-                Error::Timeout(format!("no result for task {task_id} within {timeout:?}"))
-            })?
-            .ok_or_else(|| Error::nats("subscription closed"))?;
-        serde_json::from_slice(&m.payload).map_err(|e| Error::nats(e.to_string()))
     }
 
     /// Live nodes (`nodes.list`).

@@ -56,6 +56,8 @@ use crate::protocol::{
 };
 use crate::subjects::{decode_key, validate_task_id, Subjects};
 
+/// Bound on one fetch round trip.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle dispatcher sleeps between polls.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
@@ -330,21 +332,38 @@ async fn dispatch_loop(
             if permits.is_empty() {
                 break;
             }
-            let batch = c.fetch().max_messages(permits.len()).messages().await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
+            // A fetch answered by nobody (the server restarting, a lost
+            // request) must not stall the dispatcher: bound it. Messages
+            // cut off by the bound come back after ack_wait.
+            let want = permits.len();
+            let fetched = tokio::time::timeout(FETCH_TIMEOUT, async {
+                let mut out = Vec::with_capacity(want);
+                let mut batch = c.fetch().max_messages(want).messages().await?;
+                while let Some(m) = batch.next().await {
+                    match m {
+                        Ok(msg) => out.push(msg),
+                        Err(e) if out.is_empty() => return Err(e),
+                        Err(_) => break,
+                    }
+                }
+                Ok::<_, async_nats::Error>(out)
+            })
+            .await;
+            let msgs = match fetched {
+                Ok(Ok(msgs)) => msgs,
+                Ok(Err(e)) => {
                     tracing::warn!(queue = %queue, error = %e, "fetch failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
+                Err(_) => {
+                    tracing::warn!(queue = %queue, "fetch timed out");
+                    break;
+                }
             };
-            while let Some(m) = batch.next().await {
-                let Ok(msg) = m else { break };
+            for msg in msgs {
                 let Some(permit) = permits.pop() else { break };
                 got += 1;
-                // Re-check drain between messages of a batch: none is
-                // started once the node drains.
                 s.work
                     .spawn(run_task(s.clone(), source.clone(), msg, permit));
             }

@@ -592,3 +592,44 @@ async fn delayed_tasks_leave_no_schedule_behind() {
     })
     .await;
 }
+
+/// The NATS server restarts under a running node: the node reconnects,
+/// re-registers and keeps taking tasks; nothing queued is lost.
+#[tokio::test]
+async fn a_server_restart_loses_nothing() {
+    let mut server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _node = start_node(&server, node_config("w1")).await;
+    let api = api_client(&server).await;
+    // Queue tasks the node cannot finish before the restart.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut req = submit_req("sleep", json!({"ms": 300}));
+        req.envelope.id = Some(format!("survive-{i}"));
+        ids.push(api.submit(&req).await.unwrap().task_id);
+    }
+    server.restart();
+    for id in &ids {
+        let r = api.wait(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(r.status, TaskStatus::Completed, "{id}: {r:?}");
+    }
+    // New work after the restart, and the node is back in discovery.
+    let id = api
+        .submit(&submit_req("echo", json!("after")))
+        .await
+        .unwrap()
+        .task_id;
+    assert_eq!(
+        api.wait(&id, Duration::from_secs(10)).await.unwrap().result,
+        json!("after")
+    );
+    wait_for("node re-registered", Duration::from_secs(5), || async {
+        api.nodes()
+            .await
+            .ok()?
+            .iter()
+            .any(|n| n.node_id == "w1")
+            .then_some(())
+    })
+    .await;
+}
