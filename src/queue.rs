@@ -173,6 +173,8 @@ pub(crate) async fn cancels_bucket(
             history: 1,
             num_replicas: replicas.max(1),
             max_age: Duration::from_secs(86_400),
+            // Expiry markers let nodes forget cancels that aged out.
+            limit_markers: Some(Duration::from_secs(60)),
             storage: stream::StorageType::File,
             ..Default::default()
         },
@@ -193,10 +195,14 @@ pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
                 e = watch.next() => e,
             };
             let Some(Ok(entry)) = entry else { break };
+            let task_id = decode_key(&entry.key);
             if entry.operation != kv::Operation::Put {
+                // Aged out (24 h): forget it.
+                if let Ok(mut c) = s.cancelled.lock() {
+                    c.remove(&task_id);
+                }
                 continue;
             }
-            let task_id = decode_key(&entry.key);
             if let Ok(r) = s.running.lock() {
                 if let Some(t) = r.get(&task_id) {
                     if let Ok(mut reason) = t.reason.lock() {
