@@ -26,22 +26,6 @@ fn stats(mut v: Vec<f64>) -> String {
     )
 }
 
-async fn spawn_node(server: &NatsServer, id: &str) -> Proc {
-    Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "node",
-        "--node-id",
-        id,
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-        "--ack-wait",
-        "2",
-    ])
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -65,11 +49,7 @@ async fn main() {
         )
         .await
         .unwrap();
-        let mut victim = spawn_node(&server, "victim").await;
-        wait_for("victim up", Duration::from_secs(15), || async {
-            d.get("victim").await.ok().flatten()
-        })
-        .await;
+        let mut victim = spawn_node_proc(&server, "victim").await;
         // An in-flight task and a shard on the victim.
         let id = api
             .submit(&SubmitRequest {

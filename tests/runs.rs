@@ -197,28 +197,7 @@ async fn a_dead_nodes_shards_move_and_resume_from_checkpoints() {
     let server = NatsServer::start();
     let _c = start_coordinator(&server, "c1").await;
     let api = api_client(&server).await;
-    let mut doomed = Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "node",
-        "--node-id",
-        "doomed",
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-        "--ack-wait",
-        "2",
-    ]);
-    wait_for("doomed registered", Duration::from_secs(15), || async {
-        api.nodes()
-            .await
-            .ok()?
-            .iter()
-            .any(|n| n.node_id == "doomed")
-            .then_some(())
-    })
-    .await;
+    let mut doomed = spawn_node_proc(&server, "doomed").await;
     api.create_run(
         &json!({"run_id": "k1", "dataset_id": "ds", "total_items": 30, "shard_size": 30,
         "type": "count", "payload": {"item_ms": 100}}),

@@ -341,28 +341,7 @@ async fn a_dead_nodes_task_is_finished_by_another_node() {
     let server = NatsServer::start();
     let _c = start_coordinator(&server, "c1").await;
     let api = api_client(&server).await;
-    let mut a = Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "node",
-        "--node-id",
-        "doomed",
-        "--ack-wait",
-        "2",
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-    ]);
-    wait_for("node up", Duration::from_secs(15), || async {
-        api.nodes()
-            .await
-            .ok()?
-            .iter()
-            .any(|n| n.node_id == "doomed")
-            .then_some(())
-    })
-    .await;
+    let mut a = spawn_node_proc(&server, "doomed").await;
     let id = api
         .submit(&submit_req("sleep", json!({"ms": 3000})))
         .await

@@ -269,3 +269,37 @@ pub async fn start_coordinator(server: &NatsServer, id: &str) -> TestCoordinator
 pub async fn api_client(server: &NatsServer) -> jetweave::Client {
     jetweave::Client::new(server.client().await, "weave").expect("client")
 }
+
+/// A `jetweave node` process with fast test timings (node_ttl 2 s,
+/// heartbeat 0.5 s, ack_wait 2 s), returned once it is in discovery.
+pub async fn spawn_node_proc(server: &NatsServer, node_id: &str) -> Proc {
+    let url = server.url();
+    let node = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "node",
+        "--node-id",
+        node_id,
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--ack-wait",
+        "2",
+    ]);
+    let d = jetweave::discovery::KvDiscovery::open(
+        server.client().await,
+        &jetweave::subjects::Subjects::new("weave").expect("prefix"),
+        Duration::from_secs(2),
+        1,
+    )
+    .await
+    .expect("discovery");
+    wait_for(
+        &format!("node {node_id} registered"),
+        Duration::from_secs(15),
+        || async { d.get(node_id).await.ok().flatten() },
+    )
+    .await;
+    node
+}
