@@ -269,6 +269,12 @@ async fn drain_moves_not_started_shards_and_a_joining_node_gets_shards() {
     })
     .await;
     eprintln!("{on_b} shards moved to the joining node");
+    // An explicit rebalance answers (the loads are already even).
+    let nats = server.client().await;
+    let r = req(&nats, "weave.ctl.coordinator.rebalance", b"{}").await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["leader"], true);
+    assert_eq!(r["coordinator_id"], "c1");
     // Drain a: its remaining not-started shards move to b.
     a.handle.drain().await;
     let run = api
