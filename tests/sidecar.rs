@@ -490,3 +490,39 @@ async fn openapi_document_lists_every_route() {
         );
     }
 }
+
+/// A registered agent that stops heartbeating leaves discovery.
+#[tokio::test]
+async fn a_silent_agent_expires() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let sc = sidecar(&server, &["--agent-ttl", "1"]).await;
+    let b = &sc.base;
+    let (st, _) = call(
+        "POST",
+        &format!("{b}/agents/register"),
+        Some(json!({
+            "agent_id": "quiet", "capabilities": ["x"], "endpoints": {"http": "http://127.0.0.1:9"}
+        })),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, v) = call("POST", &format!("{b}/agents/discover"), Some(json!({}))).await;
+    assert_eq!(v["count"], 1, "{v}");
+    // Heartbeats keep it...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (st, _) = call("POST", &format!("{b}/agents/quiet/heartbeat"), None).await;
+        assert_eq!(st, 200);
+    }
+    let (_, v) = call("POST", &format!("{b}/agents/discover"), Some(json!({}))).await;
+    assert_eq!(v["count"], 1, "heartbeats keep the agent: {v}");
+    // ...silence drops it.
+    wait_for("agent gone", Duration::from_secs(5), || async {
+        let (_, v) = call("POST", &format!("{b}/agents/discover"), Some(json!({}))).await;
+        (v["count"] == 0).then_some(())
+    })
+    .await;
+    let (st, _) = call("POST", &format!("{b}/agents/quiet/heartbeat"), None).await;
+    assert_eq!(st, 404);
+}
