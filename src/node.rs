@@ -706,7 +706,13 @@ async fn inject_event(s: &Arc<Shared>, process: &str, body: &[u8]) -> Result<Val
             s2.checkpoints.clone(),
         );
         ctx.metadata = ev.metadata.clone();
-        let run = handler(ctx, ev.payload.clone());
+        let run = futures::FutureExt::map(
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(
+                ctx,
+                ev.payload.clone(),
+            ))),
+            |r| r.unwrap_or_else(|_| Err(crate::handler::HandlerError::retry("handler panicked"))),
+        );
         let outcome = tokio::select! {
             r = run => r,
             _ = stop.wait() => { cancel.cancel(); Err(crate::handler::HandlerError::retry("process stopped")) }

@@ -612,7 +612,15 @@ async fn run_task(
     let t0 = Instant::now();
     let progress_every = (s.cfg.ack_wait / 3).max(Duration::from_millis(200));
     let outcome = {
-        let run = handler(ctx, env.payload.clone());
+        // A handler that panics fails its attempt; it never takes the
+        // node's bookkeeping (slot, running set) down with it.
+        let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(
+            ctx,
+            env.payload.clone(),
+        )));
+        let run = futures::FutureExt::map(run, |r| {
+            r.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")))
+        });
         tokio::pin!(run);
         let deadline = env.timeout();
         let timeout = async {

@@ -612,3 +612,42 @@ async fn a_server_restart_loses_nothing() {
     })
     .await;
 }
+
+/// A handler that panics fails its attempt like an error; the node keeps
+/// its slot and serves the next task.
+#[tokio::test]
+async fn a_panicking_handler_fails_the_attempt_not_the_node() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let mut cfg = node_config("w1");
+    cfg.concurrency = 1;
+    let mut n = Node::new(cfg);
+    n.handler("boom", |_ctx, _p| async move {
+        if std::env::var("NEVER_SET_42").is_err() {
+            panic!("handler bug");
+        }
+        Ok(Value::Null)
+    });
+    let _node = start_node_with(&server, n).await;
+    let api = api_client(&server).await;
+    let mut req = submit_req("boom", json!(null));
+    req.envelope.max_attempts = Some(2);
+    req.envelope.backoff_s = Some(vec![0.1]);
+    let id = api.submit(&req).await.unwrap().task_id;
+    let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.error.as_deref(), Some("handler panicked"));
+    // The single slot is free again.
+    let id = api
+        .submit(&submit_req("echo", json!("next")))
+        .await
+        .unwrap()
+        .task_id;
+    assert_eq!(
+        api.wait(&id, Duration::from_secs(5)).await.unwrap().result,
+        json!("next")
+    );
+    let st = api.control("w1", "status", &json!({})).await.unwrap();
+    assert_eq!(st["active_tasks"], 0);
+}
