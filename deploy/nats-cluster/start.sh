@@ -42,11 +42,17 @@ urls="nats://127.0.0.1:$base,nats://127.0.0.1:$((base + 1)),nats://127.0.0.1:$((
 for _ in $(seq 1 100); do
   ok=0
   for i in 0 1 2; do
-    if curl -sf "http://127.0.0.1:$((base + 4000 + i))/healthz" >/dev/null 2>&1; then ok=$((ok + 1)); fi
+    # python3 rather than curl: the project needs Python anyway.
+    if python3 -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" \
+        "http://127.0.0.1:$((base + 4000 + i))/healthz" >/dev/null 2>&1; then ok=$((ok + 1)); fi
   done
   [ "$ok" = 3 ] && break
   sleep 0.2
 done
+if [ "$ok" != 3 ]; then
+  echo "cluster not healthy after 20 s; see $data/n*.log" >&2
+  exit 1
+fi
 echo "cluster ready: $urls"
 echo "try: jetweave --nats-url $urls up ... or jetweave --nats-url $urls node --node-id n1"
 wait
