@@ -387,24 +387,47 @@ mod tests {
             json!({"a": 1})
         );
         let fail = h.get("fail").unwrap();
-        assert!(fail(TaskContext::new("t", "fail", 2), json!({"times": 2}))
-            .await
-            .is_err());
+        for attempt in [1, 2] {
+            let e = fail(TaskContext::new("t", "fail", attempt), json!({"times": 2}))
+                .await
+                .unwrap_err();
+            assert_eq!(e.message, "planned failure");
+            assert!(e.retryable, "a planned failure is retried");
+        }
         assert_eq!(
             fail(TaskContext::new("t", "fail", 3), json!({"times": 2}))
                 .await
                 .unwrap(),
             json!({"attempts": 3})
         );
-        assert!(
-            fail(TaskContext::new("t", "fail", 99), json!({"times": -1}))
-                .await
-                .is_err()
-        );
-        let sleep = h.get("sleep").unwrap();
-        assert!(sleep(TaskContext::new("t", "sleep", 1), json!({"ms": "x"}))
+        let e = fail(TaskContext::new("t", "fail", 99), json!({"times": -1}))
             .await
-            .is_err());
+            .unwrap_err();
+        assert_eq!(e.message, "planned failure");
+        let sleep = h.get("sleep").unwrap();
+        let e = sleep(TaskContext::new("t", "sleep", 1), json!({"ms": "x"}))
+            .await
+            .unwrap_err();
+        assert!(!e.retryable, "a bad payload is not retried");
+        assert!(e.message.contains("ms"), "{}", e.message);
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            sleep(TaskContext::new("t", "sleep", 1), json!({"ms": 120}))
+                .await
+                .unwrap(),
+            json!({"slept_ms": 120})
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(120));
+        // Cancellable: a cancelled sleep ends at once.
+        let cancel = CancellationToken::new();
+        let ctx = TaskContext::new("t", "sleep", 1).with_runtime("n", cancel.clone(), None);
+        let t0 = std::time::Instant::now();
+        let run = tokio::spawn(sleep(ctx, json!({"ms": 60_000})));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.cancel();
+        let e = run.await.unwrap().unwrap_err();
+        assert_eq!(e.message, "cancelled");
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -678,70 +678,214 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
-        let s = serde_json::to_string(&v).unwrap();
-        let back: T = serde_json::from_str(&s).unwrap();
-        assert_eq!(v, back);
+    /// `v` serializes to exactly `wire` (the contract's field names and
+    /// shapes, written out here by hand) and `wire` parses back to `v`: a
+    /// renamed, dropped or retyped field fails.
+    fn assert_wire<T>(v: T, wire: Value)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_value(&v).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<T>(wire).unwrap(), v);
     }
 
     #[test]
-    fn wire_types_round_trip() {
-        round_trip(NodeInfo {
-            node_id: "n1".into(),
-            role: Role::Hybrid,
-            hostname: "h".into(),
-            pid: 1,
-            url: None,
-            queues: vec!["default".into()],
-            capabilities: vec![],
-            max_concurrency: 8,
-            health: Health::Draining,
-            active_tasks: 0,
-            started_at: now_rfc3339(),
-            last_heartbeat_at: now_rfc3339(),
-            metadata: Map::new(),
-        });
-        round_trip(TaskEnvelope {
-            task_type: "echo".into(),
-            id: Some("a:b".into()),
-            payload: json!({"x": 1}),
-            timeout_s: Some(1.5),
-            max_attempts: Some(2),
-            backoff_s: Some(vec![0.5]),
-            not_before: Some(now_rfc3339()),
-            ..Default::default()
-        });
-        round_trip(TaskResult {
-            task_id: "t".into(),
-            status: TaskStatus::Dead,
-            result: Value::Null,
-            error: Some("x".into()),
-            attempts: 3,
-            node_id: Some("n".into()),
-            started_at: None,
-            finished_at: now_rfc3339(),
-            duration_s: 0.1,
-        });
-        round_trip(ClusterStatus::default());
-        round_trip(SubmitRequest {
-            envelope: TaskEnvelope::new("echo", json!(1)),
-            queue: Some("q".into()),
-            priority: Some(Priority::High),
-        });
+    fn wire_types_match_the_contract() {
+        let at = "2026-01-02T03:04:05.000Z".to_string();
+        let mut meta = Map::new();
+        meta.insert("k".into(), json!("v"));
+        assert_wire(
+            NodeInfo {
+                node_id: "n1".into(),
+                role: Role::Hybrid,
+                hostname: "h".into(),
+                pid: 1,
+                url: None,
+                queues: vec!["default".into()],
+                capabilities: vec!["gpu".into()],
+                max_concurrency: 8,
+                health: Health::Draining,
+                active_tasks: 2,
+                started_at: at.clone(),
+                last_heartbeat_at: at.clone(),
+                metadata: meta.clone(),
+            },
+            json!({"node_id": "n1", "role": "hybrid", "hostname": "h", "pid": 1,
+                "url": null, "queues": ["default"], "capabilities": ["gpu"],
+                "max_concurrency": 8, "health": "draining", "active_tasks": 2,
+                "started_at": at, "last_heartbeat_at": at, "metadata": {"k": "v"}}),
+        );
+        assert_wire(
+            Heartbeat {
+                node_id: "n1".into(),
+                health: Health::Healthy,
+                active_tasks: 1,
+                max_concurrency: 4,
+                queues: vec!["q".into()],
+                completed: 5,
+                failed: 6,
+                last_heartbeat_at: at.clone(),
+                metadata: Map::new(),
+            },
+            json!({"node_id": "n1", "health": "healthy", "active_tasks": 1,
+                "max_concurrency": 4, "queues": ["q"], "completed": 5, "failed": 6,
+                "last_heartbeat_at": at, "metadata": {}}),
+        );
+        assert_wire(
+            TaskEnvelope {
+                task_type: "echo".into(),
+                id: Some("a:b".into()),
+                payload: json!({"x": 1}),
+                metadata: meta.clone(),
+                timeout_s: Some(1.5),
+                max_attempts: Some(2),
+                backoff_s: Some(vec![0.5]),
+                not_before: Some(at.clone()),
+            },
+            json!({"type": "echo", "id": "a:b", "payload": {"x": 1}, "metadata": {"k": "v"},
+                "timeout_s": 1.5, "max_attempts": 2, "backoff_s": [0.5], "not_before": at}),
+        );
+        assert_wire(
+            SubmitRequest {
+                envelope: TaskEnvelope::new("echo", json!(1)),
+                queue: Some("q".into()),
+                priority: Some(Priority::High),
+            },
+            json!({"type": "echo", "payload": 1, "metadata": {}, "queue": "q", "priority": "high"}),
+        );
+        assert_wire(
+            TaskResult {
+                task_id: "t".into(),
+                status: TaskStatus::Dead,
+                result: Value::Null,
+                error: Some("x".into()),
+                attempts: 3,
+                node_id: Some("n".into()),
+                started_at: Some(at.clone()),
+                finished_at: at.clone(),
+                duration_s: 0.25,
+            },
+            json!({"task_id": "t", "status": "dead", "result": null, "error": "x",
+                "attempts": 3, "node_id": "n", "started_at": at, "finished_at": at,
+                "duration_s": 0.25}),
+        );
+        assert_wire(
+            EventOutcome {
+                event_id: "e".into(),
+                status: "failed".into(),
+                result: Value::Null,
+                error: Some("boom".into()),
+                node_id: "n".into(),
+                process: "p".into(),
+                trigger_id: None,
+            },
+            json!({"event_id": "e", "status": "failed", "result": null, "error": "boom",
+                "node_id": "n", "process": "p", "trigger_id": null}),
+        );
+        assert_wire(
+            EventInjected {
+                status: "injected".into(),
+                event_id: "e".into(),
+                process: "p".into(),
+            },
+            json!({"status": "injected", "event_id": "e", "process": "p"}),
+        );
+        let mut queues = BTreeMap::new();
+        queues.insert(
+            "default".to_string(),
+            QueueStats {
+                pending: 1,
+                running: 2,
+            },
+        );
+        assert_wire(
+            ClusterStatus {
+                total_nodes: 3,
+                healthy_nodes: 2,
+                draining_nodes: 1,
+                total_processes: 4,
+                leader: Some("c1".into()),
+                queues,
+                runs: BTreeMap::new(),
+            },
+            json!({"total_nodes": 3, "healthy_nodes": 2, "draining_nodes": 1,
+                "total_processes": 4, "leader": "c1",
+                "queues": {"default": {"pending": 1, "running": 2}}, "runs": {}}),
+        );
+        assert_wire(
+            CheckpointRecord {
+                checkpoint_id: "c".into(),
+                task_id: "r:0:item:1".into(),
+                run_id: Some("r".into()),
+                iteration: Some(0),
+                shard_key: Some("item:1".into()),
+                node_id: "n".into(),
+                created_at: at.clone(),
+                payload: json!({"done": 1}),
+                metadata: Map::new(),
+            },
+            json!({"checkpoint_id": "c", "task_id": "r:0:item:1", "run_id": "r",
+                "iteration": 0, "shard_key": "item:1", "node_id": "n", "created_at": at,
+                "payload": {"done": 1}, "metadata": {}}),
+        );
     }
 
     #[test]
-    fn field_names_match_the_contract() {
-        let v = serde_json::to_value(TaskEnvelope::new("echo", json!({}))).unwrap();
-        assert_eq!(v["type"], "echo");
+    fn enum_words_match_the_contract() {
+        let words = |v: Vec<Value>| {
+            v.iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let statuses = [
+            TaskStatus::Queued,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Dead,
+            TaskStatus::Cancelled,
+            TaskStatus::Timeout,
+            TaskStatus::Unknown,
+        ];
+        let v: Vec<Value> = statuses
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
         assert_eq!(
-            serde_json::to_value(Health::Draining).unwrap(),
-            json!("draining")
+            words(v),
+            [
+                "queued",
+                "running",
+                "completed",
+                "failed",
+                "dead",
+                "cancelled",
+                "timeout",
+                "unknown"
+            ]
         );
-        assert_eq!(
-            serde_json::to_value(TaskStatus::Dead).unwrap(),
-            json!("dead")
-        );
+        for s in statuses {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+        let v: Vec<Value> = Priority::ALL
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap())
+            .collect();
+        assert_eq!(words(v), ["critical", "high", "normal", "low"]);
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
+        }
+        let v: Vec<Value> = [Role::Worker, Role::Supervisor, Role::Hybrid]
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        assert_eq!(words(v), ["worker", "supervisor", "hybrid"]);
+        let v: Vec<Value> = [Health::Healthy, Health::Draining]
+            .iter()
+            .map(|h| serde_json::to_value(h).unwrap())
+            .collect();
+        assert_eq!(words(v), ["healthy", "draining"]);
+        assert_eq!(TaskEnvelope::new("x", Value::Null).max_attempts(), 3);
     }
 
     #[test]
