@@ -492,15 +492,18 @@ async fn heartbeat_loop(s: Arc<Shared>) {
         if s.shutdown.is_triggered() {
             break;
         }
-        let hb = json_body(&s.heartbeat());
+        // The beat and the entry it refreshes carry the same time.
+        let beat = s.heartbeat();
+        let mut info = s.node_info();
+        info.last_heartbeat_at = beat.last_heartbeat_at.clone();
         if let Err(e) = s
             .client
-            .publish(s.subjects.heartbeat(&s.cfg.node_id), hb)
+            .publish(s.subjects.heartbeat(&s.cfg.node_id), json_body(&beat))
             .await
         {
             tracing::warn!(error = %e, "heartbeat not published");
         }
-        if let Err(e) = s.discovery.put_info(&s.node_info()).await {
+        if let Err(e) = s.discovery.put_info(&info).await {
             tracing::warn!(error = %e, "discovery entry not refreshed");
         }
     }

@@ -320,3 +320,321 @@ async fn shutdown_verb_drains_waits_and_unregisters() {
         .await
         .is_ok());
 }
+
+/// §1/§2: every heartbeat refreshes the KV entry (its `last_heartbeat_at`
+/// moves forward with each beat), and the heartbeat's `completed` /
+/// `failed` counters count completed tasks and failed attempts.
+#[tokio::test]
+async fn every_heartbeat_refreshes_the_entry_and_counts_are_right() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut hb = client.subscribe("weave.node.c1.heartbeat").await.unwrap();
+    client.flush().await.unwrap();
+    let node = start_node(&server, node_config("c1")).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("weave-nodes").await.unwrap();
+    let mut watch = kv.watch_with_history("c1").await.unwrap();
+    let mut last = None;
+    for _ in 0..4 {
+        let beat = next_json(&mut hb, Duration::from_secs(2)).await;
+        let at = beat["last_heartbeat_at"].clone();
+        if let Some(prev) = &last {
+            assert!(ts(&at) > ts(prev), "heartbeat time moves forward");
+        }
+        // The entry carrying this beat's time shows up in KV.
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let e = tokio::time::timeout_at(until.into(), watch.next())
+                .await
+                .expect("entry refreshed with the beat in time")
+                .expect("watch open")
+                .unwrap();
+            let v: Value = serde_json::from_slice(&e.value).unwrap();
+            if v["last_heartbeat_at"] == at {
+                break;
+            }
+        }
+        last = Some(at);
+    }
+
+    // 3 echo tasks complete; `fail` once then succeed = 1 failed attempt
+    // and 1 completed; `fail` always with 2 attempts = 2 failed attempts.
+    let api = api_client(&server).await;
+    for i in 0..3 {
+        let id = format!("e{i}");
+        publish_task(
+            &client,
+            "weave.tasks.default.normal",
+            Some(&id),
+            json!({"type": "echo"}),
+        )
+        .await;
+    }
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("f1"),
+        json!({"type": "fail", "payload": {"times": 1}, "backoff_s": [0.1]}),
+    )
+    .await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("f2"),
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 2, "backoff_s": [0.1]}),
+    )
+    .await;
+    for id in ["e0", "e1", "e2", "f1", "f2"] {
+        api.wait(id, Duration::from_secs(10)).await.unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let beat = loop {
+        assert!(Instant::now() < until, "no heartbeat with completed = 4");
+        let b = next_json(&mut hb, Duration::from_secs(2)).await;
+        if b["completed"] == 4 {
+            break b;
+        }
+    };
+    assert_eq!(beat["failed"], 3, "{beat}");
+    let entry = node_entry(&client, "c1").await.unwrap();
+    assert_eq!(entry["metadata"]["completed"], 4, "{entry}");
+    assert_eq!(entry["metadata"]["failed"], 3, "{entry}");
+    node.handle.shutdown(Duration::from_secs(2)).await;
+}
+
+/// §3: every verb's reply carries `ok`, `node_id` and `health`.
+#[tokio::test]
+async fn every_control_reply_names_the_node_and_its_health() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut cfg = node_config("r1");
+    cfg.processes = vec![ProcessSpec {
+        name: "w".into(),
+        handler: "echo".into(),
+        autostart: true,
+    }];
+    let node = start_node(&server, cfg).await;
+    for (verb, health) in [
+        ("ping", "healthy"),
+        ("status", "healthy"),
+        ("processes", "healthy"),
+        ("process.w.status", "healthy"),
+        ("drain", "draining"),
+        ("status", "draining"),
+        ("process.w.restart", "draining"),
+        ("resume", "healthy"),
+    ] {
+        let r = req(&client, &format!("weave.ctl.r1.{verb}"), b"").await;
+        assert_eq!(r["ok"], true, "{verb}: {r}");
+        assert_eq!(r["node_id"], "r1", "{verb}: {r}");
+        assert_eq!(r["health"], health, "{verb}: {r}");
+    }
+    let r = req(&client, "weave.ctl.r1.nope", b"").await;
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert!(r["code"].as_str().is_some(), "{r}");
+    node.handle.shutdown(Duration::from_secs(2)).await;
+}
+
+/// §3: after `drain` no new task starts (tasks published 1 s later stay
+/// queued), the running task finishes on the drained node, and `resume`
+/// lets the queued ones run. Audit: `node.draining` / `node.resumed`.
+#[tokio::test]
+async fn a_drained_node_finishes_its_work_and_takes_no_new_task() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    let node = start_node(&server, node_config("d1")).await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("long"),
+        json!({"type": "sleep", "payload": {"ms": 1500}}),
+    )
+    .await;
+    wait_for("long running", Duration::from_secs(3), || async {
+        let st = req(&client, "weave.ctl.d1.status", b"").await;
+        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let mut results = client.subscribe("weave.results.>").await.unwrap();
+    client.flush().await.unwrap();
+    let r = req(&client, "weave.ctl.d1.drain", b"").await;
+    assert_eq!(r["health"], "draining");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..5 {
+        publish_task(
+            &client,
+            "weave.tasks.default.normal",
+            Some(&format!("after{i}")),
+            json!({"type": "echo"}),
+        )
+        .await;
+    }
+    // The running task completes here; nothing else starts for 1.5 s.
+    let long = api.wait("long", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(long.status, jetweave::protocol::TaskStatus::Completed);
+    assert_eq!(long.node_id.as_deref(), Some("d1"));
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(m)) = tokio::time::timeout_at(quiet_until.into(), results.next()).await {
+        assert_eq!(
+            m.subject.as_str(),
+            "weave.results.long",
+            "a task started while draining"
+        );
+    }
+    let st = req(&client, "weave.ctl.d1.status", b"").await;
+    assert!(st["running_tasks"].as_array().unwrap().is_empty(), "{st}");
+    req(&client, "weave.ctl.d1.resume", b"").await;
+    for i in 0..5 {
+        let r = api
+            .wait(&format!("after{i}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.node_id.as_deref(), Some("d1"));
+    }
+    let drained = audit_events(&client, "node.draining").await;
+    let resumed = audit_events(&client, "node.resumed").await;
+    for (evs, kind) in [(drained, "node.draining"), (resumed, "node.resumed")] {
+        assert_eq!(evs.len(), 1, "{kind}: {evs:?}");
+        assert_eq!(evs[0]["kind"], kind);
+        assert_eq!(evs[0]["node_id"], "d1");
+        ts(&evs[0]["at"]);
+    }
+    node.handle.shutdown(Duration::from_secs(2)).await;
+}
+
+/// §3: `shutdown` waits for in-flight work before it deletes the entry.
+#[tokio::test]
+async fn shutdown_waits_for_the_running_task() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    let node = start_node(&server, node_config("w1")).await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("inflight"),
+        json!({"type": "sleep", "payload": {"ms": 1500}}),
+    )
+    .await;
+    wait_for("running", Duration::from_secs(3), || async {
+        let st = req(&client, "weave.ctl.w1.status", b"").await;
+        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = req(&client, "weave.ctl.w1.shutdown", br#"{"deadline_s": 10}"#).await;
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["node_id"], "w1");
+    assert_eq!(r["health"], "draining");
+    // Still registered (draining) while the task runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        node_entry(&client, "w1").await.unwrap()["health"],
+        "draining"
+    );
+    tokio::time::timeout(Duration::from_secs(5), node.handle.wait())
+        .await
+        .expect("node stopped");
+    let r = api
+        .result("inflight")
+        .await
+        .unwrap()
+        .expect("result stored before exit");
+    assert_eq!(r.status, jetweave::protocol::TaskStatus::Completed);
+    assert_eq!(r.node_id.as_deref(), Some("w1"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "waited for the task"
+    );
+    assert!(node_entry(&client, "w1").await.is_none());
+}
+
+/// §3: `deadline_s` bounds the wait; the unfinished task is not lost: it
+/// goes back to the queue and another node finishes it.
+#[tokio::test]
+async fn shutdown_deadline_returns_unfinished_work_to_the_queue() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    let node = start_node(&server, node_config("w1")).await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("slow"),
+        json!({"type": "sleep", "payload": {"ms": 3000}}),
+    )
+    .await;
+    wait_for("running", Duration::from_secs(3), || async {
+        let st = req(&client, "weave.ctl.w1.status", b"").await;
+        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = req(&client, "weave.ctl.w1.shutdown", br#"{"deadline_s": 1}"#).await;
+    assert_eq!(r["deadline_s"], 1.0);
+    tokio::time::timeout(Duration::from_secs(5), node.handle.wait())
+        .await
+        .expect("node stopped");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "stopped after {took:?} with deadline_s 1"
+    );
+    assert!(
+        api.result("slow").await.unwrap().is_none(),
+        "no result for the unfinished task"
+    );
+    let _w2 = start_node(&server, node_config("w2")).await;
+    let r = api.wait("slow", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, jetweave::protocol::TaskStatus::Completed);
+    assert_eq!(r.node_id.as_deref(), Some("w2"));
+}
+
+/// §4: an event whose handler fails is published and stored as `failed`
+/// with its error.
+#[tokio::test]
+async fn a_failing_event_handler_is_stored_as_failed() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut cfg = node_config("e1");
+    cfg.processes = vec![ProcessSpec {
+        name: "bad".into(),
+        handler: "fail".into(),
+        autostart: true,
+    }];
+    let node = start_node(&server, cfg).await;
+    let mut outcomes = client
+        .subscribe("weave.events.process.e1.bad")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let r = req(
+        &client,
+        "weave.event.e1.bad",
+        br#"{"trigger_id": "t9", "payload": {"times": -1}}"#,
+    )
+    .await;
+    assert_eq!(r["status"], "injected");
+    let out = next_json(&mut outcomes, Duration::from_secs(3)).await;
+    assert_eq!(out["event_id"], r["event_id"]);
+    assert_eq!(out["status"], "failed");
+    assert_eq!(out["error"], "planned failure");
+    assert_eq!(out["trigger_id"], "t9");
+    let stored = stored(&client, "WEAVE_EVENTS", "weave.events.process.e1.bad").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].1["status"], "failed");
+    assert_eq!(stored[0].1["error"], "planned failure");
+    // The process keeps taking events.
+    let r = req(
+        &client,
+        "weave.event.e1.bad",
+        br#"{"payload": {"times": 0}}"#,
+    )
+    .await;
+    assert_eq!(r["status"], "injected");
+    let out = next_json(&mut outcomes, Duration::from_secs(3)).await;
+    assert_eq!(out["status"], "completed");
+    node.handle.shutdown(Duration::from_secs(2)).await;
+}

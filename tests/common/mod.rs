@@ -303,3 +303,90 @@ pub async fn spawn_node_proc(server: &NatsServer, node_id: &str) -> Proc {
     .await;
     node
 }
+
+/// Publishes a task (or any body) to a stream subject through JetStream,
+/// with `Nats-Msg-Id` when `id` is given; returns the stream sequence.
+pub async fn publish_task(
+    client: &async_nats::Client,
+    subject: &str,
+    id: Option<&str>,
+    body: serde_json::Value,
+) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut m =
+        async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into());
+    if let Some(id) = id {
+        m = m.message_id(id);
+    }
+    js.send_publish(subject.to_string(), m)
+        .await
+        .expect("publish")
+        .await
+        .expect("publish ack")
+        .sequence
+}
+
+/// Every message stored in `stream` on subjects matching `filter`, oldest
+/// first, as (subject, JSON body).
+pub async fn stored(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+) -> Vec<(String, serde_json::Value)> {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(mut st) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let Ok(info) = st.info().await else {
+        return Vec::new();
+    };
+    if info.state.messages == 0 {
+        return Vec::new();
+    }
+    let consumer = st
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut out = Vec::new();
+    let mut msgs = consumer.messages().await.expect("messages");
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(300), msgs.next()).await
+    {
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        let v = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+        out.push((m.subject.to_string(), v));
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Audit events of `kind` (e.g. `node.draining`) stored in WEAVE_EVENTS.
+pub async fn audit_events(client: &async_nats::Client, kind: &str) -> Vec<serde_json::Value> {
+    stored(client, "WEAVE_EVENTS", &format!("weave.events.{kind}"))
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The KV entry of a node, parsed.
+pub async fn node_entry(client: &async_nats::Client, node_id: &str) -> Option<serde_json::Value> {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("weave-nodes").await.ok()?;
+    let v = kv.get(node_id).await.ok()??;
+    serde_json::from_slice(&v).ok()
+}
+
+/// Parses an RFC 3339 timestamp from a JSON field.
+pub fn ts(v: &serde_json::Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        v.as_str().expect("timestamp string"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339 timestamp")
+}
