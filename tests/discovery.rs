@@ -218,3 +218,92 @@ async fn a_second_node_with_a_live_id_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("in use by a live node"), "{err}");
 }
+
+/// §3: SIGTERM and SIGINT are `shutdown`: the node waits for its running
+/// task (its result is stored), deletes its entry and exits 0.
+#[tokio::test]
+async fn sigterm_and_sigint_wait_for_running_work() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    for (sig, id) in [(libc::SIGINT, "inty"), (libc::SIGTERM, "termy2")] {
+        let mut node = spawn_node_proc(&server, id).await;
+        let task = format!("{id}-task");
+        publish_task(
+            &client,
+            "weave.tasks.default.normal",
+            Some(&task),
+            serde_json::json!({"type": "sleep", "payload": {"ms": 1200}}),
+        )
+        .await;
+        wait_for("task running", Duration::from_secs(5), || async {
+            let st = api
+                .control(id, "status", &serde_json::json!({}))
+                .await
+                .ok()?;
+            (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+        })
+        .await;
+        let t0 = Instant::now();
+        node.signal(sig);
+        let st = node.wait_exit(Duration::from_secs(10)).expect("exited");
+        assert!(st.success(), "signal {sig}: exit status {st:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "signal {sig}: did not wait"
+        );
+        let r = api
+            .result(&task)
+            .await
+            .unwrap()
+            .expect("result stored before exit");
+        assert_eq!(r.status, jetweave::protocol::TaskStatus::Completed);
+        assert_eq!(r.node_id.as_deref(), Some(id));
+        assert!(
+            node_entry(&client, id).await.is_none(),
+            "signal {sig}: entry deleted"
+        );
+    }
+}
+
+/// §4: the leading coordinator records `node.expired` for a node that
+/// vanished without a word (and `node.left` is not written for it).
+#[tokio::test]
+async fn an_expired_node_is_in_the_audit_log() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let _c = start_coordinator(&server, "c1").await;
+    let mut node = spawn_node_proc(&server, "gone").await;
+    let joined = wait_for("node.joined", Duration::from_secs(5), || async {
+        audit_events(&client, "node.joined")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(joined["node_id"], "gone");
+    assert_eq!(joined["details"]["queues"], serde_json::json!(["default"]));
+    node.kill9();
+    let ev = wait_for("node.expired", Duration::from_secs(6), || async {
+        audit_events(&client, "node.expired")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(ev["kind"], "node.expired");
+    assert_eq!(ev["node_id"], "gone");
+    ts(&ev["at"]);
+    assert!(audit_events(&client, "node.left").await.is_empty());
+    eprintln!(
+        "ALL {:?}",
+        stored(&client, "WEAVE_EVENTS", "weave.events.>").await
+    );
+    let joined = audit_events(&client, "node.joined").await;
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0]["node_id"], "gone");
+    assert_eq!(
+        joined[0]["details"]["queues"],
+        serde_json::json!(["default"])
+    );
+}
