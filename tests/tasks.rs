@@ -651,3 +651,421 @@ async fn a_panicking_handler_fails_the_attempt_not_the_node() {
     let st = api.control("w1", "status", &json!({})).await.unwrap();
     assert_eq!(st["active_tasks"], 0);
 }
+
+/// A node whose handler `t` counts its invocations (returned).
+fn counting_node(id: &str, t: &str, ms: u64, counter: Arc<Mutex<u32>>) -> Node {
+    let mut n = Node::new(node_config(id));
+    n.handler(t, move |ctx, _p| {
+        let c = counter.clone();
+        async move {
+            *c.lock().unwrap() += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({"attempt": ctx.attempt})),
+                _ = ctx.cancelled() => Err(jetweave::handler::HandlerError::retry("cancelled")),
+            }
+        }
+    });
+    n
+}
+
+/// §5: default `max_attempts` 3; the `WEAVE_TASKS-<seq>` fallback id; a
+/// non-default queue served only by its nodes and dead-lettered on its own
+/// DLQ subject; the DLQ copy of a task no node handles; result times.
+#[tokio::test]
+async fn defaults_fallback_ids_queues_and_result_times() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let _d = start_node(&server, node_config("d1")).await;
+    let mut gpu = node_config("g1");
+    gpu.queues = vec!["gpu".into()];
+    let _g = start_node(&server, gpu).await;
+
+    // Default max_attempts: 3.
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("three"),
+        json!({"type": "fail", "payload": {"times": -1}, "backoff_s": [0.1]}),
+    )
+    .await;
+    let r = api.wait("three", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    assert_eq!(r.attempts, 3);
+
+    // No id, no Nats-Msg-Id: WEAVE_TASKS-<stream sequence>.
+    let seq = publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        None,
+        json!({"type": "sleep", "payload": {"ms": 200}}),
+    )
+    .await;
+    let id = format!("WEAVE_TASKS-{seq}");
+    let r = api.wait(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.task_id, id);
+    assert_eq!(r.status, TaskStatus::Completed);
+    // started_at / finished_at / duration_s agree with the 200 ms sleep.
+    let (start, end) = (
+        ts(&json!(r.started_at.clone().unwrap())),
+        ts(&json!(r.finished_at)),
+    );
+    let span = (end - start).as_seconds_f64();
+    assert!(r.duration_s >= 0.2 && r.duration_s < 2.0, "{r:?}");
+    assert!(
+        (span - r.duration_s).abs() < 0.1,
+        "span {span} vs duration_s {}",
+        r.duration_s
+    );
+
+    // A non-default queue: only g1 serves it.
+    for i in 0..4 {
+        publish_task(
+            &nats,
+            "weave.tasks.gpu.high",
+            Some(&format!("gpu-{i}")),
+            json!({"type": "echo", "payload": i}),
+        )
+        .await;
+    }
+    for i in 0..4 {
+        let r = api
+            .wait(&format!("gpu-{i}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.node_id.as_deref(), Some("g1"));
+        assert_eq!(r.result, json!(i));
+    }
+    publish_task(
+        &nats,
+        "weave.tasks.gpu.normal",
+        Some("gpu-dead"),
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 1}),
+    )
+    .await;
+    api.wait("gpu-dead", Duration::from_secs(5)).await.unwrap();
+    let dl = stored(&nats, "WEAVE_DLQ", "weave.dlq.gpu").await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0].1["task_id"], "gpu-dead");
+    assert_eq!(dl[0].1["queue"], "gpu");
+
+    // No node handles the type: dead, with a DLQ copy saying so.
+    publish_task(
+        &nats,
+        "weave.tasks.default.low",
+        Some("orphan"),
+        json!({"type": "nobody_has_this", "payload": {"k": 1}}),
+    )
+    .await;
+    let r = api.wait("orphan", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead);
+    let dl: Vec<Value> = stored(&nats, "WEAVE_DLQ", "weave.dlq.default")
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["task_id"] == "orphan")
+        .collect();
+    assert_eq!(dl.len(), 1);
+    assert!(
+        dl[0]["error"].as_str().unwrap().contains("nobody_has_this"),
+        "{}",
+        dl[0]
+    );
+    assert_eq!(dl[0]["envelope"]["payload"], json!({"k": 1}));
+}
+
+/// §5: high before normal before low within one queue.
+#[tokio::test]
+async fn high_before_normal_before_low() {
+    let server = NatsServer::start();
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cfg = node_config("w1");
+    cfg.concurrency = 1;
+    let mut n = Node::new(cfg);
+    let o = order.clone();
+    n.handler("mark", move |_ctx, p| {
+        let o = o.clone();
+        async move {
+            o.lock()
+                .unwrap()
+                .push(p.as_str().unwrap_or_default().to_string());
+            Ok(Value::Null)
+        }
+    });
+    let node = start_node_with(&server, n).await;
+    node.handle.drain().await;
+    let nats = server.client().await;
+    // Published lowest first, so FIFO order would be the wrong one.
+    for p in ["low", "normal", "high"] {
+        for i in 0..10 {
+            let id = format!("{p}-{i}");
+            publish_task(
+                &nats,
+                &format!("weave.tasks.default.{p}"),
+                None,
+                json!({"type": "mark", "id": id, "payload": id}),
+            )
+            .await;
+        }
+    }
+    node.handle.resume().await;
+    let api = api_client(&server).await;
+    for p in ["low", "normal", "high"] {
+        api.wait(&format!("{p}-9"), Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 30);
+    let rank = |s: &String| {
+        ["high", "normal", "low"]
+            .iter()
+            .position(|p| s.starts_with(p))
+            .unwrap()
+    };
+    let ranks: Vec<usize> = order.iter().map(rank).collect();
+    let mut sorted = ranks.clone();
+    sorted.sort();
+    assert_eq!(ranks, sorted, "dispatch order {order:?}");
+}
+
+/// §5: a timed-out attempt that is not the last is retried; a long task
+/// that sends progress acks is not redelivered while its node lives, even
+/// with a second node waiting on the queue.
+#[tokio::test]
+async fn timeouts_retry_and_progress_acks_keep_long_tasks() {
+    let server = NatsServer::start();
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let mut n = Node::new(node_config("w1"));
+    n.handler("slow_first", |ctx, _p| async move {
+        if ctx.attempt == 1 {
+            ctx.cancelled().await;
+            return Err(jetweave::handler::HandlerError::retry("cancelled"));
+        }
+        Ok(json!({"attempt": ctx.attempt}))
+    });
+    let _w = start_node_with(&server, n).await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("to"),
+        json!({"type": "slow_first", "timeout_s": 0.5, "max_attempts": 2, "backoff_s": [0.1]}),
+    )
+    .await;
+    let r = api.wait("to", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.result, json!({"attempt": 2}));
+
+    // 5 s task, ack_wait 2 s, two nodes: one invocation only.
+    let count = Arc::new(Mutex::new(0));
+    let _a = start_node_with(&server, counting_node("a", "long", 5000, count.clone())).await;
+    let _b = start_node_with(&server, counting_node("b", "long", 5000, count.clone())).await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("long1"),
+        json!({"type": "long"}),
+    )
+    .await;
+    let r = api.wait("long1", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.attempts, 1, "redelivered while its node lived: {r:?}");
+    assert_eq!(*count.lock().unwrap(), 1);
+}
+
+/// §5: one terminal result per task, and the first wins. A node is paused
+/// (SIGSTOP) mid-task, so the task is redelivered and finished elsewhere;
+/// when the paused node wakes and finishes too, its result is refused.
+#[tokio::test]
+async fn the_first_result_wins_when_two_nodes_finish_a_task() {
+    let server = NatsServer::start();
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let a = spawn_node_proc(&server, "paused").await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("twice"),
+        json!({"type": "sleep", "payload": {"ms": 2500}}),
+    )
+    .await;
+    wait_for("running on paused", Duration::from_secs(5), || async {
+        let st = api.control("paused", "status", &json!({})).await.ok()?;
+        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    a.signal(libc::SIGSTOP);
+    let _b = start_node(&server, node_config("other")).await;
+    let r = api.wait("twice", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.node_id.as_deref(), Some("other"));
+    assert_eq!(r.attempts, 2);
+    a.signal(libc::SIGCONT);
+    // The woken node finishes its copy (its timer has run out) and tries
+    // to store a result; wait until it is idle again.
+    wait_for(
+        "paused node idle again",
+        Duration::from_secs(10),
+        || async {
+            let st = api.control("paused", "status", &json!({})).await.ok()?;
+            st["running_tasks"].as_array()?.is_empty().then_some(())
+        },
+    )
+    .await;
+    let results = stored(&nats, "WEAVE_RESULTS", "weave.results.twice").await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].1["node_id"], "other");
+    assert_eq!(
+        api.result("twice")
+            .await
+            .unwrap()
+            .unwrap()
+            .node_id
+            .as_deref(),
+        Some("other")
+    );
+}
+
+/// §6: `tasks.get` for each terminal status, with the result inside.
+#[tokio::test]
+async fn tasks_get_reports_every_terminal_status() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let node = start_node(&server, node_config("w1")).await;
+    let cases = [
+        (
+            "t-failed",
+            json!({"type": "sleep", "payload": {"ms": "not a number"}}),
+            TaskStatus::Failed,
+        ),
+        (
+            "t-dead",
+            json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 1}),
+            TaskStatus::Dead,
+        ),
+        (
+            "t-timeout",
+            json!({"type": "sleep", "payload": {"ms": 5000}, "timeout_s": 0.2, "max_attempts": 1}),
+            TaskStatus::Timeout,
+        ),
+        (
+            "t-done",
+            json!({"type": "echo", "payload": 7}),
+            TaskStatus::Completed,
+        ),
+    ];
+    for (id, body, _) in &cases {
+        publish_task(&nats, "weave.tasks.default.normal", Some(id), body.clone()).await;
+    }
+    for (id, _, want) in &cases {
+        api.wait(id, Duration::from_secs(5)).await.unwrap();
+        let info = api.get(id).await.unwrap();
+        assert_eq!(info.status, *want, "{id}: {info:?}");
+        let r = info.result.expect("result in tasks.get");
+        assert_eq!(r.status, *want);
+        assert_eq!(r.node_id.as_deref(), Some("w1"));
+        if *want != TaskStatus::Completed {
+            assert!(r.error.is_some(), "{id}: {r:?}");
+        }
+    }
+    // Cancelled while queued (the node is drained so it stays queued).
+    node.handle.drain().await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("t-cancel"),
+        json!({"type": "echo"}),
+    )
+    .await;
+    assert_eq!(
+        api.get("t-cancel").await.unwrap().status,
+        TaskStatus::Queued
+    );
+    api.cancel("t-cancel").await.unwrap();
+    let info = api.get("t-cancel").await.unwrap();
+    assert_eq!(info.status, TaskStatus::Cancelled, "{info:?}");
+    assert_eq!(
+        api.get("never-seen").await.unwrap().status,
+        TaskStatus::Unknown
+    );
+}
+
+/// §6: every field of `cluster.status`.
+#[tokio::test]
+async fn cluster_status_counts_nodes_processes_and_queues() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let proc_spec = |n: &str| jetweave::config::ProcessSpec {
+        name: n.into(),
+        handler: "echo".into(),
+        autostart: true,
+    };
+    let mut c1 = node_config("n1");
+    c1.concurrency = 1;
+    c1.processes = vec![proc_spec("p")];
+    let _n1 = start_node(&server, c1).await;
+    let mut c2 = node_config("n2");
+    c2.queues = vec!["default".into(), "gpu".into()];
+    c2.processes = vec![proc_spec("p"), proc_spec("q")];
+    let n2 = start_node(&server, c2).await;
+    n2.handle.drain().await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("busy"),
+        json!({"type": "sleep", "payload": {"ms": 4000}}),
+    )
+    .await;
+    wait_for("busy running", Duration::from_secs(5), || async {
+        (api.get("busy").await.ok()?.status == TaskStatus::Running).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        publish_task(
+            &nats,
+            "weave.tasks.default.low",
+            Some(&format!("wait{i}")),
+            json!({"type": "echo"}),
+        )
+        .await;
+    }
+    for i in 0..2 {
+        publish_task(
+            &nats,
+            "weave.tasks.gpu.high",
+            Some(&format!("gpu{i}")),
+            json!({"type": "echo"}),
+        )
+        .await;
+    }
+    let st = wait_for("status settles", Duration::from_secs(5), || async {
+        let st = api.cluster_status().await.ok()?;
+        let q = |n: &str| st.queues.get(n).map(|q| (q.pending, q.running));
+        (q("default") == Some((3, 1)) && q("gpu") == Some((2, 0))).then_some(st)
+    })
+    .await;
+    assert_eq!(st.total_nodes, 2);
+    assert_eq!(st.healthy_nodes, 1);
+    assert_eq!(st.draining_nodes, 1);
+    assert_eq!(st.total_processes, 3);
+    assert_eq!(st.leader.as_deref(), Some("c1"));
+    // The raw reply has exactly the contract's names.
+    let raw = req(&nats, "weave.api.cluster.status", b"{}").await;
+    for f in [
+        "total_nodes",
+        "healthy_nodes",
+        "draining_nodes",
+        "total_processes",
+        "leader",
+        "queues",
+    ] {
+        assert!(raw.get(f).is_some(), "cluster.status lacks {f}: {raw}");
+    }
+    assert_eq!(raw["queues"]["gpu"], json!({"pending": 2, "running": 0}));
+}
