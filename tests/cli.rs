@@ -57,14 +57,30 @@ async fn every_subcommand_against_a_real_cluster() {
     assert_eq!(v[0]["node_id"], "n1");
     let v = json_out(&jw(&url, &["ping", "--all", "--json"]));
     assert_eq!(v.as_array().unwrap().len(), 2);
+    let nats = server.client().await;
     let o = jw(&url, &["drain", "n2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).contains("draining"), "{}", stdout(&o));
+    assert_eq!(node_entry(&nats, "n2").await.unwrap()["health"], "draining");
+    assert_eq!(node_entry(&nats, "n1").await.unwrap()["health"], "healthy");
+    let v = json_out(&jw(&url, &["drain", "--all", "--json"]));
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(node_entry(&nats, "n1").await.unwrap()["health"], "draining");
     let v = json_out(&jw(&url, &["resume", "--all", "--json"]));
-    assert!(v
+    let mut ids: Vec<&str> = v
         .as_array()
         .unwrap()
         .iter()
-        .all(|r| r["health"] == "healthy"));
+        .map(|r| {
+            assert_eq!(r["health"], "healthy", "{r}");
+            r["node_id"].as_str().unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["n1", "n2"], "one reply per node");
+    for n in ["n1", "n2"] {
+        assert_eq!(node_entry(&nats, n).await.unwrap()["health"], "healthy");
+    }
     let o = jw(&url, &["ping", "ghost"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

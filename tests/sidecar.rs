@@ -88,15 +88,23 @@ async fn per_node_routes_match_the_process_transport() {
     assert!(v["processes"][0]["process_id"].is_string());
     let (st, v) = call("GET", &format!("{b}/processes/watcher/status"), None).await;
     assert_eq!((st, v["name"].clone()), (200, json!("watcher")));
-    for (verb, word) in [
-        ("stop", "stopped"),
-        ("start", "started"),
-        ("restart", "restarted"),
+    let mut pid = v["process_id"].clone();
+    for (verb, word, state) in [
+        ("stop", "stopped", "stopped"),
+        ("start", "started", "running"),
+        ("restart", "restarted", "running"),
     ] {
         let (st, v) = call("POST", &format!("{b}/processes/watcher/{verb}"), None).await;
         assert_eq!(st, 200, "{verb}: {v}");
         assert_eq!(v["status"], word);
         assert_eq!(v["name"], "watcher");
+        // The process really changed state (seen through the node).
+        let (_, now) = call("GET", &format!("{b}/processes/watcher/status"), None).await;
+        assert_eq!(now["state"], state, "after {verb}: {now}");
+        if verb != "stop" {
+            assert_ne!(now["process_id"], pid, "{verb} starts a new process");
+        }
+        pid = now["process_id"].clone();
     }
     let (st, v) = call(
         "POST",
@@ -111,6 +119,28 @@ async fn per_node_routes_match_the_process_transport() {
     // Cluster-wide form of the same routes.
     let (st, v) = call("GET", &format!("{b}/nodes/n1/health"), None).await;
     assert_eq!((st, v["node_id"].clone()), (200, json!("n1")));
+    let (st, v) = call("GET", &format!("{b}/nodes/n1/status"), None).await;
+    assert_eq!((st, v["node_id"].clone()), (200, json!("n1")));
+    let (st, v) = call("GET", &format!("{b}/nodes/n1/processes"), None).await;
+    assert_eq!(
+        (st, v["processes"][0]["name"].clone()),
+        (200, json!("watcher"))
+    );
+    let n = |p: &str| format!("{b}/nodes/n1/processes/watcher/{p}");
+    let (st, v) = call("POST", &n("stop"), None).await;
+    assert_eq!((st, v["status"].clone()), (200, json!("stopped")));
+    let (_, v) = call("GET", &n("status"), None).await;
+    assert_eq!(v["state"], "stopped");
+    let (st, v) = call("POST", &n("event"), Some(json!({"payload": 1}))).await;
+    assert_eq!(st, 409, "an event to a stopped process: {v}");
+    let (st, v) = call("POST", &n("start"), None).await;
+    assert_eq!((st, v["status"].clone()), (200, json!("started")));
+    let (st, v) = call("POST", &n("restart"), None).await;
+    assert_eq!((st, v["status"].clone()), (200, json!("restarted")));
+    let (st, v) = call("POST", &n("event"), Some(json!({"payload": 1}))).await;
+    assert_eq!((st, v["status"].clone()), (202, json!("injected")));
+    let (_, v) = call("GET", &n("status"), None).await;
+    assert_eq!(v["state"], "running");
     // 404s.
     for (m, path) in [
         ("GET", "/processes/ghost/status"),
@@ -229,6 +259,37 @@ async fn agent_coordinator_routes_and_an_http_agent_gets_its_task() {
     .await;
     assert_eq!(v["count"], 1, "{v}");
     assert_eq!(v["agents"][0]["endpoints"]["http"], json!(agent_url));
+    // Filters exclude, too.
+    for filter in [
+        json!({"capabilities": ["gpu"]}),
+        json!({"capabilities": ["analysis", "gpu"]}),
+        json!({"agent_type": "planner"}),
+        json!({"status": "offline"}),
+    ] {
+        let (st, v) = call(
+            "POST",
+            &format!("{b}/agents/discover"),
+            Some(filter.clone()),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let ids: Vec<&str> = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["agent_id"].as_str().unwrap())
+            .collect();
+        assert!(!ids.contains(&"hermes-agent"), "{filter} matched: {v}");
+    }
+    // The agent is in discovery (`P-nodes`) like any node.
+    let entry = node_entry(&server.client().await, "hermes-agent")
+        .await
+        .expect("agent in weave-nodes");
+    assert_eq!(entry["url"], json!(agent_url));
+    assert!(entry["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("analysis")));
     let (st, _) = call("POST", &format!("{b}/agents/hermes-agent/heartbeat"), None).await;
     assert_eq!(st, 200);
 
@@ -300,6 +361,24 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
     assert_eq!((st, r["result"].clone()), (200, json!({"n": 1})));
     let (st, r) = call("POST", &format!("{}/tasks/native-1/cancel", a.base), None).await;
     assert_eq!(st, 409, "{r}");
+    // A successful cancel of a running task.
+    req.envelope = jetweave::protocol::TaskEnvelope::new("sleep", json!({"ms": 20000}));
+    req.envelope.id = Some("native-2".into());
+    api.submit(&req).await.unwrap();
+    wait_for("native-2 running", Duration::from_secs(5), || async {
+        let (_, v) = call("GET", &format!("{}/tasks/native-2", a.base), None).await;
+        (v["status"] == "running").then_some(())
+    })
+    .await;
+    let (st, r) = call("POST", &format!("{}/tasks/native-2/cancel", a.base), None).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = call(
+        "GET",
+        &format!("{}/tasks/native-2/result?wait_s=5", a.base),
+        None,
+    )
+    .await;
+    assert_eq!((st, r["status"].clone()), (200, json!("cancelled")), "{r}");
     let (st, r) = call(
         "GET",
         &format!("{}/tasks/native-1/result?wait_s=abc", a.base),
@@ -351,7 +430,8 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
         .unwrap();
     assert_eq!(one["total_nodes"], 1);
     assert_eq!(one["total_nodes"], two["total_nodes"]);
-    assert_eq!(one["leader"], two["leader"]);
+    assert_eq!(one["leader"], "c1");
+    assert_eq!(two["leader"], "c1");
 
     // 401 without or with a wrong token.
     assert_eq!(
@@ -373,6 +453,36 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
             .as_u16(),
         401
     );
+
+    // 401 on POST routes and /metrics too; the right token passes.
+    for (m, path) in [
+        ("POST", "/nodes/n1/drain"),
+        ("POST", "/runs"),
+        ("POST", "/tasks/submit"),
+        ("POST", "/agents/register"),
+        ("GET", "/metrics"),
+        ("GET", "/health"),
+    ] {
+        let r = http
+            .request(m.parse().unwrap(), format!("{}{path}", b.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{m} {path}");
+    }
+    assert_eq!(
+        node_entry(&server.client().await, "n1").await.unwrap()["health"],
+        "healthy",
+        "a refused drain changed nothing"
+    );
+    let r = http
+        .get(format!("{}/metrics", b.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 
     // /metrics: Prometheus text that counts what we did.
     let text = http
