@@ -576,9 +576,12 @@ async fn leader_failover() {
     c1.kill9();
 }
 
+/// (operation, holder) of each lease entry.
+type LeaseHistory = Vec<(String, Option<String>)>;
+
 /// Records every entry of the `weave-leader` lease key while a test runs.
 struct LeaseWatch {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<LeaseHistory>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -608,7 +611,7 @@ impl LeaseWatch {
         LeaseWatch { seen, task }
     }
 
-    async fn abort_and_collect(self) -> Vec<(String, Option<String>)> {
+    async fn abort_and_collect(self) -> LeaseHistory {
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.task.abort();
         self.seen.lock().unwrap().clone()
