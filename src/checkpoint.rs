@@ -137,12 +137,26 @@ impl Checkpoints {
         })
     }
 
-    /// The newest checkpoint of a task.
+    /// The newest readable checkpoint of a task. A corrupt object (one
+    /// that does not parse as a CheckpointRecord) is logged and skipped, so
+    /// a handler resumes from the checkpoint before it instead of starting
+    /// over or failing; errors reaching the store are returned.
     pub async fn latest(&self, task_id: &str) -> Result<Option<CheckpointRecord>, Error> {
-        match self.names(task_id).await?.last() {
-            Some(n) => self.read(n).await.map(Some),
-            None => Ok(None),
+        for n in self.names(task_id).await?.iter().rev() {
+            match self.read(n).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(
+                    e @ Error::Invalid {
+                        code: ErrorCode::InvalidJson,
+                        ..
+                    },
+                ) => {
+                    tracing::warn!(name = %n, error = %e, "skipping corrupt checkpoint")
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Ok(None)
     }
 
     /// All checkpoints of a task, oldest first (unreadable ones skipped).

@@ -147,8 +147,9 @@ impl TaskContext {
             .map_err(|e| HandlerError::retry(e.to_string()))
     }
 
-    /// The latest checkpoint of this task, if any. A corrupt checkpoint is
-    /// logged and skipped (the handler starts fresh), never an error loop.
+    /// The latest readable checkpoint of this task, if any. A corrupt
+    /// checkpoint is logged and skipped (the one before it is used), and a
+    /// store that cannot be read means starting fresh, never an error loop.
     pub async fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
         let cp = self.checkpoints.as_ref()?;
         match cp.latest(&self.task_id).await {

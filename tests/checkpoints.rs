@@ -70,13 +70,153 @@ async fn large_checkpoints_round_trip_and_names_sort_by_time() {
         assert!(name.starts_with("run1:0:slice:0:10/"), "{name}");
         assert!(name.ends_with(id.as_str()), "{name} sorts with {id}");
     }
-    // A corrupt checkpoint: the handler starts fresh.
+    // A corrupt newest object: `latest` reads it, skips it and answers the
+    // newest readable checkpoint.
     let mut body: &[u8] = b"{not json";
     store
         .put("run1:0:slice:0:10/99999999999999999999-corrupt", &mut body)
         .await
         .unwrap();
-    assert!(cp.latest("run1:0:slice:0:10").await.is_err());
-    let ctx = TaskContext::new("run1:0:slice:0:10", "count", 1);
-    assert!(ctx.latest_checkpoint().await.is_none());
+    let latest = cp.latest("run1:0:slice:0:10").await.unwrap().unwrap();
+    assert_eq!(latest.payload["i"], 3);
+    assert_eq!(cp.all("run1:0:slice:0:10").await.unwrap().len(), 3);
+}
+
+/// §8 from outside: a node's `count` handler resumes from the newest
+/// readable checkpoint when the newest object is corrupt, and starts from 0
+/// when nothing readable is left; the checkpoints it writes have the
+/// contract's object names and every CheckpointRecord field.
+#[tokio::test]
+async fn a_corrupt_latest_checkpoint_is_skipped_by_the_handler() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let s = Subjects::new("weave").unwrap();
+    let cp = Checkpoints::open(nats.clone(), &s, 5, 1).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let store = js.get_object_store("weave-checkpoints").await.unwrap();
+    let ctx = TaskContext::new("resume-me", "count", 1);
+    cp.save(&ctx, json!({"done": 3}), Default::default())
+        .await
+        .unwrap();
+    for task in ["resume-me", "fresh"] {
+        let mut body: &[u8] = b"\x00garbage";
+        store
+            .put(
+                format!("{task}/99999999999999999999-corrupt").as_str(),
+                &mut body,
+            )
+            .await
+            .unwrap();
+    }
+    let _node = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    for id in ["resume-me", "fresh"] {
+        publish_task(
+            &nats,
+            "weave.tasks.default.normal",
+            Some(id),
+            json!({"type": "count", "payload": {"items": 6}}),
+        )
+        .await;
+    }
+    let r = api
+        .wait("resume-me", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.result, json!({"items": 6, "resumed_from": 3}), "{r:?}");
+    let r = api.wait("fresh", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.result, json!({"items": 6, "resumed_from": 0}), "{r:?}");
+
+    // What the node wrote: `<task_id>/<unix_nanos:020>-<checkpoint_id>`.
+    let mut list = store.list().await.unwrap();
+    let mut names = Vec::new();
+    while let Some(Ok(o)) = list.next().await {
+        names.push(o.name);
+    }
+    let written: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("fresh/") && !n.ends_with("-corrupt"))
+        .collect();
+    assert_eq!(written.len(), 6, "one per item: {names:?}");
+    let records = cp.all("fresh").await.unwrap();
+    assert_eq!(records.len(), 6);
+    assert_eq!(records.last().unwrap().payload, json!({"done": 6}));
+    for (name, rec) in written.iter().zip(&records) {
+        let rest = name.strip_prefix("fresh/").unwrap();
+        let (nanos, id) = rest.split_once('-').unwrap();
+        assert_eq!(nanos.len(), 20, "{name}");
+        let nanos: i128 = nanos.parse().unwrap();
+        assert_eq!(id, rec.checkpoint_id);
+        let created = time::OffsetDateTime::parse(
+            &rec.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let skew = (created.unix_timestamp_nanos() - nanos).abs();
+        assert!(
+            skew < 1_000_000_000,
+            "name time and created_at agree: {name} {rec:?}"
+        );
+        assert_eq!(rec.task_id, "fresh");
+        assert_eq!(rec.node_id, "n1");
+        assert_eq!(
+            (rec.run_id.clone(), rec.iteration, rec.shard_key.clone()),
+            (None, None, None)
+        );
+        assert!(rec.metadata.is_empty());
+    }
+}
+
+/// §8: a run shard's checkpoints carry its run id, iteration and shard key.
+#[tokio::test]
+async fn shard_checkpoints_name_their_run_and_shard() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _n = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    api.create_run(&json!({"run_id": "cpr", "dataset_id": "d", "iteration": 4,
+        "total_items": 3, "shard_size": 3, "type": "count"}))
+        .await
+        .unwrap();
+    api.wait_run("cpr", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    let cp = Checkpoints::open(
+        server.client().await,
+        &Subjects::new("weave").unwrap(),
+        3,
+        1,
+    )
+    .await
+    .unwrap();
+    let all = cp.all("cpr:4:slice:0:3").await.unwrap();
+    assert_eq!(all.len(), 3);
+    let raw = serde_json::to_value(&all[2]).unwrap();
+    let mut fields: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "checkpoint_id",
+            "created_at",
+            "iteration",
+            "metadata",
+            "node_id",
+            "payload",
+            "run_id",
+            "shard_key",
+            "task_id"
+        ]
+    );
+    assert_eq!(raw["run_id"], "cpr");
+    assert_eq!(raw["iteration"], 4);
+    assert_eq!(raw["shard_key"], "slice:0:3");
+    assert_eq!(raw["task_id"], "cpr:4:slice:0:3");
+    assert_eq!(raw["node_id"], "n1");
+    assert_eq!(raw["payload"], json!({"done": 3}));
 }
