@@ -113,6 +113,20 @@ impl NatsOptions {
             let opts = self.options(name).await?;
             match opts.connect(addrs.clone()).await {
                 Ok(c) => return Ok(c),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+                {
+                    // Waiting does not fix credentials: say so at once.
+                    return Err(Error::Nats(format!(
+                        "NATS at {} refused the credentials ({e}): check --token, \
+                         --user/--password or --creds",
+                        self.url
+                    )));
+                }
                 Err(e) => {
                     if Instant::now() + delay > deadline {
                         return Err(Error::Nats(format!(

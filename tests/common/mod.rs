@@ -50,15 +50,22 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra command-line flags (auth, TLS).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = NatsServer {
             child: None,
             port: free_port(),
             dir,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -75,6 +82,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -163,6 +171,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         // Tests and benches get the path from cargo; examples use the
         // release build.
         let bin = option_env!("CARGO_BIN_EXE_jetweave").unwrap_or(concat!(
@@ -171,6 +184,7 @@ impl Proc {
         ));
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
