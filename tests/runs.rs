@@ -215,7 +215,19 @@ async fn a_dead_nodes_shards_move_and_resume_from_checkpoints() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let cp = jetweave::checkpoint::Checkpoints::open(
+        server.client().await,
+        &jetweave::subjects::Subjects::new("weave").unwrap(),
+        3,
+        1,
+    )
+    .await
+    .unwrap();
+    wait_for("3 items checkpointed", Duration::from_secs(5), || async {
+        let c = cp.latest("k1:0:slice:0:30").await.ok()??;
+        (c.payload["done"].as_u64()? >= 3).then_some(())
+    })
+    .await;
     let _survivor = start_node(&server, node_config("survivor")).await;
     doomed.kill9();
     let killed = Instant::now();
@@ -236,7 +248,7 @@ async fn a_dead_nodes_shards_move_and_resume_from_checkpoints() {
     let r = result_of(&api, "k1", "slice:0:30").await;
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
     let resumed = r.result["resumed_from"].as_u64().unwrap();
-    assert!(resumed > 0, "resumed from a checkpoint: {:?}", r.result);
+    assert!(resumed >= 3, "resumed from a checkpoint: {:?}", r.result);
     assert_eq!(r.result["items"], 30);
 }
 
