@@ -82,6 +82,7 @@ async fn capabilities_place_shards_and_a_run_waits_for_a_fitting_node() {
     let _plain = start_node(&server, node_config("plain")).await;
     let mut g = node_config("gpu1");
     g.capabilities = vec!["gpu".into()];
+    g.concurrency = 1;
     let _gpu = start_node(&server, g).await;
     let api = api_client(&server).await;
     api.create_run(
@@ -92,6 +93,27 @@ async fn capabilities_place_shards_and_a_run_waits_for_a_fitting_node() {
     .unwrap();
     let run = api
         .wait_run("g1", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+    assert!(assignments(&run).iter().all(|(_, n)| n == "gpu1"), "{run}");
+
+    // A node without the capability joins while gpu1 still holds shards it
+    // has not started: the join's rebalance leaves them where they are.
+    api.create_run(
+        &json!({"run_id": "g2", "dataset_id": "ds", "total_items": 8, "shard_size": 2,
+        "type": "count", "payload": {"item_ms": 150}, "requirements": {"capabilities": ["gpu"]}}),
+    )
+    .await
+    .unwrap();
+    wait_for("g2 assigned", Duration::from_secs(5), || async {
+        let r = api.get_run("g2").await.ok()?;
+        (assignments(&r).len() == 4).then_some(())
+    })
+    .await;
+    let _plain2 = start_node(&server, node_config("plain2")).await;
+    let run = api
+        .wait_run("g2", Duration::from_secs(20), |_, _| {})
         .await
         .unwrap();
     assert_eq!(run["status"], "completed");
@@ -345,7 +367,6 @@ async fn shards_go_to_the_least_loaded_node_with_the_contract_body() {
     let api = api_client(&server).await;
     let nats = server.client().await;
     let _a = start_node(&server, node_config("a")).await;
-    let _b = start_node(&server, node_config("b")).await;
     for i in 0..4 {
         publish_task(
             &nats,
@@ -355,18 +376,17 @@ async fn shards_go_to_the_least_loaded_node_with_the_contract_body() {
         )
         .await;
     }
-    // Wait until the tasks run on a, not b (each node takes what it fetches).
-    let busy = wait_for("busy node in discovery", Duration::from_secs(5), || async {
-        for n in ["a", "b"] {
-            let e = node_entry(&nats, n).await?;
-            if e["active_tasks"] == 4 {
-                return Some(n.to_string());
-            }
-        }
-        None
+    wait_for("a busy in discovery", Duration::from_secs(5), || async {
+        let e = node_entry(&nats, "a").await?;
+        (e["active_tasks"] == 4).then_some(())
     })
     .await;
-    let idle = if busy == "a" { "b" } else { "a" };
+    let _b = start_node(&server, node_config("b")).await;
+    let idle = "b";
+    wait_for("coordinator sees b", Duration::from_secs(5), || async {
+        (api.cluster_status().await.ok()?.total_nodes == 2).then_some(())
+    })
+    .await;
     let mut shards = nats.subscribe("weave.shards.>").await.unwrap();
     nats.flush().await.unwrap();
     api.create_run(

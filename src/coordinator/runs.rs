@@ -982,25 +982,27 @@ impl Engine {
                     continue;
                 }
                 let Some(seq) = sh.seq else { continue };
+                // Rebalance names the target, which must meet this run's
+                // requirements; a drain picks the least loaded eligible
+                // node (or leaves it pending).
+                let nodes: Vec<NodeInfo> = self
+                    .eligible(&rec)
+                    .into_iter()
+                    .filter(|n| n.node_id != from)
+                    .collect();
+                let target = match to {
+                    Some(node) if nodes.iter().any(|n| n.node_id == node) => Some(node.to_string()),
+                    Some(_) => continue,
+                    None => {
+                        let load = self.load();
+                        self.pick(&nodes, &load)
+                    }
+                };
                 // Only a message still waiting can be deleted: then it has
                 // not started.
                 if !matches!(stream.delete_message(seq).await, Ok(true)) {
                     continue;
                 }
-                // Rebalance names the target; a drain picks the least
-                // loaded eligible node (or leaves it pending).
-                let target = match to {
-                    Some(node) => Some(node.to_string()),
-                    None => {
-                        let nodes: Vec<NodeInfo> = self
-                            .eligible(&rec)
-                            .into_iter()
-                            .filter(|n| n.node_id != from)
-                            .collect();
-                        let load = self.load();
-                        self.pick(&nodes, &load)
-                    }
-                };
                 let pending = ShardState {
                     status: ShardStatus::Pending,
                     ..sh.clone()
