@@ -27,8 +27,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::error::Error;
-use crate::protocol::{ClusterStatus, NodeInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult};
-use crate::subjects::{validate_task_id, Subjects};
+use crate::wire::protocol::{
+    ClusterStatus, NodeInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult,
+};
+use crate::wire::subjects::{validate_task_id, Subjects};
 
 /// How long API requests wait for an answer.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +144,7 @@ impl Client {
             .get_stream(self.subjects.results_stream())
             .await
             .map_err(Error::nats)?;
-        Ok(crate::queue::read_result(&stream, &self.subjects, task_id).await)
+        Ok(crate::store::results::read_result(&stream, &self.subjects, task_id).await)
     }
 
     /// Waits for a task's terminal result: subscribes to
@@ -235,7 +237,7 @@ impl Client {
 
     /// Sends a control verb to one node (`P.ctl.<node>.<verb>`).
     pub async fn control(&self, node_id: &str, verb: &str, body: &Value) -> Result<Value, Error> {
-        crate::subjects::validate_id("node id", node_id)?;
+        crate::wire::subjects::validate_id("node id", node_id)?;
         self.request(self.subjects.ctl(node_id, verb), body).await
     }
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorCode};
-use crate::protocol::Role;
-use crate::subjects::validate_id;
+use crate::wire::protocol::Role;
+use crate::wire::subjects::validate_id;
 
 /// An external handler declared in the config file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,7 +94,7 @@ impl NodeConfig {
     /// Defaults for `node_id`.
     pub fn new(node_id: impl Into<String>) -> Self {
         NodeConfig {
-            prefix: crate::subjects::DEFAULT_PREFIX.to_string(),
+            prefix: crate::wire::subjects::DEFAULT_PREFIX.to_string(),
             node_id: node_id.into(),
             role: Role::Worker,
             queues: vec!["default".to_string()],

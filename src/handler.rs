@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpoints;
 use crate::config::HandlerSpec;
-use crate::protocol::CheckpointRecord;
+use crate::store::checkpoint::{CheckpointOwner, Checkpoints};
+use crate::wire::protocol::CheckpointRecord;
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +158,18 @@ impl TaskContext {
                 tracing::warn!(task_id = %self.task_id, error = %e, "unreadable checkpoint; starting fresh");
                 None
             }
+        }
+    }
+}
+
+impl From<&TaskContext> for CheckpointOwner {
+    fn from(ctx: &TaskContext) -> Self {
+        CheckpointOwner {
+            task_id: ctx.task_id.clone(),
+            run_id: ctx.shard.as_ref().map(|s| s.run_id.clone()),
+            iteration: ctx.shard.as_ref().map(|s| s.iteration),
+            shard_key: ctx.shard.as_ref().map(|s| s.shard_key.clone()),
+            node_id: ctx.node_id.clone(),
         }
     }
 }

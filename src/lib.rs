@@ -42,28 +42,27 @@
 //!        P.results.<id> ◀── one terminal result ──┘ then ack (or NAK+backoff / DLQ)
 //! ```
 
-pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connect;
 pub mod coordinator;
-pub mod discovery;
 pub mod error;
 pub mod handler;
-pub mod node;
-mod process;
-pub mod protocol;
-pub mod queue;
 pub mod shutdown;
 pub mod sidecar;
-pub mod subjects;
+pub mod store;
 pub mod up;
+pub mod wire;
+pub mod worker;
+
+pub use store::{checkpoint, discovery};
+pub use wire::{protocol, subjects};
 
 pub use client::Client;
 pub use config::NodeConfig;
 pub use connect::NatsOptions;
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, ErrorCode};
-pub use node::{Node, NodeHandle};
 pub use shutdown::Shutdown;
+pub use worker::{Node, NodeHandle};

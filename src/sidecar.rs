@@ -37,10 +37,12 @@ use subtle::ConstantTimeEq;
 use crate::client::Client;
 use crate::config::{HandlerSpec, NodeConfig};
 use crate::error::Error;
-use crate::node::{Node, NodeHandle};
-use crate::protocol::{now_rfc3339, parse_object, Health, Priority, SubmitRequest, TaskEnvelope};
 use crate::shutdown::Shutdown;
-use crate::subjects::validate_id;
+use crate::wire::protocol::{
+    now_rfc3339, parse_object, Health, Priority, SubmitRequest, TaskEnvelope,
+};
+use crate::wire::subjects::validate_id;
+use crate::worker::{Node, NodeHandle};
 
 /// How a sidecar runs.
 #[derive(Debug, Clone)]
@@ -67,7 +69,7 @@ impl Default for SidecarConfig {
     fn default() -> Self {
         SidecarConfig {
             listen: "127.0.0.1:9100".into(),
-            prefix: crate::subjects::DEFAULT_PREFIX.into(),
+            prefix: crate::wire::subjects::DEFAULT_PREFIX.into(),
             node: None,
             auth_token: None,
             request_timeout: Duration::from_secs(5),
@@ -464,7 +466,7 @@ async fn process_verb_impl(
             )
         }
         "event" => {
-            let ev: crate::protocol::EventRequest = parse_body(&body)?;
+            let ev: crate::wire::protocol::EventRequest = parse_body(&body)?;
             validate_id("node id", node).map_err(ApiError::from)?;
             let subject = app.client.subjects().event(node, name);
             let body = serde_json::to_value(&ev).unwrap_or(Value::Null);
@@ -588,7 +590,7 @@ async fn task_result(
             "wait_s must be between 0 and 300",
         ));
     }
-    crate::subjects::validate_task_id(&id).map_err(ApiError::from)?;
+    crate::wire::subjects::validate_task_id(&id).map_err(ApiError::from)?;
     if wait > 0.0 {
         if let Ok(r) = app.client.wait(&id, Duration::from_secs_f64(wait)).await {
             return ok(serde_json::to_value(r).unwrap_or(Value::Null));
@@ -839,7 +841,7 @@ struct DiscoverRequest {
     capabilities: Vec<String>,
 }
 
-fn agent_view(n: &crate::protocol::NodeInfo) -> Value {
+fn agent_view(n: &crate::wire::protocol::NodeInfo) -> Value {
     let meta = |k: &str| {
         n.metadata
             .get(k)
@@ -893,7 +895,7 @@ struct SubmitBody {
     #[serde(default)]
     priority: Option<String>,
     #[serde(default)]
-    requirements: crate::coordinator::runs::Requirements,
+    requirements: crate::wire::protocol::Requirements,
 }
 
 #[utoipa::path(post, path = "/tasks/submit", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, task_id}"), (status = 400, description = "invalid JSON or fields"), (status = 503, description = "no agent or worker can take it"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{HandlerSpec, NodeConfig, ProcessSpec};
 use crate::error::Error;
-use crate::protocol::Role;
 use crate::shutdown::Shutdown;
+use crate::wire::protocol::Role;
 
 /// What `jetweave up` starts.
 #[derive(Debug, Clone)]
@@ -208,7 +208,7 @@ pub async fn run(
         handler: "echo".into(),
         autostart: true,
     });
-    let node = crate::node::Node::new(cfg)
+    let node = crate::worker::Node::new(cfg)
         .start(client.clone(), shutdown.clone())
         .await?;
 

@@ -57,7 +57,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub tls: bool,
     /// Subject prefix: every subject, stream and bucket name derives from it.
-    #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = crate::subjects::DEFAULT_PREFIX)]
+    #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = crate::wire::subjects::DEFAULT_PREFIX)]
     pub prefix: String,
     /// How long to keep trying to reach NATS at start (seconds).
     #[arg(long, global = true, default_value = "10")]
@@ -182,7 +182,7 @@ impl SidecarArgs {
     /// The sidecar config these flags describe.
     pub fn to_config(&self, prefix: &str) -> Result<crate::sidecar::SidecarConfig, Error> {
         if let Some(n) = &self.node {
-            crate::subjects::validate_id("node id", n)?;
+            crate::wire::subjects::validate_id("node id", n)?;
         }
         Ok(crate::sidecar::SidecarConfig {
             listen: self.listen.clone(),
@@ -242,7 +242,7 @@ impl CoordinatorArgs {
         c.lease_ttl = whole_secs("--lease-ttl", self.lease_ttl)?;
         c.strategy = self.assign.parse()?;
         c.max_shards = self.max_shards;
-        crate::subjects::validate_id("coordinator id", &c.id)?;
+        crate::wire::subjects::validate_id("coordinator id", &c.id)?;
         Ok(c)
     }
 }

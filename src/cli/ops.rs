@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::protocol::{parse_rfc3339, NodeInfo, Priority, SubmitRequest, TaskEnvelope, TaskStatus};
+use crate::wire::protocol::{
+    parse_rfc3339, NodeInfo, Priority, SubmitRequest, TaskEnvelope, TaskStatus,
+};
 
 /// `--json`.
 #[derive(Debug, Args, Clone)]
@@ -225,8 +227,8 @@ fn nodes_table(nodes: &[NodeInfo]) {
     );
     for n in nodes {
         let health = match n.health {
-            crate::protocol::Health::Healthy => paint("32", "healthy  "),
-            crate::protocol::Health::Draining => paint("33", "draining "),
+            crate::wire::protocol::Health::Healthy => paint("32", "healthy  "),
+            crate::wire::protocol::Health::Draining => paint("33", "draining "),
         };
         println!(
             "{:<20} {:<10} {} {:>9}  {:<24} {:>8}",
@@ -257,14 +259,15 @@ pub async fn nodes(c: &Client, a: &NodesArgs) -> Result<(), Error> {
     if !a.watch {
         return Ok(());
     }
-    let d = crate::discovery::KvDiscovery::open(
+    let d = crate::store::discovery::KvDiscovery::open(
         c.nats().clone(),
         c.subjects(),
         Duration::from_secs(5),
         1,
     )
     .await?;
-    let view = crate::discovery::ClusterView::start(&d, crate::shutdown::Shutdown::new()).await?;
+    let view =
+        crate::store::discovery::ClusterView::start(&d, crate::shutdown::Shutdown::new()).await?;
     let mut rx = view
         .subscribe()
         .ok_or_else(|| Error::nats("no event channel"))?;
@@ -564,7 +567,8 @@ pub async fn events(c: &Client, a: &EventsArgs) -> Result<(), Error> {
 
 /// `jetweave checkpoints`.
 pub async fn checkpoints(c: &Client, a: &TaskArgs) -> Result<(), Error> {
-    let cp = crate::checkpoint::Checkpoints::open(c.nats().clone(), c.subjects(), 10, 1).await?;
+    let cp =
+        crate::store::checkpoint::Checkpoints::open(c.nats().clone(), c.subjects(), 10, 1).await?;
     let all = cp.all(&a.task_id).await?;
     if a.json {
         print_json(&all);

@@ -20,13 +20,14 @@ use serde_json::{json, Value};
 
 use super::Shared;
 use crate::error::{Error, ErrorCode};
-use crate::node::{error_body, json_body};
-use crate::protocol::{
+use crate::store::results::{read_result, store_result};
+use crate::store::tasks::publish_task;
+use crate::wire::protocol::{error_body, json_body};
+use crate::wire::protocol::{
     now_rfc3339, parse_object, ClusterStatus, Health, Priority, QueueStats, SubmitReply,
     SubmitRequest, TaskInfo, TaskRef, TaskResult, TaskStatus,
 };
-use crate::queue::{publish_task, read_result, store_result};
-use crate::subjects::{encode_key, validate_task_id, API_SERVICE};
+use crate::wire::subjects::{encode_key, validate_task_id, API_SERVICE};
 
 /// How long `tasks.get` waits for a node to say it runs a task.
 const LOOKUP_WAIT: Duration = Duration::from_millis(200);
@@ -230,7 +231,7 @@ async fn find_queued(s: &Shared, task_id: &str) -> Result<Option<(u64, String)>,
 }
 
 async fn cancels(s: &Shared) -> Result<kv::Store, Error> {
-    crate::queue::cancels_bucket(&s.js, &s.subjects, s.cfg.replicas).await
+    crate::store::cancels_bucket(&s.js, &s.subjects, s.cfg.replicas).await
 }
 
 async fn cancel(s: &Shared, body: &[u8]) -> Result<Value, Error> {
@@ -369,7 +370,7 @@ pub(super) async fn cluster_status(s: &Shared) -> Result<ClusterStatus, Error> {
 /// Opens the task stream handle.
 pub(super) async fn tasks_stream(
     js: &jetstream::Context,
-    subjects: &crate::subjects::Subjects,
+    subjects: &crate::wire::subjects::Subjects,
 ) -> Result<stream::Stream, Error> {
     js.get_stream(subjects.tasks_stream())
         .await

@@ -15,9 +15,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::protocol::now_rfc3339;
 use crate::shutdown::Shutdown;
-use crate::subjects::Subjects;
+use crate::wire::protocol::now_rfc3339;
+use crate::wire::subjects::Subjects;
 
 const KEY: &str = "coordinator";
 const STANDBY_POLL: Duration = Duration::from_millis(250);
@@ -48,7 +48,7 @@ impl Leader {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Self, Error> {
-        let store = crate::discovery::open_bucket(
+        let store = crate::store::open_bucket(
             js,
             kv::Config {
                 bucket: subjects.leader_bucket(),

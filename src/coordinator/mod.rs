@@ -11,22 +11,21 @@
 
 mod api;
 mod leader;
-pub(crate) mod runs;
+mod planner;
+mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-use crate::discovery::{ClusterView, KvDiscovery};
 use crate::error::Error;
 use crate::shutdown::Shutdown;
-use crate::subjects::Subjects;
+use crate::store::discovery::{ClusterView, KvDiscovery};
+use crate::wire::subjects::Subjects;
 
 pub use leader::Leader;
-pub use runs::{
-    plan_shards, AssignStrategy, RunRecord, RunSpec, ShardAssignment, ShardState, ShardStatus,
-};
+pub use planner::{plan_shards, AssignStrategy};
 
 /// How a coordinator runs.
 #[derive(Debug, Clone)]
@@ -53,7 +52,7 @@ impl CoordinatorConfig {
     pub fn new() -> Self {
         CoordinatorConfig {
             id: format!("coord-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            prefix: crate::subjects::DEFAULT_PREFIX.into(),
+            prefix: crate::wire::subjects::DEFAULT_PREFIX.into(),
             lease_ttl: Duration::from_secs(5),
             strategy: AssignStrategy::LeastLoaded,
             max_shards: 100_000,
@@ -96,7 +95,7 @@ impl Coordinator {
         cfg: CoordinatorConfig,
         shutdown: Shutdown,
     ) -> Result<Coordinator, Error> {
-        crate::subjects::validate_id("coordinator id", &cfg.id)?;
+        crate::wire::subjects::validate_id("coordinator id", &cfg.id)?;
         let mut cfg = cfg;
         if cfg.replicas == 0 {
             cfg.replicas = crate::connect::replicas_for(&client);
@@ -108,8 +107,8 @@ impl Coordinator {
         }
         let subjects = Subjects::new(&cfg.prefix)?;
         let js = jetstream::new(client.clone());
-        crate::queue::ensure_streams(&js, &subjects, cfg.replicas).await?;
-        runs::ensure_resources(&js, &subjects, cfg.replicas).await?;
+        crate::store::ensure_streams(&js, &subjects, cfg.replicas).await?;
+        crate::store::ensure_shards_stream(&js, &subjects, cfg.replicas).await?;
         let discovery =
             KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, cfg.replicas).await?;
         let view = ClusterView::start(&discovery, shutdown.clone()).await?;
@@ -118,7 +117,7 @@ impl Coordinator {
             .await
             .map_err(Error::nats)?;
         let tasks = api::tasks_stream(&js, &subjects).await?;
-        let runs = runs::runs_bucket(&js, &subjects, cfg.replicas).await?;
+        let runs = crate::store::runs_bucket(&js, &subjects, cfg.replicas).await?;
         let leader = Leader::open(&js, &subjects, &cfg.id, cfg.lease_ttl, cfg.replicas).await?;
         let shared = Arc::new(Shared {
             id: cfg.id.clone(),

@@ -21,306 +21,23 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use super::planner::{plan_shards, AssignStrategy};
 use super::Shared;
-use crate::discovery::DiscoveryEvent;
 use crate::error::{Error, ErrorCode};
-use crate::node::{json_body, publish_audit};
-use crate::protocol::{now_rfc3339, parse_object, Health, NodeInfo, Role, TaskStatus};
-use crate::queue::read_result;
-use crate::subjects::{validate_id, Subjects};
-
-/// How shards are placed on nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AssignStrategy {
-    /// Fewest active tasks plus assigned shards first (default).
-    #[default]
-    LeastLoaded,
-    /// In turn.
-    RoundRobin,
-}
-
-impl std::str::FromStr for AssignStrategy {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "least_loaded" => Ok(AssignStrategy::LeastLoaded),
-            "round_robin" => Ok(AssignStrategy::RoundRobin),
-            o => Err(Error::Config(format!(
-                "unknown assignment strategy {o:?}: use least_loaded or round_robin"
-            ))),
-        }
-    }
-}
-
-/// Requirements a node must meet to get a run's shards.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Requirements {
-    /// Every one of these capabilities.
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-}
-
-/// A `runs.create` request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunSpec {
-    /// Run id (default: generated).
-    #[serde(default)]
-    pub run_id: Option<String>,
-    /// The dataset.
-    pub dataset_id: String,
-    /// The iteration.
-    #[serde(default)]
-    pub iteration: u64,
-    /// Items in the run.
-    pub total_items: i64,
-    /// Items per shard (by_slice, by_dataset).
-    #[serde(default = "one")]
-    pub shard_size: i64,
-    /// by_slice, by_dataset or by_iteration.
-    #[serde(default = "by_slice")]
-    pub strategy: String,
-    /// The handler of each shard.
-    #[serde(rename = "type")]
-    pub task_type: String,
-    /// Handed to every shard.
-    #[serde(default)]
-    pub payload: Value,
-    /// Free-form.
-    #[serde(default)]
-    pub metadata: Map<String, Value>,
-    /// Node requirements.
-    #[serde(default)]
-    pub requirements: Requirements,
-}
-
-fn one() -> i64 {
-    1
-}
-fn by_slice() -> String {
-    "by_slice".into()
-}
-
-/// The shard keys of a run: `slice:<start>:<end>` (half-open, by_slice and
-/// by_dataset) or `item:<i>` (by_iteration).
-pub fn plan_shards(
-    strategy: &str,
-    total_items: i64,
-    shard_size: i64,
-    max_shards: u64,
-) -> Result<Vec<String>, Error> {
-    let bad = |m: String| Err(Error::invalid(ErrorCode::InvalidValue, m));
-    if total_items <= 0 {
-        return bad(format!("total_items must be > 0, got {total_items}"));
-    }
-    let total = total_items as u64;
-    let count = match strategy {
-        "by_slice" | "by_dataset" => {
-            if shard_size <= 0 {
-                return bad(format!("shard_size must be > 0, got {shard_size}"));
-            }
-            total.div_ceil(shard_size as u64)
-        }
-        "by_iteration" => total,
-        other => {
-            return bad(format!(
-                "unknown strategy {other:?}: use by_slice, by_dataset or by_iteration"
-            ))
-        }
-    };
-    if count > max_shards {
-        return bad(format!(
-            "run would have {count} shards, more than the maximum {max_shards}"
-        ));
-    }
-    Ok(match strategy {
-        "by_iteration" => (0..total).map(|i| format!("item:{i}")).collect(),
-        _ => {
-            let size = shard_size as u64;
-            (0..count)
-                .map(|i| {
-                    let start = i * size;
-                    format!("slice:{}:{}", start, (start + size).min(total))
-                })
-                .collect()
-        }
-    })
-}
-
-/// Where a shard is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShardStatus {
-    /// Waiting for a node.
-    Pending,
-    /// Published to a node.
-    Assigned,
-    /// Done.
-    Completed,
-    /// Dead after its attempts.
-    Failed,
-}
-
-/// One shard in a run record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ShardState {
-    /// pending, assigned, completed, failed.
-    pub status: ShardStatus,
-    /// The node it is (or was last) assigned to.
-    pub node_id: Option<String>,
-    /// Assignment count (1 for the first).
-    pub attempt: u32,
-    /// Stream sequence of its assignment message.
-    #[serde(default)]
-    pub seq: Option<u64>,
-    /// The handler's result, when done.
-    #[serde(default)]
-    pub result: Value,
-}
-
-/// A run as stored in `P-runs`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunRecord {
-    /// The run id.
-    pub run_id: String,
-    /// The spec it was created from.
-    pub spec: RunSpec,
-    /// running, completed, failed.
-    pub status: String,
-    /// Why pending shards wait, if they do.
-    #[serde(default)]
-    pub waiting: Option<String>,
-    /// When created.
-    pub created_at: String,
-    /// When it ended.
-    #[serde(default)]
-    pub finished_at: Option<String>,
-    /// Shards by key.
-    pub shards: BTreeMap<String, ShardState>,
-}
-
-impl RunRecord {
-    fn task_id(&self, key: &str) -> String {
-        format!("{}:{}:{}", self.run_id, self.spec.iteration, key)
-    }
-
-    /// The `runs.get` reply.
-    pub fn summary(&self) -> Value {
-        let assignments: BTreeMap<&String, &Option<String>> =
-            self.shards.iter().map(|(k, s)| (k, &s.node_id)).collect();
-        let completed = self
-            .shards
-            .values()
-            .filter(|s| s.status == ShardStatus::Completed)
-            .count();
-        let failed = self
-            .shards
-            .values()
-            .filter(|s| s.status == ShardStatus::Failed)
-            .count();
-        json!({
-            "run_id": self.run_id,
-            "status": self.status,
-            "total_shards": self.shards.len(),
-            "completed_shards": completed,
-            "failed_shards": failed,
-            "assignments": assignments,
-            "waiting": self.waiting,
-            "dataset_id": self.spec.dataset_id,
-            "iteration": self.spec.iteration,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-            "shards": self.shards,
-        })
-    }
-}
-
-/// The assignment message on `P.shards.<node_id>`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ShardAssignment {
-    /// The run.
-    pub run_id: String,
-    /// The dataset.
-    pub dataset_id: String,
-    /// The iteration.
-    pub iteration: u64,
-    /// The shard key.
-    pub shard_key: String,
-    /// The node it is meant for.
-    pub target_node: String,
-    /// The run's strategy.
-    pub strategy: String,
-    /// The handler.
-    #[serde(rename = "type")]
-    pub task_type: String,
-    /// The run's payload.
-    pub payload: Value,
-    /// The run's metadata.
-    pub metadata: Map<String, Value>,
-    /// Assignment count.
-    pub attempt: u32,
-    /// `<run_id>:<iteration>:<shard_key>`.
-    #[serde(default)]
-    pub task_id: String,
-}
-
-/// A node's report of a finished shard.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ShardDone {
-    /// The shard's task id.
-    pub task_id: String,
-    /// The run.
-    pub run_id: String,
-    /// The shard key.
-    pub shard_key: String,
-    /// The node.
-    pub node_id: String,
-}
-
-pub(super) async fn runs_bucket(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    replicas: usize,
-) -> Result<kv::Store, Error> {
-    crate::discovery::open_bucket(
-        js,
-        kv::Config {
-            bucket: subjects.runs_bucket(),
-            description: "jetweave runs and shard assignments".into(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-/// Creates the `P_SHARDS` work-queue stream when missing.
-pub(crate) async fn ensure_resources(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    replicas: usize,
-) -> Result<(), Error> {
-    js.get_or_create_stream(stream::Config {
-        name: subjects.shards_stream(),
-        description: Some("jetweave shard assignments (one subject per node)".into()),
-        subjects: vec![subjects.shards_wildcard()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        num_replicas: replicas.max(1),
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| Error::nats(format!("cannot create shard stream: {e}")))
-}
+use crate::store::audit::publish_audit;
+use crate::store::discovery::DiscoveryEvent;
+use crate::store::results::read_result;
+use crate::wire::protocol::json_body;
+use crate::wire::protocol::{
+    now_rfc3339, parse_object, Health, NodeInfo, Role, RunRecord, RunSpec, RunStatus,
+    ShardAssignment, ShardDone, ShardState, ShardStatus, TaskStatus,
+};
+use crate::wire::subjects::validate_id;
 
 pub(super) async fn create(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
     let spec: RunSpec = parse_object(body)?;
@@ -351,7 +68,7 @@ pub(super) async fn create(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error>
     spec.run_id = Some(run_id.clone());
     let record = RunRecord {
         run_id: run_id.clone(),
-        status: "running".into(),
+        status: RunStatus::Running,
         waiting: None,
         created_at: now_rfc3339(),
         finished_at: None,
@@ -428,7 +145,7 @@ pub(super) async fn counts(s: &Shared) -> BTreeMap<String, u64> {
     if let Ok(mut keys) = s.runs.keys().await {
         while let Some(Ok(k)) = keys.next().await {
             if let Ok(Some((r, _))) = load(s, &k).await {
-                *out.entry(r.status).or_default() += 1;
+                *out.entry(r.status.as_str().to_string()).or_default() += 1;
             }
         }
     }
@@ -662,7 +379,7 @@ impl Engine {
     fn running_ids(&self) -> Vec<String> {
         self.runs
             .iter()
-            .filter(|(_, (r, _))| r.status == "running")
+            .filter(|(_, (r, _))| r.status == RunStatus::Running)
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -683,7 +400,7 @@ impl Engine {
         let Some((mut rec, rev)) = self.runs.get(run_id).cloned() else {
             return;
         };
-        if rec.status != "running" {
+        if rec.status != RunStatus::Running {
             return;
         }
         let before = rec.clone();
@@ -764,7 +481,7 @@ impl Engine {
     }
 
     async fn finish_if_done(&self, rec: &mut RunRecord) {
-        if rec.status != "running" {
+        if rec.status != RunStatus::Running {
             return;
         }
         let all_done = rec
@@ -775,7 +492,11 @@ impl Engine {
             return;
         }
         let failed = rec.shards.values().any(|s| s.status == ShardStatus::Failed);
-        rec.status = if failed { "failed" } else { "completed" }.into();
+        rec.status = if failed {
+            RunStatus::Failed
+        } else {
+            RunStatus::Completed
+        };
         rec.finished_at = Some(now_rfc3339());
         rec.waiting = None;
         publish_audit(
@@ -870,8 +591,8 @@ impl Engine {
             DiscoveryEvent::Left { node_id, reason } => {
                 self.health.remove(&node_id);
                 let kind = match reason {
-                    crate::discovery::LeaveReason::Expired => "node.expired",
-                    crate::discovery::LeaveReason::Deleted => "node.removed",
+                    crate::store::discovery::LeaveReason::Expired => "node.expired",
+                    crate::store::discovery::LeaveReason::Deleted => "node.removed",
                 };
                 publish_audit(
                     &self.s.js,
@@ -962,7 +683,7 @@ impl Engine {
             let Some((mut rec, rev)) = self.runs.get(&id).cloned() else {
                 continue;
             };
-            if rec.status != "running" {
+            if rec.status != RunStatus::Running {
                 continue;
             }
             let mut changed = false;
@@ -1092,37 +813,5 @@ impl Engine {
             total += moved;
         }
         total
-    }
-}
-
-/// Shared with the node side: the task id of a shard.
-pub(crate) fn shard_task_id(run_id: &str, iteration: u64, key: &str) -> String {
-    format!("{run_id}:{iteration}:{key}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn planner_makes_contiguous_slices_and_items() {
-        assert_eq!(
-            plan_shards("by_slice", 100, 25, 1000).unwrap(),
-            ["slice:0:25", "slice:25:50", "slice:50:75", "slice:75:100"]
-        );
-        assert_eq!(
-            plan_shards("by_dataset", 10, 4, 1000).unwrap(),
-            ["slice:0:4", "slice:4:8", "slice:8:10"]
-        );
-        assert_eq!(
-            plan_shards("by_iteration", 3, 0, 1000).unwrap(),
-            ["item:0", "item:1", "item:2"]
-        );
-        assert!(plan_shards("by_slice", 10, 0, 1000).is_err());
-        assert!(plan_shards("by_slice", 0, 1, 1000).is_err());
-        assert!(plan_shards("by_slice", -5, 1, 1000).is_err());
-        assert!(plan_shards("by_magic", 10, 1, 1000).is_err());
-        assert!(plan_shards("by_iteration", 2000, 1, 1000).is_err());
-        assert_eq!(shard_task_id("r", 0, "item:1"), "r:0:item:1");
     }
 }

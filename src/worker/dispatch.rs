@@ -38,23 +38,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind, kv, stream, AckKind};
-use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, kv, AckKind};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::runs::{shard_task_id, ShardDone};
-use crate::coordinator::ShardAssignment;
+use super::{CancelReason, Running, Shared};
 use crate::error::Error;
 use crate::handler::{HandlerError, ShardInfo, TaskContext};
-use crate::node::{CancelReason, Running, Shared};
-use crate::protocol::{
-    format_rfc3339, now_rfc3339, parse_object, parse_rfc3339, DeadLetter, Health, Priority,
-    TaskEnvelope, TaskResult, TaskStatus,
+use crate::store::results::store_result;
+use crate::store::tasks::schedule;
+use crate::store::{cancels_bucket, task_consumer};
+use crate::wire::protocol::json_body;
+use crate::wire::protocol::{
+    now_rfc3339, parse_object, parse_rfc3339, shard_task_id, DeadLetter, Health, Priority,
+    ShardAssignment, ShardDone, TaskEnvelope, TaskResult, TaskStatus,
 };
-use crate::subjects::{decode_key, validate_task_id, Subjects};
+use crate::wire::subjects::{decode_key, validate_task_id};
 
 /// Bound on one fetch round trip.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,125 +63,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
 const SATURATED_GATHER: Duration = Duration::from_millis(1);
-/// Duplicate window of `P_TASKS` (the server default).
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-
-/// Creates the task, result, DLQ and event streams when missing (an
-/// existing stream is left as it is, so restarts never reset anything).
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    replicas: usize,
-) -> Result<(), Error> {
-    let replicas = replicas.max(1);
-    let day = Duration::from_secs(86_400);
-    let configs = [
-        stream::Config {
-            name: subjects.tasks_stream(),
-            description: Some("jetweave task queues (work queue)".into()),
-            subjects: vec![subjects.tasks_wildcard(), subjects.delayed_wildcard()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            allow_direct: true,
-            allow_message_schedules: true,
-            ..Default::default()
-        },
-        stream::Config {
-            name: subjects.results_stream(),
-            description: Some("jetweave task results (one per task)".into()),
-            subjects: vec![subjects.results_wildcard()],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            max_messages_per_subject: 1,
-            max_age: 7 * day,
-            allow_direct: true,
-            ..Default::default()
-        },
-        stream::Config {
-            name: subjects.dlq_stream(),
-            description: Some("jetweave dead letters".into()),
-            subjects: vec![subjects.dlq_wildcard()],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            max_age: 30 * day,
-            allow_direct: true,
-            ..Default::default()
-        },
-        stream::Config {
-            name: subjects.events_stream(),
-            description: Some("jetweave audit log and process event outcomes".into()),
-            subjects: vec![subjects.events_wildcard()],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            max_age: 7 * day,
-            allow_direct: true,
-            ..Default::default()
-        },
-    ];
-    for c in configs {
-        let name = c.name.clone();
-        js.get_or_create_stream(c)
-            .await
-            .map_err(|e| Error::nats(format!("cannot create stream {name}: {e}")))?;
-    }
-    Ok(())
-}
-
-/// The durable consumer of one (queue, priority).
-pub(crate) async fn task_consumer(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    queue: &str,
-    priority: Priority,
-    ack_wait: Duration,
-) -> Result<consumer::PullConsumer, Error> {
-    let stream = js
-        .get_stream(subjects.tasks_stream())
-        .await
-        .map_err(Error::nats)?;
-    let name = subjects.task_consumer(queue, priority);
-    stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("jetweave {queue}/{}", priority.as_str())),
-                filter_subject: subjects.task(queue, priority),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
-}
-
-/// Opens (or creates) the `P-cancels` bucket.
-pub(crate) async fn cancels_bucket(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    replicas: usize,
-) -> Result<kv::Store, Error> {
-    crate::discovery::open_bucket(
-        js,
-        kv::Config {
-            bucket: subjects.cancels_bucket(),
-            description: "jetweave cancel requests".into(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            max_age: Duration::from_secs(86_400),
-            // Expiry markers let nodes forget cancels that aged out.
-            limit_markers: Some(Duration::from_secs(60)),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await
-}
 
 /// Keeps the node's set of cancelled task ids current and cancels the
 /// running ones at once.
@@ -259,7 +141,7 @@ pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(),
 
 /// Starts the dispatcher of this node's shard assignments.
 pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error> {
-    crate::coordinator::runs::ensure_resources(&s.js, &s.subjects, s.replicas).await?;
+    crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
     let stream =
         s.js.get_stream(s.subjects.shards_stream())
             .await
@@ -751,7 +633,7 @@ async fn notify_shard_done(s: &Shared, shard: Option<ShardInfo>, task_id: String
             shard_key: sh.shard_key,
             node_id: s.cfg.node_id.clone(),
         };
-        let body = crate::node::json_body(&done);
+        let body = json_body(&done);
         let _ = s.client.publish(s.subjects.shard_done(), body).await;
     }
 }
@@ -836,7 +718,7 @@ async fn dead_end(
         node_id: s.cfg.node_id.clone(),
         dead_at: now_rfc3339(),
     };
-    let body = crate::node::json_body(&dl);
+    let body = json_body(&dl);
     match s.js.publish(s.subjects.dlq(queue), body).await {
         Ok(ack) => {
             if let Err(e) = ack.await {
@@ -884,119 +766,9 @@ async fn publish_result(
     store_result(&s.js, &s.subjects, &r).await.map(|_| ())
 }
 
-/// Publishes a terminal result; `Ok(false)` if the task already had one.
-pub(crate) async fn store_result(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    r: &TaskResult,
-) -> Result<bool, Error> {
-    let body = crate::node::json_body(r);
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(body)
-        .expected_last_subject_sequence(0);
-    let ack = js
-        .send_publish(subjects.result(&r.task_id), publish)
-        .await
-        .map_err(Error::nats)?;
-    match ack.await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-        Err(e) => Err(Error::nats(e)),
-    }
-}
-
 async fn result_exists(s: &Shared, task_id: &str) -> bool {
     s.results
         .direct_get_last_for_subject(s.subjects.result(task_id))
         .await
         .is_ok()
-}
-
-/// Reads a task's terminal result, if it has one.
-pub(crate) async fn read_result(
-    results: &stream::Stream,
-    subjects: &Subjects,
-    task_id: &str,
-) -> Option<TaskResult> {
-    let m = results
-        .direct_get_last_for_subject(subjects.result(task_id))
-        .await
-        .ok()?;
-    serde_json::from_slice(&m.payload).ok()
-}
-
-/// Publishes a delayed task as a message schedule that fires onto the
-/// task subject at `not_before` (no polling).
-pub(crate) async fn schedule(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    queue: &str,
-    priority: Priority,
-    env: &TaskEnvelope,
-) -> Result<(), Error> {
-    let id = env.id.clone().unwrap_or_default();
-    let at = env
-        .not_before
-        .as_deref()
-        .map(parse_rfc3339)
-        .transpose()?
-        .unwrap_or_else(time::OffsetDateTime::now_utc);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "Nats-Schedule",
-        format!("@at {}", format_rfc3339(at)).as_str(),
-    );
-    headers.insert(
-        "Nats-Schedule-Target",
-        subjects.task(queue, priority).as_str(),
-    );
-    let body = crate::node::json_body(env);
-    js.send_publish(
-        subjects.delayed(queue, priority, &id),
-        jetstream::message::PublishMessage::build()
-            .payload(body)
-            .headers(headers),
-    )
-    .await
-    .map_err(Error::nats)?
-    .await
-    .map_err(Error::nats)?;
-    Ok(())
-}
-
-/// Publishes a task on its queue (used by the API and the client): with
-/// `Nats-Msg-Id` = task id so a re-submit within the window is a no-op.
-/// Returns whether it was a duplicate.
-pub(crate) async fn publish_task(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    queue: &str,
-    priority: Priority,
-    env: &TaskEnvelope,
-) -> Result<bool, Error> {
-    let id = env.id.clone().unwrap_or_default();
-    let delayed = env
-        .not_before
-        .as_deref()
-        .map(parse_rfc3339)
-        .transpose()?
-        .map(|t| t > time::OffsetDateTime::now_utc() + time::Duration::seconds(1))
-        .unwrap_or(false);
-    if delayed {
-        schedule(js, subjects, queue, priority, env).await?;
-        return Ok(false);
-    }
-    let body = crate::node::json_body(env);
-    let ack = js
-        .send_publish(
-            subjects.task(queue, priority),
-            jetstream::message::PublishMessage::build()
-                .payload(body)
-                .message_id(id),
-        )
-        .await
-        .map_err(Error::nats)?
-        .await
-        .map_err(Error::nats)?;
-    Ok(ack.duplicate)
 }

@@ -13,6 +13,9 @@
 //!   [`NodeHandle::shutdown`]) drains, waits for in-flight work up to a
 //!   deadline, deletes the KV entry and stops everything.
 
+mod dispatch;
+mod process;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,18 +31,20 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoint::Checkpoints;
 use crate::config::NodeConfig;
-use crate::discovery::{ClusterView, KvDiscovery};
 use crate::error::{Error, ErrorCode};
 use crate::handler::{Handlers, TaskContext};
-use crate::process::Processes;
-use crate::protocol::{
-    now_rfc3339, parse_object, AuditEvent, ErrorReply, EventInjected, EventOutcome, EventRequest,
-    Health, Heartbeat, NodeInfo,
-};
 use crate::shutdown::Shutdown;
-use crate::subjects::{Subjects, NODE_SERVICE};
+use crate::store::audit::publish_audit;
+use crate::store::checkpoint::Checkpoints;
+use crate::store::discovery::{ClusterView, KvDiscovery};
+use crate::wire::protocol::{error_body, json_body};
+use crate::wire::protocol::{
+    now_rfc3339, parse_object, EventInjected, EventOutcome, EventRequest, Health, Heartbeat,
+    NodeInfo,
+};
+use crate::wire::subjects::{Subjects, NODE_SERVICE};
+use process::Processes;
 
 /// Default bound on waiting for in-flight work at shutdown.
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -120,7 +125,7 @@ impl Shared {
     fn running_by_queue(&self) -> Map<String, Value> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         if let Ok(r) = self.running.lock() {
-            for t in r.values().filter(|t| t.queue != crate::queue::SHARDS_LABEL) {
+            for t in r.values().filter(|t| t.queue != dispatch::SHARDS_LABEL) {
                 *m.entry(t.queue.clone()).or_default() += 1;
             }
         }
@@ -202,45 +207,6 @@ impl Shared {
     }
 }
 
-/// Publishes an audit event (best effort: logged, never fatal).
-pub(crate) async fn publish_audit(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    kind: &str,
-    node_id: Option<&str>,
-    run_id: Option<&str>,
-    details: Value,
-) {
-    let ev = AuditEvent {
-        kind: kind.to_string(),
-        at: now_rfc3339(),
-        node_id: node_id.map(str::to_string),
-        run_id: run_id.map(str::to_string),
-        details,
-    };
-    let Ok(body) = serde_json::to_vec(&ev) else {
-        return;
-    };
-    match js.publish(subjects.audit(kind), body.into()).await {
-        Ok(ack) => {
-            if let Err(e) = ack.await {
-                tracing::warn!(kind, error = %e, "audit event not stored");
-            }
-        }
-        Err(e) => tracing::warn!(kind, error = %e, "audit event not published"),
-    }
-}
-
-pub(crate) fn error_body(e: &Error) -> Bytes {
-    serde_json::to_vec(&ErrorReply::from(e))
-        .unwrap_or_default()
-        .into()
-}
-
-pub(crate) fn json_body(v: &impl serde::Serialize) -> Bytes {
-    serde_json::to_vec(v).unwrap_or_default().into()
-}
-
 /// A node, before it starts: its config and its handlers.
 pub struct Node {
     config: NodeConfig,
@@ -309,7 +275,7 @@ impl Node {
         if self.replicas == 0 {
             self.replicas = crate::connect::replicas_for(&client);
         }
-        crate::queue::ensure_streams(&js, &subjects, self.replicas).await?;
+        crate::store::ensure_streams(&js, &subjects, self.replicas).await?;
         let results = js
             .get_stream(subjects.results_stream())
             .await
@@ -357,12 +323,12 @@ impl Node {
         // Register first, so anyone we answer can also find us.
         shared.discovery.put_info(&shared.node_info()).await?;
         start_service(&shared).await?;
-        crate::queue::start_cancel_watch(&shared).await?;
-        if shared.cfg.role != crate::protocol::Role::Supervisor {
+        dispatch::start_cancel_watch(&shared).await?;
+        if shared.cfg.role != crate::wire::protocol::Role::Supervisor {
             for q in shared.cfg.queues.clone() {
-                crate::queue::start_dispatcher(&shared, &q).await?;
+                dispatch::start_dispatcher(&shared, &q).await?;
             }
-            crate::queue::start_shard_dispatcher(&shared).await?;
+            dispatch::start_shard_dispatcher(&shared).await?;
         }
         tokio::spawn(heartbeat_loop(shared.clone()));
         client.flush().await.map_err(Error::nats)?;

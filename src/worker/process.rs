@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use crate::config::ProcessSpec;
 use crate::error::{Error, ErrorCode};
 use crate::handler::Handlers;
-use crate::protocol::{ProcessInfo, ProcessState};
 use crate::shutdown::Shutdown;
+use crate::wire::protocol::{ProcessInfo, ProcessState};
 
 struct Process {
     spec: ProcessSpec,

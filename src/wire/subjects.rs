@@ -2,9 +2,8 @@
 //! uses, built from the prefix in one place (contract: Conventions).
 //!
 //! Nothing else in the crate writes a subject by hand: it asks a
-//! [`Subjects`] value. The validators for ids that become subject tokens
-//! live here too, because an id that is not a single safe token would
-//! change which subject a message lands on.
+//! [`Subjects`] value. The ids that become subject tokens are checked by
+//! [`super::ids`] (re-exported here).
 //!
 //! ```
 //! use jetweave::subjects::Subjects;
@@ -14,8 +13,9 @@
 //! assert_eq!(s.nodes_bucket(), "weave-nodes");
 //! ```
 
-use crate::error::{Error, ErrorCode};
-use crate::protocol::Priority;
+pub use super::ids::{decode_key, encode_key, validate_id, validate_task_id};
+use super::protocol::Priority;
+use crate::error::Error;
 
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "weave";
@@ -236,52 +236,6 @@ impl Subjects {
     }
 }
 
-/// Checks a node id, run id, queue or process name: `[A-Za-z0-9_-]{1,64}`.
-pub fn validate_id(what: &str, value: &str) -> Result<(), Error> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            ErrorCode::InvalidId,
-            format!("invalid {what} {value:?}: must match [A-Za-z0-9_-]{{1,64}}"),
-        ))
-    }
-}
-
-/// Checks a task id: `[A-Za-z0-9_:-]{1,200}`.
-pub fn validate_task_id(value: &str) -> Result<(), Error> {
-    let ok = !value.is_empty()
-        && value.len() <= 200
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            ErrorCode::InvalidId,
-            format!("invalid task id {value:?}: must match [A-Za-z0-9_:-]{{1,200}}"),
-        ))
-    }
-}
-
-/// Encodes a task id as a KV key / single token: `:` is not allowed in KV
-/// keys, so it becomes `=3A`; `=` itself never appears in a valid task id,
-/// which makes the encoding reversible.
-pub fn encode_key(task_id: &str) -> String {
-    task_id.replace(':', "=3A")
-}
-
-/// Reverses [`encode_key`].
-pub fn decode_key(key: &str) -> String {
-    key.replace("=3A", ":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,25 +254,6 @@ mod tests {
             "acme-1.ctl.n1.process.w.start"
         );
         assert_eq!(s.checkpoints_store(), "acme-1-checkpoints");
-    }
-
-    #[test]
-    fn ids_are_validated() {
-        assert!(validate_id("node id", "n-1_A").is_ok());
-        assert!(validate_id("node id", "").is_err());
-        assert!(validate_id("node id", "a.b").is_err());
-        assert!(validate_id("node id", "a b").is_err());
-        assert!(validate_id("node id", &"x".repeat(65)).is_err());
-        assert!(validate_task_id("run:1:slice:0:10").is_ok());
-        assert!(validate_task_id("a*").is_err());
         assert!(Subjects::new("we.ave").is_err());
-    }
-
-    #[test]
-    fn key_encoding_round_trips() {
-        let id = "run1:0:slice:0:25";
-        let k = encode_key(id);
-        assert!(!k.contains(':'));
-        assert_eq!(decode_key(&k), id);
     }
 }

@@ -5,16 +5,20 @@
 //! input so newer senders can talk to older nodes; missing optional fields
 //! take their documented defaults.
 
+mod run;
+pub use run::*;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::ids::{validate_id, validate_task_id};
 use crate::error::{Error, ErrorCode};
-use crate::subjects::{validate_id, validate_task_id};
 
 /// The current time as an RFC 3339 UTC string.
 pub fn now_rfc3339() -> String {
@@ -671,6 +675,18 @@ pub struct CheckpointRecord {
     /// Free-form.
     #[serde(default)]
     pub metadata: Map<String, Value>,
+}
+
+/// A wire type as a message body.
+pub(crate) fn json_body(v: &impl serde::Serialize) -> Bytes {
+    serde_json::to_vec(v).unwrap_or_default().into()
+}
+
+/// An error as the contract's error reply body.
+pub(crate) fn error_body(e: &Error) -> Bytes {
+    serde_json::to_vec(&ErrorReply::from(e))
+        .unwrap_or_default()
+        .into()
 }
 
 #[cfg(test)]

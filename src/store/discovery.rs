@@ -21,10 +21,11 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use super::open_bucket;
 use crate::error::Error;
-use crate::protocol::{now_rfc3339, Health, NodeInfo, Role};
 use crate::shutdown::Shutdown;
-use crate::subjects::Subjects;
+use crate::wire::protocol::{now_rfc3339, Health, NodeInfo, Role};
+use crate::wire::subjects::Subjects;
 
 /// A node as found by discovery.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,24 +98,6 @@ fn to_discovered(info: NodeInfo) -> DiscoveredNode {
         discovered_at: now_rfc3339(),
         metadata: info.metadata.clone(),
         info: Some(info),
-    }
-}
-
-/// Opens a KV bucket, creating it when missing; a second caller or a
-/// restart finds the existing one and leaves it as it is.
-pub(crate) async fn open_bucket(
-    js: &jetstream::Context,
-    config: kv::Config,
-) -> Result<kv::Store, Error> {
-    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
-        return Ok(store);
-    }
-    match js.create_key_value(config.clone()).await {
-        Ok(store) => Ok(store),
-        Err(e) => js
-            .get_key_value(config.bucket.as_str())
-            .await
-            .map_err(|_| Error::nats(format!("cannot open KV bucket {}: {e}", config.bucket))),
     }
 }
 
@@ -223,7 +206,7 @@ impl Discovery for KvDiscovery {
         url: Option<&str>,
         metadata: Map<String, Value>,
     ) -> Result<(), Error> {
-        crate::subjects::validate_id("node id", node_id)?;
+        crate::wire::subjects::validate_id("node id", node_id)?;
         let now = now_rfc3339();
         let info = NodeInfo {
             node_id: node_id.to_string(),
@@ -345,7 +328,7 @@ impl Discovery for StaticDiscovery {
         url: Option<&str>,
         metadata: Map<String, Value>,
     ) -> Result<(), Error> {
-        crate::subjects::validate_id("node id", node_id)?;
+        crate::wire::subjects::validate_id("node id", node_id)?;
         let url = strip_url(url.unwrap_or_default());
         let fresh = {
             let mut nodes = self

@@ -14,13 +14,27 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, ErrorCode};
-use crate::handler::TaskContext;
-use crate::protocol::{now_rfc3339, CheckpointRecord};
-use crate::subjects::{validate_task_id, Subjects};
+use crate::wire::protocol::{now_rfc3339, CheckpointRecord};
+use crate::wire::subjects::{validate_task_id, Subjects};
 
 /// Chunk size for checkpoint objects; larger than the default 128 KiB,
 /// which measured faster for multi-MiB bodies.
 const CHUNK: usize = 512 * 1024;
+
+/// Whose checkpoint it is: the ids a [`CheckpointRecord`] carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointOwner {
+    /// The task.
+    pub task_id: String,
+    /// The run, for a shard.
+    pub run_id: Option<String>,
+    /// The run's iteration, for a shard.
+    pub iteration: Option<u64>,
+    /// The shard key, for a shard.
+    pub shard_key: Option<String>,
+    /// The node writing it.
+    pub node_id: String,
+}
 
 /// Access to the checkpoint store.
 #[derive(Clone)]
@@ -65,20 +79,21 @@ impl Checkpoints {
         })
     }
 
-    /// Saves a checkpoint for the task in `ctx`.
+    /// Saves a checkpoint for `owner` (a task, and its shard if it is one).
     pub async fn save(
         &self,
-        ctx: &TaskContext,
+        owner: impl Into<CheckpointOwner>,
         payload: Value,
         metadata: Map<String, Value>,
     ) -> Result<CheckpointRecord, Error> {
+        let owner = owner.into();
         let record = CheckpointRecord {
             checkpoint_id: uuid::Uuid::new_v4().simple().to_string(),
-            task_id: ctx.task_id.clone(),
-            run_id: ctx.shard.as_ref().map(|s| s.run_id.clone()),
-            iteration: ctx.shard.as_ref().map(|s| s.iteration),
-            shard_key: ctx.shard.as_ref().map(|s| s.shard_key.clone()),
-            node_id: ctx.node_id.clone(),
+            task_id: owner.task_id,
+            run_id: owner.run_id,
+            iteration: owner.iteration,
+            shard_key: owner.shard_key,
+            node_id: owner.node_id,
             created_at: now_rfc3339(),
             payload,
             metadata,

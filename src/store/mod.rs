@@ -1,0 +1,197 @@
+//! JetStream resources, one place for each: the configs of every stream,
+//! bucket and consumer jetweave creates (`ensure_*`, `*_bucket`), and the
+//! reads and writes of what they hold ([`tasks`], [`results`], [`audit`],
+//! [`checkpoint`], [`discovery`]). Workers, coordinators and clients use
+//! these; nothing here knows about them.
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::wire::protocol::Priority;
+use crate::wire::subjects::Subjects;
+
+pub mod audit;
+pub mod checkpoint;
+pub mod discovery;
+pub mod results;
+pub mod tasks;
+
+/// Duplicate window of `P_TASKS` (the server default).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Opens a KV bucket, creating it with `config` when it does not exist
+/// (two processes racing to create it both end up with the same bucket).
+/// Opens a KV bucket, creating it when missing; a second caller or a
+/// restart finds the existing one and leaves it as it is.
+pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
+        return Ok(store);
+    }
+    match js.create_key_value(config.clone()).await {
+        Ok(store) => Ok(store),
+        Err(e) => js
+            .get_key_value(config.bucket.as_str())
+            .await
+            .map_err(|_| Error::nats(format!("cannot open KV bucket {}: {e}", config.bucket))),
+    }
+}
+
+/// Creates the task, result, DLQ and event streams when missing (an
+/// existing stream is left as it is, so restarts never reset anything).
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<(), Error> {
+    let replicas = replicas.max(1);
+    let day = Duration::from_secs(86_400);
+    let configs = [
+        stream::Config {
+            name: subjects.tasks_stream(),
+            description: Some("jetweave task queues (work queue)".into()),
+            subjects: vec![subjects.tasks_wildcard(), subjects.delayed_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            allow_message_schedules: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.results_stream(),
+            description: Some("jetweave task results (one per task)".into()),
+            subjects: vec![subjects.results_wildcard()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_messages_per_subject: 1,
+            max_age: 7 * day,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.dlq_stream(),
+            description: Some("jetweave dead letters".into()),
+            subjects: vec![subjects.dlq_wildcard()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: 30 * day,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.events_stream(),
+            description: Some("jetweave audit log and process event outcomes".into()),
+            subjects: vec![subjects.events_wildcard()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: 7 * day,
+            allow_direct: true,
+            ..Default::default()
+        },
+    ];
+    for c in configs {
+        let name = c.name.clone();
+        js.get_or_create_stream(c)
+            .await
+            .map_err(|e| Error::nats(format!("cannot create stream {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Creates the shard assignment stream when missing.
+/// Creates the `P_SHARDS` work-queue stream when missing.
+pub async fn ensure_shards_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<(), Error> {
+    js.get_or_create_stream(stream::Config {
+        name: subjects.shards_stream(),
+        description: Some("jetweave shard assignments (one subject per node)".into()),
+        subjects: vec![subjects.shards_wildcard()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| Error::nats(format!("cannot create shard stream: {e}")))
+}
+
+/// The durable consumer of one (queue, priority).
+pub async fn task_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    queue: &str,
+    priority: Priority,
+    ack_wait: Duration,
+) -> Result<consumer::PullConsumer, Error> {
+    let stream = js
+        .get_stream(subjects.tasks_stream())
+        .await
+        .map_err(Error::nats)?;
+    let name = subjects.task_consumer(queue, priority);
+    stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("jetweave {queue}/{}", priority.as_str())),
+                filter_subject: subjects.task(queue, priority),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
+}
+
+/// Opens (or creates) the `P-cancels` bucket.
+pub async fn cancels_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, Error> {
+    open_bucket(
+        js,
+        kv::Config {
+            bucket: subjects.cancels_bucket(),
+            description: "jetweave cancel requests".into(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            max_age: Duration::from_secs(86_400),
+            // Expiry markers let nodes forget cancels that aged out.
+            limit_markers: Some(Duration::from_secs(60)),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Opens (or creates) the `P-runs` bucket.
+pub async fn runs_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, Error> {
+    open_bucket(
+        js,
+        kv::Config {
+            bucket: subjects.runs_bucket(),
+            description: "jetweave runs and shard assignments".into(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
+}

@@ -1,0 +1,8 @@
+//! The wire: what travels between processes. Ids ([`ids`]), the names of
+//! every subject and JetStream resource ([`subjects`]) and every JSON
+//! payload ([`protocol`]). Nothing here talks to NATS; everything above
+//! builds on it.
+
+pub mod ids;
+pub mod protocol;
+pub mod subjects;
