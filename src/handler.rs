@@ -177,7 +177,8 @@ impl From<&TaskContext> for CheckpointOwner {
 /// The result of one attempt.
 pub type HandlerResult = Result<Value, HandlerError>;
 
-type HandlerFn = Arc<dyn Fn(TaskContext, Value) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+pub(crate) type HandlerFn =
+    Arc<dyn Fn(TaskContext, Value) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 /// The handlers a node has, by task type.
 #[derive(Clone, Default)]

@@ -3,34 +3,28 @@
 //! Nodes start against a NATS cluster; everything between them flows over
 //! NATS subjects and JetStream. The wire contract is `subjects.md`.
 //!
-//! ## The parts
-//! - [`subjects`] builds every subject, stream, bucket and store name from
-//!   the prefix; [`protocol`] holds every JSON payload.
-//! - [`discovery`]: each node keeps a NodeInfo with a per-key TTL in the
-//!   `P-nodes` KV bucket; watchers see joins, and see a purge when a
-//!   crashed node's TTL runs out. [`discovery::ClusterView`] is the live
-//!   copy nodes and coordinators read.
-//! - [`node`]: heartbeats (`P.node.<id>.heartbeat`), the `weave-node`
-//!   micro service answering control (`P.ctl.<id>.<verb>`, `P.ctl.all.*`)
-//!   and event injection (`P.event.<id>.<process>`) into named processes,
-//!   and graceful shutdown (drain → wait → unregister).
-//! - [`queue`]: the task work queues. A task published on
-//!   `P.tasks.<queue>.<priority>` lands in the `P_TASKS` work-queue stream;
-//!   a node with a free slot pulls it (highest priority first), runs its
-//!   [`handler`] with progress acks, and writes one terminal TaskResult to
-//!   `P_RESULTS` (`P.results.<task_id>`); failures are NAKed with backoff
-//!   and finally dead-lettered to `P_DLQ`.
-//! - [`coordinator`]: serves the `weave-api` micro service (any number,
-//!   one queue group) and, while it holds the lease in `P-leader`, splits
-//!   runs into shards, publishes them on `P.shards.<node>` and moves them
-//!   when nodes die, drain or join.
-//! - [`checkpoint`]: handler state in the `P-checkpoints` object store.
-//! - [`client`]: the library API for submitters (submit, wait, get,
-//!   cancel) over the `weave-api` micro service.
-//! - [`sidecar`]: the HTTP sidecar (axum) turning REST calls into NATS
-//!   requests; [`up`] starts a whole local cluster; [`cli`] is the command
-//!   line, operator commands included.
-//! - [`shutdown`]: the one shutdown signal every task listens to.
+//! ## The parts, bottom up
+//! Each layer imports only its own and those below (`tests/layers.rs`
+//! checks it); [`worker`] and [`coordinator`] never import each other.
+//! - **base**: [`error`] (typed errors with a code), [`shutdown`] (the one
+//!   stop signal), [`connect`].
+//! - **wire** ([`wire`]): [`wire::ids`] (what may be a subject token),
+//!   [`wire::subjects`] (every subject, stream, bucket and store name,
+//!   built from the prefix) and [`wire::protocol`] (every JSON payload).
+//! - **store** ([`store`]): the JetStream resources and their reads and
+//!   writes: task publishing and schedules, terminal results, the audit
+//!   log, [`store::checkpoint`] (the `P-checkpoints` object store) and
+//!   [`store::discovery`] (the `P-nodes` KV bucket with per-key TTLs, and
+//!   [`store::discovery::ClusterView`], the live copy everyone reads);
+//!   [`config`] (node configuration).
+//! - **handler** ([`handler`]): built-in, exec and http task handlers.
+//! - **roles**: [`worker`] — a node: heartbeats, the `weave-node` micro
+//!   service (control, event injection into named processes), the
+//!   dispatcher that pulls tasks on free slots and one attempt's life;
+//!   [`coordinator`] — the `weave-api` service and, while it holds the
+//!   lease, runs split into shards that move when nodes die, drain or join.
+//! - **top**: [`client`] (submit, wait, get, cancel) and [`sidecar`] (HTTP
+//!   to NATS). The binary adds `cli` and `up`.
 //!
 //! ## A task's path
 //! ```text

@@ -173,10 +173,11 @@ async fn a_supervisor_node_coordinates_and_runs_no_work() {
         (st.leader.as_deref() == Some("sup")).then_some(())
     })
     .await;
-    assert_eq!(
-        node_entry(&client, "sup").await.unwrap()["role"],
-        "supervisor"
-    );
+    let entry = wait_for("sup registered", Duration::from_secs(10), || async {
+        node_entry(&client, "sup").await
+    })
+    .await;
+    assert_eq!(entry["role"], "supervisor");
     for i in 0..6 {
         publish_task(
             &client,

@@ -846,7 +846,7 @@ async fn timeouts_retry_and_progress_acks_keep_long_tasks() {
         }
         Ok(json!({"attempt": ctx.attempt}))
     });
-    let _w = start_node_with(&server, n).await;
+    let w = start_node_with(&server, n).await;
     publish_task(
         &nats,
         "weave.tasks.default.normal",
@@ -859,7 +859,10 @@ async fn timeouts_retry_and_progress_acks_keep_long_tasks() {
     assert_eq!(r.attempts, 2);
     assert_eq!(r.result, json!({"attempt": 2}));
 
-    // 5 s task, ack_wait 2 s, two nodes: one invocation only.
+    // 5 s task, ack_wait 2 s, two nodes: one invocation only. (w1 goes
+    // first: a node without the handler hands the task back with a NAK,
+    // which JetStream counts as a delivery.)
+    w.handle.shutdown(Duration::from_secs(2)).await;
     let count = Arc::new(Mutex::new(0));
     let _a = start_node_with(&server, counting_node("a", "long", 5000, count.clone())).await;
     let _b = start_node_with(&server, counting_node("b", "long", 5000, count.clone())).await;

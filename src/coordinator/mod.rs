@@ -2,10 +2,11 @@
 //! the leader lease — assigns run shards to nodes and moves them when nodes
 //! die, drain or join.
 //!
-//! - [`api`]: the `weave-api` endpoints, served by every coordinator.
-//! - [`leader`]: the lease in the `P-leader` KV bucket (per-key TTL,
+//! - `api`: the `weave-api` endpoints, served by every coordinator.
+//! - `leader`: the lease in the `P-leader` KV bucket (per-key TTL,
 //!   renewed with a revision check), so one coordinator leads.
-//! - [`runs`]: the shard planner and the leader's assignment loop.
+//! - `planner`: pure planning (shard keys, placement strategy).
+//! - `runs`: the leader's assignment engine.
 //!
 //! Any number of coordinators can run; they share nothing but NATS.
 

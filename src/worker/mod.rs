@@ -8,11 +8,12 @@
 //! - the `weave-node` micro service with three endpoints: `control`
 //!   (`P.ctl.<id>.>`), `broadcast` (`P.ctl.all.*`, its own queue group so
 //!   every node answers) and `events` (`P.event.<id>.*`);
-//! - one dispatcher per queue (see [`crate::queue`]) and the cancel watch;
+//! - one dispatcher per queue (`dispatch`; one attempt in `attempt`) and the cancel watch;
 //! - the *lifecycle* task, which on `shutdown` (verb, signal or
 //!   [`NodeHandle::shutdown`]) drains, waits for in-flight work up to a
 //!   deadline, deletes the KV entry and stops everything.
 
+mod attempt;
 mod dispatch;
 mod process;
 

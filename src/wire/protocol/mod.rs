@@ -706,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn wire_types_match_the_contract() {
+    fn node_types_match_the_contract() {
         let at = "2026-01-02T03:04:05.000Z".to_string();
         let mut meta = Map::new();
         meta.insert("k".into(), json!("v"));
@@ -747,6 +747,13 @@ mod tests {
                 "max_concurrency": 4, "queues": ["q"], "completed": 5, "failed": 6,
                 "last_heartbeat_at": at, "metadata": {}}),
         );
+    }
+
+    #[test]
+    fn task_types_match_the_contract() {
+        let at = "2026-01-02T03:04:05.000Z".to_string();
+        let mut meta = Map::new();
+        meta.insert("k".into(), json!("v"));
         assert_wire(
             TaskEnvelope {
                 task_type: "echo".into(),
@@ -785,6 +792,11 @@ mod tests {
                 "attempts": 3, "node_id": "n", "started_at": at, "finished_at": at,
                 "duration_s": 0.25}),
         );
+    }
+
+    #[test]
+    fn event_cluster_and_checkpoint_types_match_the_contract() {
+        let at = "2026-01-02T03:04:05.000Z".to_string();
         assert_wire(
             EventOutcome {
                 event_id: "e".into(),

@@ -1,0 +1,682 @@
+//! One attempt of a task or shard: **admit** (parse the message; skip a
+//! cancelled, finished, delayed or over-delivered task; find the handler)
+//! → **execute** (the handler, with progress acks, a timeout and cancel)
+//! → **classify** (pure: what the outcome means for the task) → **settle**
+//! (result, retry NAK, dead letter, or back to the queue).
+//!
+//! The delivery count is the attempt number. A failed attempt is NAKed
+//! with its backoff; the last one is dead-lettered by the node (copy to
+//! `P_DLQ`, then `Term`), because `max_deliver` alone would leave the
+//! message stuck in a work-queue stream.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch::Source;
+use super::{CancelReason, Running, Shared};
+use crate::handler::{HandlerError, HandlerFn, ShardInfo, TaskContext};
+use crate::store::results::store_result;
+use crate::store::tasks::schedule;
+use crate::wire::protocol::{
+    json_body, now_rfc3339, parse_object, parse_rfc3339, shard_task_id, DeadLetter, Health,
+    Priority, ShardAssignment, ShardDone, TaskEnvelope, TaskResult, TaskStatus,
+};
+use crate::wire::subjects::validate_task_id;
+
+/// A delivered message that passed admission.
+struct Delivery {
+    queue: String,
+    attempt: u32,
+    env: TaskEnvelope,
+    task_id: String,
+    shard: Option<ShardInfo>,
+    msg: jetstream::Message,
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Done(Result<Value, HandlerError>),
+    Cancelled(CancelReason),
+    TimedOut(Duration),
+}
+
+/// What an outcome means for the task.
+#[derive(Debug, PartialEq)]
+pub(super) enum Verdict {
+    /// Not the task's fault (the node is stopping): back to the queue now.
+    Return,
+    /// A failed attempt with attempts left: NAK after its backoff.
+    Retry,
+    /// The terminal result; `dead` ones also get a DLQ copy.
+    Final {
+        status: TaskStatus,
+        result: Value,
+        error: Option<String>,
+        dead: bool,
+    },
+}
+
+/// Runs one delivery of a task or shard message.
+pub(super) async fn run_task(
+    s: Arc<Shared>,
+    source: Source,
+    msg: jetstream::Message,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some((d, handler)) = admit(&s, &source, msg).await else {
+        return;
+    };
+    let started_at = now_rfc3339();
+    let t0 = Instant::now();
+    let outcome = execute(&s, &d, handler, &started_at).await;
+    let duration = t0.elapsed().as_secs_f64();
+    let verdict = classify(outcome, d.attempt, d.env.max_attempts());
+    let failed_attempt = match &verdict {
+        Verdict::Retry => true,
+        Verdict::Final { status, .. } => {
+            !matches!(status, TaskStatus::Completed | TaskStatus::Cancelled)
+        }
+        Verdict::Return => false,
+    };
+    if failed_attempt {
+        s.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    conclude(&s, d, verdict, Some(started_at), duration).await;
+}
+
+/// What an outcome means, given the attempt number (pure).
+pub(super) fn classify(outcome: Outcome, attempt: u32, max_attempts: u32) -> Verdict {
+    let last = attempt >= max_attempts;
+    let fail = |status, error: String| {
+        if last {
+            Verdict::Final {
+                status,
+                result: Value::Null,
+                error: Some(error),
+                dead: true,
+            }
+        } else {
+            Verdict::Retry
+        }
+    };
+    match outcome {
+        Outcome::Done(Ok(v)) => Verdict::Final {
+            status: TaskStatus::Completed,
+            result: v,
+            error: None,
+            dead: false,
+        },
+        Outcome::Done(Err(e)) if !e.retryable => Verdict::Final {
+            status: TaskStatus::Failed,
+            result: Value::Null,
+            error: Some(e.message),
+            dead: false,
+        },
+        Outcome::Done(Err(e)) => fail(TaskStatus::Dead, e.message),
+        Outcome::TimedOut(d) => fail(
+            TaskStatus::Timeout,
+            format!("timed out after {:.3} s", d.as_secs_f64()),
+        ),
+        Outcome::Cancelled(CancelReason::Timeout) => fail(TaskStatus::Timeout, "timed out".into()),
+        Outcome::Cancelled(CancelReason::User) => Verdict::Final {
+            status: TaskStatus::Cancelled,
+            result: Value::Null,
+            error: Some("cancelled".into()),
+            dead: false,
+        },
+        Outcome::Cancelled(CancelReason::Shutdown) => Verdict::Return,
+    }
+}
+
+/// Settles the message as the verdict says.
+async fn conclude(
+    s: &Shared,
+    d: Delivery,
+    verdict: Verdict,
+    started: Option<String>,
+    duration: f64,
+) {
+    let (status, result, error, dead) = match verdict {
+        Verdict::Return => return settle(&d.msg, AckKind::Nak(None)).await,
+        Verdict::Retry => {
+            let delay = d.env.backoff(d.attempt);
+            tracing::debug!(task_id = %d.task_id, attempt = d.attempt, ?delay, "attempt failed; retrying");
+            return settle(&d.msg, AckKind::Nak(Some(delay))).await;
+        }
+        Verdict::Final {
+            status,
+            result,
+            error,
+            dead,
+        } => (status, result, error, dead),
+    };
+    if dead {
+        let err = error.unwrap_or_default();
+        dead_end(s, &d, &err, d.attempt, status, started).await;
+        settle(&d.msg, AckKind::Term).await;
+        return notify_shard_done(s, d.shard, d.task_id).await;
+    }
+    if status == TaskStatus::Completed {
+        s.completed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let r = task_result(
+        s, &d.task_id, status, result, error, d.attempt, started, duration,
+    );
+    match store_result(&s.js, &s.subjects, &r).await {
+        Ok(_) => {
+            settle(&d.msg, AckKind::Ack).await;
+            notify_shard_done(s, d.shard, d.task_id).await;
+        }
+        Err(e) => {
+            tracing::warn!(task_id = %d.task_id, error = %e, "result not stored; task goes back to the queue");
+            settle(&d.msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+/// Parses the message and decides whether it runs here now. Every
+/// message that does not run is settled here.
+async fn admit(
+    s: &Shared,
+    source: &Source,
+    msg: jetstream::Message,
+) -> Option<(Delivery, HandlerFn)> {
+    let Ok(info) = msg.info() else {
+        settle(&msg, AckKind::Term).await;
+        return None;
+    };
+    let (attempt, seq) = (info.delivered.max(1) as u32, info.stream_sequence);
+    let queue = source.label().to_string();
+    let (env, task_id, shard) = match parse_message(s, source, &msg, seq) {
+        Ok(v) => v,
+        Err((id, reason)) => {
+            let d = Delivery {
+                queue,
+                attempt,
+                env: TaskEnvelope::default(),
+                task_id: id,
+                shard: None,
+                msg,
+            };
+            dead_end(s, &d, &reason, attempt, TaskStatus::Dead, None).await;
+            settle(&d.msg, AckKind::Term).await;
+            return None;
+        }
+    };
+    let d = Delivery {
+        queue,
+        attempt,
+        env,
+        task_id,
+        shard,
+        msg,
+    };
+    if skip_cancelled(s, &d).await || skip_finished(s, &d).await || defer_delayed(s, &d).await {
+        return None;
+    }
+    if d.attempt > d.env.max_attempts() {
+        let reason = format!(
+            "delivered {} times, more than max_attempts {} (its nodes died or lost their acks)",
+            d.attempt,
+            d.env.max_attempts()
+        );
+        dead_end(s, &d, &reason, d.attempt - 1, TaskStatus::Dead, None).await;
+        settle(&d.msg, AckKind::Term).await;
+        return None;
+    }
+    match s.handlers.get(&d.env.task_type) {
+        Some(h) => Some((d, h)),
+        None => {
+            no_handler(s, &d).await;
+            None
+        }
+    }
+}
+
+/// A task cancelled before it started ends `cancelled` without running.
+async fn skip_cancelled(s: &Shared, d: &Delivery) -> bool {
+    if !is_cancelled(s, &d.task_id) {
+        return false;
+    }
+    let r = task_result(
+        s,
+        &d.task_id,
+        TaskStatus::Cancelled,
+        Value::Null,
+        Some("cancelled before it started".into()),
+        d.attempt.saturating_sub(1),
+        None,
+        0.0,
+    );
+    let _ = store_result(&s.js, &s.subjects, &r).await;
+    settle(&d.msg, AckKind::Ack).await;
+    true
+}
+
+/// An earlier attempt finished but its ack was lost: just ack.
+async fn skip_finished(s: &Shared, d: &Delivery) -> bool {
+    let done = d.attempt > 1
+        && s.results
+            .direct_get_last_for_subject(s.subjects.result(&d.task_id))
+            .await
+            .is_ok();
+    if done {
+        settle(&d.msg, AckKind::Ack).await;
+    }
+    done
+}
+
+/// A task published with a future `not_before` becomes a message
+/// schedule (not an attempt).
+async fn defer_delayed(s: &Shared, d: &Delivery) -> bool {
+    let Some(Ok(t)) = d.env.not_before.as_deref().map(parse_rfc3339) else {
+        return false;
+    };
+    let wait = t - time::OffsetDateTime::now_utc();
+    if wait <= time::Duration::milliseconds(5) {
+        return false;
+    }
+    let priority = d
+        .msg
+        .subject
+        .rsplit('.')
+        .next()
+        .and_then(|p| p.parse::<Priority>().ok())
+        .unwrap_or_default();
+    let mut env = d.env.clone();
+    env.id = Some(d.task_id.clone());
+    match schedule(&s.js, &s.subjects, &d.queue, priority, &env).await {
+        Ok(()) => settle(&d.msg, AckKind::Ack).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot schedule delayed task; holding it with a NAK");
+            let wait = Duration::try_from(wait).unwrap_or(Duration::from_secs(1));
+            settle(&d.msg, AckKind::Nak(Some(wait))).await;
+        }
+    }
+    true
+}
+
+/// No handler here: leave it to a live node that has one, or dead-letter.
+async fn no_handler(s: &Shared, d: &Delivery) {
+    let elsewhere = s.view.nodes().iter().any(|n| {
+        n.node_id != s.cfg.node_id
+            && n.health == Health::Healthy
+            && n.queues.contains(&d.queue)
+            && n.handlers().contains(&d.env.task_type)
+    });
+    if elsewhere {
+        return settle(&d.msg, AckKind::Nak(Some(Duration::from_millis(500)))).await;
+    }
+    let reason = format!(
+        "no live node handles task type {:?} on queue {:?}",
+        d.env.task_type, d.queue
+    );
+    dead_end(s, d, &reason, d.attempt, TaskStatus::Dead, None).await;
+    settle(&d.msg, AckKind::Term).await;
+}
+
+fn is_cancelled(s: &Shared, task_id: &str) -> bool {
+    s.cancelled
+        .lock()
+        .expect("cancelled set poisoned")
+        .contains(task_id)
+}
+
+/// The node's record of a running task: registered on creation, removed
+/// (with the active count) on drop, whatever way the attempt ends.
+struct RunningGuard<'a> {
+    s: &'a Shared,
+    task_id: String,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn register(
+        s: &'a Shared,
+        d: &Delivery,
+        cancel: &CancellationToken,
+        reason: &Arc<Mutex<Option<CancelReason>>>,
+        started_at: &str,
+    ) -> Self {
+        s.running.lock().expect("running set poisoned").insert(
+            d.task_id.clone(),
+            Running {
+                queue: d.queue.clone(),
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+                started_at: started_at.to_string(),
+            },
+        );
+        s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RunningGuard {
+            s,
+            task_id: d.task_id.clone(),
+        }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.s.running.lock() {
+            r.remove(&self.task_id);
+        }
+        self.s
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs the handler under the attempt's timeout and cancel token, sending
+/// progress acks every `ack_wait / 3` so a live node keeps its task.
+async fn execute(s: &Shared, d: &Delivery, handler: HandlerFn, started_at: &str) -> Outcome {
+    let cancel = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    let _running = RunningGuard::register(s, d, &cancel, &reason, started_at);
+    // A cancel that arrived between admission and the registration.
+    if is_cancelled(s, &d.task_id) {
+        reason
+            .lock()
+            .expect("cancel reason poisoned")
+            .get_or_insert(CancelReason::User);
+        cancel.cancel();
+    }
+    let mut ctx = TaskContext::new(d.task_id.clone(), d.env.task_type.clone(), d.attempt)
+        .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone());
+    ctx.metadata = d.env.metadata.clone();
+    ctx.shard = d.shard.clone();
+    // A handler that panics fails its attempt; it never takes the node's
+    // bookkeeping (slot, running set) down with it.
+    let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(
+        ctx,
+        d.env.payload.clone(),
+    )));
+    let run = futures::FutureExt::map(run, |r| {
+        r.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")))
+    });
+    tokio::pin!(run);
+    let deadline = d.env.timeout();
+    let timeout = async {
+        match deadline {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let every = (s.cfg.ack_wait / 3).max(Duration::from_millis(200));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let why = || {
+        reason
+            .lock()
+            .expect("cancel reason poisoned")
+            .unwrap_or(CancelReason::User)
+    };
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut run => {
+                // A handler that gave up because it was cancelled reports
+                // the cancel, not a failure.
+                if r.is_err() && cancel.is_cancelled() {
+                    return Outcome::Cancelled(why());
+                }
+                return Outcome::Done(r);
+            }
+            _ = cancel.cancelled() => return Outcome::Cancelled(why()),
+            _ = &mut timeout => {
+                reason.lock().expect("cancel reason poisoned").get_or_insert(CancelReason::Timeout);
+                cancel.cancel();
+                return Outcome::TimedOut(deadline.unwrap_or_default());
+            }
+            _ = ticker.tick() => {
+                let _ = d.msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+fn header(msg: &jetstream::Message, name: &str) -> Option<String> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
+fn raw_envelope(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| {
+        Value::String(
+            String::from_utf8_lossy(&payload[..payload.len().min(64 * 1024)]).into_owned(),
+        )
+    })
+}
+
+async fn settle(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(error = %e, "ack failed (the task will be redelivered)");
+    }
+}
+
+/// Tells the coordinator a shard has its terminal result.
+async fn notify_shard_done(s: &Shared, shard: Option<ShardInfo>, task_id: String) {
+    if let Some(sh) = shard {
+        let done = ShardDone {
+            task_id,
+            run_id: sh.run_id,
+            shard_key: sh.shard_key,
+            node_id: s.cfg.node_id.clone(),
+        };
+        let body = json_body(&done);
+        let _ = s.client.publish(s.subjects.shard_done(), body).await;
+    }
+}
+
+type Parsed = (TaskEnvelope, String, Option<ShardInfo>);
+
+/// The envelope, task id and shard of a message, or the id to record and
+/// the reason it is rejected.
+fn parse_message(
+    s: &Shared,
+    source: &Source,
+    msg: &jetstream::Message,
+    seq: u64,
+) -> Result<Parsed, (String, String)> {
+    if *source == Source::Shards {
+        let a: ShardAssignment = parse_object(&msg.payload).map_err(|e| {
+            (
+                format!("{}-{}", s.subjects.shards_stream(), seq),
+                format!("rejected shard message: {}", e.reason()),
+            )
+        })?;
+        let task_id = shard_task_id(&a.run_id, a.iteration, &a.shard_key);
+        let env = TaskEnvelope {
+            task_type: a.task_type,
+            id: Some(task_id.clone()),
+            payload: a.payload,
+            metadata: a.metadata,
+            ..Default::default()
+        };
+        let shard = ShardInfo {
+            run_id: a.run_id,
+            iteration: a.iteration,
+            shard_key: a.shard_key,
+        };
+        return Ok((env, task_id, Some(shard)));
+    }
+    let fallback_id = format!("{}-{}", s.subjects.tasks_stream(), seq);
+    let header_id = header(msg, "Nats-Msg-Id");
+    let env = parse_object::<TaskEnvelope>(&msg.payload)
+        .and_then(|e| e.validate().map(|_| e))
+        .map_err(|err| {
+            let id = header_id
+                .clone()
+                .filter(|h| validate_task_id(h).is_ok())
+                .unwrap_or_else(|| fallback_id.clone());
+            (id, format!("rejected task message: {}", err.reason()))
+        })?;
+    let task_id = match (&env.id, header_id) {
+        (Some(id), _) => id.clone(),
+        (None, Some(h)) if validate_task_id(&h).is_ok() => h,
+        (None, Some(h)) => {
+            return Err((
+                fallback_id,
+                format!("rejected task message: Nats-Msg-Id {h:?} is not a valid task id"),
+            ))
+        }
+        (None, None) => fallback_id,
+    };
+    Ok((env, task_id, None))
+}
+
+/// Dead-letters a task (copy to `P_DLQ` with the error, the envelope as it
+/// arrived) and records its terminal result.
+async fn dead_end(
+    s: &Shared,
+    d: &Delivery,
+    error: &str,
+    attempts: u32,
+    status: TaskStatus,
+    started_at: Option<String>,
+) {
+    let (task_id, queue) = (d.task_id.as_str(), d.queue.as_str());
+    tracing::info!(task_id, queue, error, "task dead-lettered");
+    let dl = DeadLetter {
+        task_id: Some(task_id.to_string()),
+        queue: queue.to_string(),
+        envelope: raw_envelope(&d.msg.payload),
+        error: error.to_string(),
+        attempts,
+        node_id: s.cfg.node_id.clone(),
+        dead_at: now_rfc3339(),
+    };
+    match s.js.publish(s.subjects.dlq(queue), json_body(&dl)).await {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                tracing::error!(error = %e, "dead letter not stored");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dead letter not published"),
+    }
+    let r = task_result(
+        s,
+        task_id,
+        status,
+        Value::Null,
+        Some(error.to_string()),
+        attempts,
+        started_at,
+        0.0,
+    );
+    let _ = store_result(&s.js, &s.subjects, &r).await;
+}
+
+/// A terminal result written by this node.
+#[allow(clippy::too_many_arguments)]
+fn task_result(
+    s: &Shared,
+    task_id: &str,
+    status: TaskStatus,
+    result: Value,
+    error: Option<String>,
+    attempts: u32,
+    started_at: Option<String>,
+    duration_s: f64,
+) -> TaskResult {
+    TaskResult {
+        task_id: task_id.to_string(),
+        status,
+        result,
+        error,
+        attempts,
+        node_id: Some(s.cfg.node_id.clone()),
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(v: Result<Value, HandlerError>) -> Outcome {
+        Outcome::Done(v)
+    }
+
+    #[test]
+    fn classify_says_what_an_outcome_means() {
+        let completed = classify(done(Ok(Value::from(1))), 1, 3);
+        assert_eq!(
+            completed,
+            Verdict::Final {
+                status: TaskStatus::Completed,
+                result: Value::from(1),
+                error: None,
+                dead: false
+            }
+        );
+        // A fatal error fails at once, whatever the attempts left.
+        let v = classify(done(Err(HandlerError::fatal("bad input"))), 1, 3);
+        assert!(
+            matches!(
+                v,
+                Verdict::Final {
+                    status: TaskStatus::Failed,
+                    dead: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        // A retryable error retries until the last attempt, then is dead.
+        assert_eq!(
+            classify(done(Err(HandlerError::retry("x"))), 2, 3),
+            Verdict::Retry
+        );
+        let v = classify(done(Err(HandlerError::retry("x"))), 3, 3);
+        assert_eq!(
+            v,
+            Verdict::Final {
+                status: TaskStatus::Dead,
+                result: Value::Null,
+                error: Some("x".into()),
+                dead: true
+            }
+        );
+        // A timeout is a failure: retried, and `timeout` when it was the last.
+        assert_eq!(
+            classify(Outcome::TimedOut(Duration::from_secs(1)), 1, 2),
+            Verdict::Retry
+        );
+        let v = classify(Outcome::TimedOut(Duration::from_millis(1500)), 2, 2);
+        assert!(
+            matches!(&v, Verdict::Final { status: TaskStatus::Timeout, dead: true, error: Some(e), .. } if e == "timed out after 1.500 s"),
+            "{v:?}"
+        );
+        assert_eq!(
+            classify(Outcome::Cancelled(CancelReason::Timeout), 1, 3),
+            Verdict::Retry
+        );
+        // A user's cancel is final; a shutdown is not the task's fault.
+        let v = classify(Outcome::Cancelled(CancelReason::User), 1, 3);
+        assert!(
+            matches!(
+                v,
+                Verdict::Final {
+                    status: TaskStatus::Cancelled,
+                    dead: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        assert_eq!(
+            classify(Outcome::Cancelled(CancelReason::Shutdown), 3, 3),
+            Verdict::Return
+        );
+    }
+}
