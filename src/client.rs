@@ -68,11 +68,11 @@ impl Client {
             .js
             .get_stream(self.subjects.tasks_stream())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         Ok(stream
             .info()
             .await
-            .map_err(Error::nats)?
+            .map_err(Error::nats_source)?
             .state
             .last_sequence)
     }
@@ -94,14 +94,14 @@ impl Client {
         subject: String,
         body: &Value,
     ) -> Result<T, Error> {
-        let payload = serde_json::to_vec(body).map_err(|e| Error::nats(e.to_string()))?;
+        let payload = serde_json::to_vec(body)?;
         let msg = tokio::time::timeout(
             API_TIMEOUT,
             self.nats.request(subject.clone(), payload.into()),
         )
         .await
         .map_err(|_| Error::Timeout(format!("no answer on {subject}")))?
-        .map_err(|e| Error::nats(format!("{subject}: {e}")))?;
+        .map_err(|e| Error::from(e).context(&subject))?;
         let v: Value = serde_json::from_slice(&msg.payload)
             .map_err(|e| Error::nats(format!("{subject}: reply is not JSON: {e}")))?;
         if v.get("ok") == Some(&Value::Bool(false)) {
@@ -121,7 +121,7 @@ impl Client {
     /// Submits a task through `weave-api` (`tasks.submit`).
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, Error> {
         req.validate()?;
-        let body = serde_json::to_value(req).map_err(|e| Error::nats(e.to_string()))?;
+        let body = serde_json::to_value(req)?;
         self.api("tasks.submit", &body).await
     }
 
@@ -143,7 +143,7 @@ impl Client {
             .js
             .get_stream(self.subjects.results_stream())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         Ok(crate::store::results::read_result(&stream, &self.subjects, task_id).await)
     }
 
@@ -158,7 +158,7 @@ impl Client {
             .nats
             .subscribe(self.subjects.result(task_id))
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         loop {
             // A failed or lost read (e.g. while reconnecting) is retried.
             if let Ok(Ok(Some(r))) =
@@ -249,11 +249,11 @@ impl Client {
             .nats
             .subscribe(inbox.clone())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         self.nats
             .publish_with_reply(self.subjects.ctl_all(verb), inbox, "{}".into())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {

@@ -121,7 +121,7 @@ impl NatsOptions {
                     ) =>
                 {
                     // Waiting does not fix credentials: say so at once.
-                    return Err(Error::Nats(format!(
+                    return Err(Error::nats(format!(
                         "NATS at {} refused the credentials ({e}): check --token, \
                          --user/--password or --creds",
                         self.url
@@ -129,7 +129,7 @@ impl NatsOptions {
                 }
                 Err(e) => {
                     if Instant::now() + delay > deadline {
-                        return Err(Error::Nats(format!(
+                        return Err(Error::nats(format!(
                             "cannot reach NATS at {} after {:?}: {e}",
                             self.url, self.connect_wait
                         )));

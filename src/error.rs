@@ -62,6 +62,57 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The kind of failure this code names.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidValue
+            | ErrorCode::InvalidId
+            | ErrorCode::UnknownVerb => ErrorKind::Invalid,
+            ErrorCode::UnknownNode
+            | ErrorCode::UnknownProcess
+            | ErrorCode::UnknownTask
+            | ErrorCode::UnknownRun => ErrorKind::NotFound,
+            ErrorCode::ProcessStopped | ErrorCode::AlreadyFinished | ErrorCode::Draining => {
+                ErrorKind::Conflict
+            }
+            ErrorCode::Nats => ErrorKind::Unavailable,
+            ErrorCode::Timeout => ErrorKind::Timeout,
+            ErrorCode::Internal => ErrorKind::Internal,
+        }
+    }
+
+    /// The code with this wire form, if there is one.
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(code.to_string())).ok()
+    }
+}
+
+/// What went wrong, for callers to match on (HTTP statuses and exit codes
+/// come from it, never from message text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request, or a value in it, is wrong.
+    Invalid,
+    /// The node, process, task or run named does not exist.
+    NotFound,
+    /// The request conflicts with the current state.
+    Conflict,
+    /// Nobody listens on the subject (no such node, no coordinator).
+    NoResponders,
+    /// Nobody answered in time.
+    Timeout,
+    /// NATS or JetStream could not be reached or failed.
+    Unavailable,
+    /// The configuration is wrong.
+    Config,
+    /// Local I/O failed, or a bug.
+    Internal,
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
 /// The crate's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,8 +125,16 @@ pub enum Error {
         message: String,
     },
     /// Talking to NATS failed.
-    #[error("nats: {0}")]
-    Nats(String),
+    #[error("nats: {message}")]
+    Nats {
+        /// NoResponders, Timeout or Unavailable.
+        kind: ErrorKind,
+        /// What was being done, and the failure.
+        message: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<Source>,
+    },
     /// A remote endpoint answered with an error reply.
     #[error("{message} ({code})")]
     Remote {
@@ -90,9 +149,29 @@ pub enum Error {
     /// Reading configuration failed.
     #[error("config: {0}")]
     Config(String),
+    /// A value could not be encoded or decoded as JSON.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
     /// Local I/O failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<async_nats::RequestError> for Error {
+    fn from(e: async_nats::RequestError) -> Self {
+        let kind = match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => ErrorKind::NoResponders,
+            async_nats::RequestErrorKind::TimedOut => ErrorKind::Timeout,
+            async_nats::RequestErrorKind::InvalidSubject
+            | async_nats::RequestErrorKind::MaxPayloadExceeded => ErrorKind::Invalid,
+            async_nats::RequestErrorKind::Other => ErrorKind::Unavailable,
+        };
+        Error::Nats {
+            kind,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
 }
 
 impl Error {
@@ -104,20 +183,67 @@ impl Error {
         }
     }
 
-    /// A NATS error from anything displayable.
+    /// NATS unavailable or failing, described by a message.
     pub fn nats(e: impl std::fmt::Display) -> Self {
-        Error::Nats(e.to_string())
+        Error::Nats {
+            kind: ErrorKind::Unavailable,
+            message: e.to_string(),
+            source: None,
+        }
+    }
+
+    /// NATS unavailable or failing, keeping the client's error as source.
+    pub fn nats_source(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Nats {
+            kind: ErrorKind::Unavailable,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// The same error with `context` (e.g. the subject) before its message.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Nats {
+                kind,
+                message,
+                source,
+            } => Error::Nats {
+                kind,
+                message: format!("{context}: {message}"),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { code, .. } => code.kind(),
+            Error::Nats { kind, .. } => *kind,
+            Error::Remote { code, .. } => ErrorCode::parse(code)
+                .map(ErrorCode::kind)
+                .unwrap_or(ErrorKind::Unavailable),
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Json(_) | Error::Io(_) => ErrorKind::Internal,
+        }
     }
 
     /// The code an error reply carries.
     pub fn code(&self) -> String {
         match self {
             Error::Invalid { code, .. } => code.as_str().to_string(),
-            Error::Nats(_) => ErrorCode::Nats.as_str().to_string(),
+            Error::Nats {
+                kind: ErrorKind::Timeout,
+                ..
+            }
+            | Error::Timeout(_) => ErrorCode::Timeout.as_str().to_string(),
+            Error::Nats { .. } => ErrorCode::Nats.as_str().to_string(),
             Error::Remote { code, .. } => code.clone(),
-            Error::Timeout(_) => ErrorCode::Timeout.as_str().to_string(),
             Error::Config(_) => ErrorCode::InvalidValue.as_str().to_string(),
-            Error::Io(_) => ErrorCode::Internal.as_str().to_string(),
+            Error::Json(_) | Error::Io(_) => ErrorCode::Internal.as_str().to_string(),
         }
     }
 
@@ -132,3 +258,32 @@ impl Error {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_codes_not_text() {
+        let e = Error::invalid(ErrorCode::UnknownTask, "no such task");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = Error::Remote {
+            code: "process_stopped".into(),
+            message: "whatever it says".into(),
+        };
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        let e = Error::Remote {
+            code: "something_new".into(),
+            message: "no such task".into(),
+        };
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let e = Error::nats("stream gone").context("weave.api.tasks.get");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert_eq!(e.code(), "nats");
+        assert!(e.to_string().contains("weave.api.tasks.get: stream gone"));
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = Error::from(json);
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(std::error::Error::source(&e).is_some(), "keeps its source");
+    }
+}

@@ -36,7 +36,7 @@ use subtle::ConstantTimeEq;
 
 use crate::client::Client;
 use crate::config::{HandlerSpec, NodeConfig};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::shutdown::Shutdown;
 use crate::wire::protocol::{
     now_rfc3339, parse_object, Health, Priority, SubmitRequest, TaskEnvelope,
@@ -176,26 +176,39 @@ fn err(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
     )
 }
 
+/// The HTTP status of an error, from its kind.
+fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::Config => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::NoResponders | ErrorKind::Timeout | ErrorKind::Unavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let code = e.code();
-        let status = match (&e, code.as_str()) {
-            (Error::Timeout(_), _) => StatusCode::SERVICE_UNAVAILABLE,
-            (Error::Nats(_), _) => StatusCode::SERVICE_UNAVAILABLE,
-            (_, "unknown_node" | "unknown_process" | "unknown_task" | "unknown_run") => {
-                StatusCode::NOT_FOUND
-            }
-            (_, "invalid_json" | "invalid_value" | "invalid_id" | "unknown_verb") => {
-                StatusCode::BAD_REQUEST
-            }
-            (_, "process_stopped" | "already_finished" | "draining") => StatusCode::CONFLICT,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        err(status, &code, e.reason())
+        err(http_status(e.kind()), &e.code(), e.reason())
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// Nobody answering a node's subject means there is no such node (404).
+fn unknown_node_if_silent(e: Error, node: &str) -> ApiError {
+    if e.kind() == ErrorKind::NoResponders {
+        err(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            format!("unknown node {node:?}"),
+        )
+    } else {
+        ApiError::from(e)
+    }
+}
 
 fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
@@ -210,13 +223,9 @@ impl App {
         &self,
         target: &str,
         f: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, Error> {
         if self.client.nats().connection_state() != async_nats::connection::State::Connected {
-            return Err(err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "nats",
-                "NATS is not reachable",
-            ));
+            return Err(Error::nats("NATS is not reachable"));
         }
         let t0 = Instant::now();
         let r = tokio::time::timeout(self.cfg.request_timeout, f).await;
@@ -224,45 +233,28 @@ impl App {
             .nats_latency
             .with_label_values(&[target])
             .observe(t0.elapsed().as_secs_f64());
-        match r {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!(
-                    "no answer from {target} within {:?}",
-                    self.cfg.request_timeout
-                ),
-            )),
-        }
+        r.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "no answer from {target} within {:?}",
+                self.cfg.request_timeout
+            )))
+        })
     }
 
-    /// A control request to a node; "no responders" becomes 404 unknown node.
+    /// A control request to a node; no responders (the kind) is 404 unknown node.
     async fn ctl(&self, node: &str, verb: &str, body: Value) -> Result<Value, ApiError> {
         validate_id("node id", node).map_err(ApiError::from)?;
         let r = self
             .timed("node", self.client.control(node, verb, &body))
             .await;
-        match r {
-            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, v))
-                if v["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("no responders")) =>
-            {
-                Err(err(
-                    StatusCode::NOT_FOUND,
-                    "unknown_node",
-                    format!("unknown node {node:?}"),
-                ))
-            }
-            other => other,
-        }
+        r.map_err(|e| unknown_node_if_silent(e, node))
     }
 
     async fn api(&self, endpoint: &str, body: Value) -> Result<Value, ApiError> {
         let subject = self.client.subjects().api(endpoint);
         self.timed("api", self.client.request::<Value>(subject, &body))
             .await
+            .map_err(ApiError::from)
     }
 }
 
@@ -284,12 +276,15 @@ pub async fn serve(
         cfg,
     });
     let router = router(app.clone());
-    tokio::spawn(reap_agents(app.clone()));
+    // The reaper ends with the shutdown; the server task waits for it, so
+    // `SidecarHandle::wait` returns when both have ended.
+    let reaper = tokio::spawn(reap_agents(app.clone()));
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { sd.wait().await })
             .await;
+        let _ = reaper.await;
         let bridges: Vec<NodeHandle> = app
             .agents
             .lock()
@@ -472,21 +467,8 @@ async fn process_verb_impl(
             let body = serde_json::to_value(&ev).unwrap_or(Value::Null);
             let r = app
                 .timed("node", app.client.request::<Value>(subject, &body))
-                .await;
-            let r = match r {
-                Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, v))
-                    if v["error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("no responders")) =>
-                {
-                    return Err(err(
-                        StatusCode::NOT_FOUND,
-                        "unknown_node",
-                        format!("unknown node {node:?}"),
-                    ))
-                }
-                other => other?,
-            };
+                .await
+                .map_err(|e| unknown_node_if_silent(e, node))?;
             Ok((StatusCode::ACCEPTED, Json(r)).into_response())
         }
         other => Err(err(

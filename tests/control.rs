@@ -638,3 +638,32 @@ async fn a_failing_event_handler_is_stored_as_failed() {
     assert_eq!(out["status"], "completed");
     node.handle.shutdown(Duration::from_secs(2)).await;
 }
+
+/// When `wait()` returns every loop of the node has ended: no heartbeat
+/// follows, the entry stays deleted, and the node's service is gone.
+#[tokio::test]
+async fn a_stopped_node_leaves_nothing_running() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let node = start_node(&server, node_config("gone1")).await;
+    let mut hb = client
+        .subscribe("weave.node.gone1.heartbeat")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    next_json(&mut hb, Duration::from_secs(2)).await;
+    node.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), node.handle.wait())
+        .await
+        .expect("node stopped");
+    // Three heartbeat intervals of silence, and no entry.
+    if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1500), hb.next()).await {
+        panic!("heartbeat after wait(): {:?}", m.payload);
+    }
+    assert!(node_entry(&client, "gone1").await.is_none());
+    let r = client
+        .request("weave.ctl.gone1.ping", "".into())
+        .await
+        .expect_err("no one answers for a stopped node");
+    assert_eq!(r.kind(), async_nats::RequestErrorKind::NoResponders);
+}

@@ -649,3 +649,47 @@ impl LeaseWatch {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// A coordinator's `wait()` returns after its loops ended and only then
+/// gives the lease up: the standby leads at once (not after the TTL) and
+/// the stopped one no longer answers the API.
+#[tokio::test]
+async fn a_stopping_leader_hands_over_at_once() {
+    let server = NatsServer::start();
+    let api = api_client(&server).await;
+    let c1 = start_coordinator(&server, "c1").await;
+    wait_for("c1 leads", Duration::from_secs(5), || async {
+        c1.coordinator.is_leader().then_some(())
+    })
+    .await;
+    let c2 = start_coordinator(&server, "c2").await;
+    c1.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), c1.coordinator.wait())
+        .await
+        .expect("c1 stopped");
+    let t0 = Instant::now();
+    wait_for("c2 leads", Duration::from_secs(3), || async {
+        c2.coordinator.is_leader().then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?}: the lease was not released"
+    );
+    assert!(!c1.coordinator.is_leader());
+    let nats = server.client().await;
+    let inbox = nats.new_inbox();
+    let mut sub = nats.subscribe(inbox.clone()).await.unwrap();
+    nats.publish_with_reply("$SRV.PING.weave-api", inbox, "".into())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        ids.push(v["id"].clone());
+    }
+    assert_eq!(ids.len(), 1, "only c2 answers: {ids:?}");
+    let st = api.cluster_status().await.unwrap();
+    assert_eq!(st.leader.as_deref(), Some("c2"));
+}

@@ -266,8 +266,12 @@ pub async fn nodes(c: &Client, a: &NodesArgs) -> Result<(), Error> {
         1,
     )
     .await?;
-    let view =
-        crate::store::discovery::ClusterView::start(&d, crate::shutdown::Shutdown::new()).await?;
+    let view = crate::store::discovery::ClusterView::start(
+        &d,
+        crate::shutdown::Shutdown::new(),
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .await?;
     let mut rx = view
         .subscribe()
         .ok_or_else(|| Error::nats("no event channel"))?;
@@ -297,7 +301,7 @@ pub async fn target(c: &Client, verb: &str, a: &TargetArgs) -> Result<(), Error>
             .control(&node, verb, &json!({}))
             .await
             .map_err(|e| match e {
-                Error::Nats(m) if m.contains("no responders") => Error::Config(format!(
+                e if e.kind() == crate::error::ErrorKind::NoResponders => Error::Config(format!(
                     "node {node:?} does not answer; `jetweave nodes` lists the live ones"
                 )),
                 e => e,
@@ -520,7 +524,7 @@ pub async fn events(c: &Client, a: &EventsArgs) -> Result<(), Error> {
     let stream = js
         .get_stream(c.subjects().events_stream())
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     let start = time::OffsetDateTime::now_utc() - since;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
@@ -528,8 +532,8 @@ pub async fn events(c: &Client, a: &EventsArgs) -> Result<(), Error> {
             ..Default::default()
         })
         .await
-        .map_err(Error::nats)?;
-    let mut msgs = consumer.messages().await.map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
+    let mut msgs = consumer.messages().await.map_err(Error::nats_source)?;
     loop {
         let next = if a.follow {
             msgs.next().await

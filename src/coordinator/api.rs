@@ -68,14 +68,16 @@ pub(super) async fn start(s: &Arc<Shared>) -> Result<(), Error> {
     }
     let mut all = futures::stream::select_all(eps);
     let s = s.clone();
-    tokio::spawn(async move {
+    let loops = s.loops.clone();
+    loops.spawn(async move {
         loop {
             tokio::select! {
                 _ = s.shutdown.wait() => break,
                 r = all.next() => {
                     let Some((suffix, req)) = r else { break };
-                    let s = s.clone();
-                    tokio::spawn(async move {
+                    let s2 = s.clone();
+                    s.loops.spawn(async move {
+                        let s = s2;
                         let out = route(&s, suffix, &req.message.payload).await;
                         let body = match out {
                             Ok(v) => json_body(&v),
@@ -203,7 +205,7 @@ async fn find_queued(s: &Shared, task_id: &str) -> Result<Option<(u64, String)>,
             .ok()
             .map(|m| (m.sequence, queue_of(&m.subject))));
     }
-    let info = s.tasks.get_info().await.map_err(Error::nats)?;
+    let info = s.tasks.get_info().await.map_err(Error::nats_source)?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     let mut seq = first.max(last.saturating_sub(SCAN_LIMIT));
     while seq <= last && info.state.messages > 0 {
@@ -258,7 +260,7 @@ async fn cancel(s: &Shared, body: &[u8]) -> Result<Value, Error> {
         .await?
         .put(encode_key(&r.task_id), now_rfc3339().into())
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     let result = TaskResult {
         task_id: r.task_id.clone(),
         status: TaskStatus::Cancelled,
@@ -348,7 +350,7 @@ pub(super) async fn cluster_status(s: &Shared) -> Result<ClusterStatus, Error> {
         .tasks
         .info_with_subjects(s.subjects.tasks_wildcard())
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     let prefix_len = s.subjects.prefix().split('.').count();
     while let Some(Ok((subject, count))) = subjects.next().await {
         let parts: Vec<&str> = subject.split('.').collect();
@@ -374,5 +376,5 @@ pub(super) async fn tasks_stream(
 ) -> Result<stream::Stream, Error> {
     js.get_stream(subjects.tasks_stream())
         .await
-        .map_err(Error::nats)
+        .map_err(Error::nats_source)
 }

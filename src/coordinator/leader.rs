@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::shutdown::Shutdown;
@@ -107,9 +108,9 @@ impl Leader {
                     .expected_last_subject_sequence(expected),
             )
             .await
-            .map_err(Error::nats)?
+            .map_err(Error::nats_source)?
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         Ok(ack.sequence)
     }
 
@@ -169,8 +170,8 @@ impl Leader {
         }
     }
 
-    pub(crate) fn spawn(self, shutdown: Shutdown, js: jetstream::Context) {
-        tokio::spawn(async move {
+    pub(crate) fn spawn(self, shutdown: Shutdown, js: jetstream::Context, tracker: &TaskTracker) {
+        tracker.spawn(async move {
             loop {
                 self.step(&js).await;
                 let wait = if self.is_leader() {

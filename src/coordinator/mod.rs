@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::shutdown::Shutdown;
 use crate::store::discovery::{ClusterView, KvDiscovery};
 use crate::wire::subjects::Subjects;
+use tokio_util::task::TaskTracker;
 
 pub use leader::Leader;
 pub use planner::{plan_shards, AssignStrategy};
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     pub runs: kv::Store,
     pub leader: Leader,
     pub shutdown: Shutdown,
+    /// Every loop and in-flight request of this coordinator.
+    pub loops: TaskTracker,
 }
 
 /// A running coordinator.
@@ -112,11 +115,12 @@ impl Coordinator {
         crate::store::ensure_shards_stream(&js, &subjects, cfg.replicas).await?;
         let discovery =
             KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, cfg.replicas).await?;
-        let view = ClusterView::start(&discovery, shutdown.clone()).await?;
+        let loops = TaskTracker::new();
+        let view = ClusterView::start(&discovery, shutdown.clone(), &loops).await?;
         let results = js
             .get_stream(subjects.results_stream())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         let tasks = api::tasks_stream(&js, &subjects).await?;
         let runs = crate::store::runs_bucket(&js, &subjects, cfg.replicas).await?;
         let leader = Leader::open(&js, &subjects, &cfg.id, cfg.lease_ttl, cfg.replicas).await?;
@@ -132,14 +136,15 @@ impl Coordinator {
             runs,
             leader,
             shutdown,
+            loops,
         });
         api::start(&shared).await?;
         shared
             .leader
             .clone()
-            .spawn(shared.shutdown.clone(), shared.js.clone());
+            .spawn(shared.shutdown.clone(), shared.js.clone(), &shared.loops);
         runs::start_loop(&shared).await?;
-        client.flush().await.map_err(Error::nats)?;
+        client.flush().await.map_err(Error::nats_source)?;
         tracing::info!(id = %shared.id, "coordinator started");
         Ok(Coordinator { shared })
     }
@@ -154,10 +159,13 @@ impl Coordinator {
         self.shared.leader.is_leader()
     }
 
-    /// Resolves once it has stopped (after the shutdown signal, releasing
-    /// the lease if it held it).
+    /// Resolves once it has stopped: after the shutdown signal, when every
+    /// loop and in-flight request has ended, and then the lease is given up
+    /// (if it held it) — after the last renewal, never during one.
     pub async fn wait(&self) {
         self.shared.shutdown.wait().await;
+        self.shared.loops.close();
+        self.shared.loops.wait().await;
         self.shared.leader.release(&self.shared.js).await;
     }
 }

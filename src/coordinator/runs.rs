@@ -89,7 +89,7 @@ pub(super) async fn create(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error>
             .collect(),
         spec,
     };
-    let body = serde_json::to_vec(&record).map_err(|e| Error::nats(e.to_string()))?;
+    let body = serde_json::to_vec(&record)?;
     s.runs.create(&run_id, body.into()).await.map_err(|e| {
         if e.kind() == kv::CreateErrorKind::AlreadyExists {
             Error::invalid(
@@ -129,7 +129,7 @@ pub(super) async fn get(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
 }
 
 async fn load(s: &Shared, run_id: &str) -> Result<Option<(RunRecord, u64)>, Error> {
-    match s.runs.entry(run_id).await.map_err(Error::nats)? {
+    match s.runs.entry(run_id).await.map_err(Error::nats_source)? {
         Some(e) if e.operation == kv::Operation::Put => {
             let rec = serde_json::from_slice(&e.value)
                 .map_err(|e| Error::nats(format!("corrupt run record {run_id}: {e}")))?;
@@ -166,13 +166,17 @@ pub(super) async fn start_loop(s: &Arc<Shared>) -> Result<(), Error> {
         .client
         .subscribe(s.subjects.shard_done())
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     let mut rebalance_sub = s
         .client
         .subscribe(s.subjects.rebalance())
         .await
-        .map_err(Error::nats)?;
-    let mut watch = s.runs.watch_with_history(">").await.map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
+    let mut watch = s
+        .runs
+        .watch_with_history(">")
+        .await
+        .map_err(Error::nats_source)?;
     let mut view_events = s
         .view
         .subscribe()
@@ -190,7 +194,8 @@ pub(super) async fn start_loop(s: &Arc<Shared>) -> Result<(), Error> {
         rr: 0,
     };
     let s = s.clone();
-    tokio::spawn(async move {
+    let loops = s.loops.clone();
+    loops.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
         loop {
@@ -349,9 +354,9 @@ impl Engine {
             .js
             .publish(self.s.subjects.shards(node), json_body(&a))
             .await
-            .map_err(Error::nats)?
+            .map_err(Error::nats_source)?
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         Ok(ack.sequence)
     }
 

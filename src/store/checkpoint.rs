@@ -109,7 +109,7 @@ impl Checkpoints {
             .unix_timestamp_nanos()
             .max(0);
         let name = format!("{}/{:020}-{}", record.task_id, nanos, record.checkpoint_id);
-        let body = serde_json::to_vec(record).map_err(|e| Error::nats(e.to_string()))?;
+        let body = serde_json::to_vec(record)?;
         let meta = object_store::ObjectMetadata {
             name,
             chunk_size: Some(CHUNK),
@@ -118,7 +118,7 @@ impl Checkpoints {
         self.store
             .put(meta, &mut body.as_slice())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         self.prune(&record.task_id).await
     }
 
@@ -126,10 +126,10 @@ impl Checkpoints {
     async fn names(&self, task_id: &str) -> Result<Vec<String>, Error> {
         validate_task_id(task_id)?;
         let prefix = format!("{task_id}/");
-        let mut list = self.store.list().await.map_err(Error::nats)?;
+        let mut list = self.store.list().await.map_err(Error::nats_source)?;
         let mut names = Vec::new();
         while let Some(info) = list.next().await {
-            let info = info.map_err(Error::nats)?;
+            let info = info.map_err(Error::nats_source)?;
             if !info.deleted && info.name.starts_with(&prefix) {
                 names.push(info.name);
             }
@@ -139,7 +139,7 @@ impl Checkpoints {
     }
 
     async fn read(&self, name: &str) -> Result<CheckpointRecord, Error> {
-        let mut obj = self.store.get(name).await.map_err(Error::nats)?;
+        let mut obj = self.store.get(name).await.map_err(Error::nats_source)?;
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), obj.read_to_end(&mut buf))
             .await

@@ -20,6 +20,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 use super::open_bucket;
 use crate::error::Error;
@@ -145,7 +146,7 @@ impl KvDiscovery {
     /// on a key whose last entry is a delete marker it writes without TTL,
     /// so a node that re-registered would never expire.
     pub async fn put_info(&self, info: &NodeInfo) -> Result<u64, Error> {
-        let body = serde_json::to_vec(info).map_err(|e| Error::nats(e.to_string()))?;
+        let body = serde_json::to_vec(info)?;
         self.put_raw(&info.node_id, body.into()).await
     }
 
@@ -161,15 +162,15 @@ impl KvDiscovery {
                     .ttl(self.ttl),
             )
             .await
-            .map_err(Error::nats)?
+            .map_err(Error::nats_source)?
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         Ok(ack.sequence)
     }
 
     /// One node's entry.
     pub async fn get(&self, node_id: &str) -> Result<Option<NodeInfo>, Error> {
-        match self.store.get(node_id).await.map_err(Error::nats)? {
+        match self.store.get(node_id).await.map_err(Error::nats_source)? {
             Some(b) => Ok(serde_json::from_slice(&b).ok()),
             None => Ok(None),
         }
@@ -177,7 +178,7 @@ impl KvDiscovery {
 
     /// Every live entry, parsed (unparseable entries are skipped).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
-        let mut keys = self.store.keys().await.map_err(Error::nats)?;
+        let mut keys = self.store.keys().await.map_err(Error::nats_source)?;
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
             let Ok(k) = k else { continue };
@@ -191,7 +192,7 @@ impl KvDiscovery {
 
     /// Deletes a node's entry (watchers see a delete).
     pub async fn delete(&self, node_id: &str) -> Result<(), Error> {
-        self.store.delete(node_id).await.map_err(Error::nats)
+        self.store.delete(node_id).await.map_err(Error::nats_source)
     }
 }
 
@@ -235,7 +236,7 @@ impl Discovery for KvDiscovery {
             .store
             .watch_with_history(">")
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         let mut known = std::collections::HashSet::new();
         let s = watch.filter_map(move |entry| {
             let ev = match entry {
@@ -315,10 +316,7 @@ impl StaticDiscovery {
 
 impl Discovery for StaticDiscovery {
     async fn discover(&self) -> Result<Vec<DiscoveredNode>, Error> {
-        let nodes = self
-            .nodes
-            .read()
-            .map_err(|_| Error::Nats("poisoned".into()))?;
+        let nodes = self.nodes.read().expect("static discovery poisoned");
         Ok(nodes.iter().map(|(k, v)| Self::node(k, v)).collect())
     }
 
@@ -331,10 +329,7 @@ impl Discovery for StaticDiscovery {
         crate::wire::subjects::validate_id("node id", node_id)?;
         let url = strip_url(url.unwrap_or_default());
         let fresh = {
-            let mut nodes = self
-                .nodes
-                .write()
-                .map_err(|_| Error::Nats("poisoned".into()))?;
+            let mut nodes = self.nodes.write().expect("static discovery poisoned");
             nodes.insert(node_id.to_string(), url.clone()).is_none()
         };
         let mut d = Self::node(node_id, &url);
@@ -349,10 +344,7 @@ impl Discovery for StaticDiscovery {
 
     async fn unregister(&self, node_id: &str) -> Result<(), Error> {
         let removed = {
-            let mut nodes = self
-                .nodes
-                .write()
-                .map_err(|_| Error::Nats("poisoned".into()))?;
+            let mut nodes = self.nodes.write().expect("static discovery poisoned");
             nodes.remove(node_id).is_some()
         };
         if removed {
@@ -393,8 +385,13 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Starts watching; returns once the current entries are loaded.
-    pub async fn start(discovery: &KvDiscovery, shutdown: Shutdown) -> Result<Self, Error> {
+    /// Starts watching; returns once the current entries are loaded. The
+    /// watch loop runs on `tracker` and ends with `shutdown`.
+    pub async fn start(
+        discovery: &KvDiscovery,
+        shutdown: Shutdown,
+        tracker: &TaskTracker,
+    ) -> Result<Self, Error> {
         let (tx, _) = broadcast::channel(1024);
         let view = ClusterView {
             nodes: Arc::default(),
@@ -408,7 +405,7 @@ impl ClusterView {
         }
         let mut stream = discovery.watch().await?;
         let v = view.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => break,

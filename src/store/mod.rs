@@ -133,7 +133,7 @@ pub async fn task_consumer(
     let stream = js
         .get_stream(subjects.tasks_stream())
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     let name = subjects.task_consumer(queue, priority);
     stream
         .get_or_create_consumer(

@@ -20,7 +20,7 @@ pub async fn store_result(
     let ack = js
         .send_publish(subjects.result(&r.task_id), publish)
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     match ack.await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),

@@ -41,9 +41,9 @@ pub async fn schedule(
             .headers(headers),
     )
     .await
-    .map_err(Error::nats)?
+    .map_err(Error::nats_source)?
     .await
-    .map_err(Error::nats)?;
+    .map_err(Error::nats_source)?;
     Ok(())
 }
 
@@ -78,8 +78,8 @@ pub async fn publish_task(
                 .message_id(id),
         )
         .await
-        .map_err(Error::nats)?
+        .map_err(Error::nats_source)?
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats_source)?;
     Ok(ack.duplicate)
 }

@@ -57,9 +57,13 @@ const SATURATED_GATHER: Duration = Duration::from_millis(1);
 /// running ones at once.
 pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
     let store = cancels_bucket(&s.js, &s.subjects, s.replicas).await?;
-    let mut watch = store.watch_with_history(">").await.map_err(Error::nats)?;
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(Error::nats_source)?;
     let s = s.clone();
-    tokio::spawn(async move {
+    let loops = s.loops.clone();
+    loops.spawn(async move {
         loop {
             let entry = tokio::select! {
                 _ = s.shutdown.wait() => break,
@@ -119,7 +123,7 @@ pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(),
         consumers.push(task_consumer(&s.js, &s.subjects, queue, p, s.cfg.ack_wait).await?);
     }
     let doorbell = s.subjects.task_queue_wildcard(queue);
-    tokio::spawn(dispatch_loop(
+    s.loops.spawn(dispatch_loop(
         s.clone(),
         Source::Queue(queue.to_string()),
         consumers,
@@ -134,7 +138,7 @@ pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error>
     let stream =
         s.js.get_stream(s.subjects.shards_stream())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
     let name = s.subjects.shard_consumer(&s.cfg.node_id);
     let consumer = stream
         .get_or_create_consumer(
@@ -152,7 +156,7 @@ pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error>
         .await
         .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))?;
     let doorbell = s.subjects.shards(&s.cfg.node_id);
-    tokio::spawn(dispatch_loop(
+    s.loops.spawn(dispatch_loop(
         s.clone(),
         Source::Shards,
         vec![consumer],

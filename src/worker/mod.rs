@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     pub stop_deadline: Mutex<Duration>,
     /// In-flight tasks, events and shards.
     pub work: TaskTracker,
+    /// Every loop of the node (service, dispatchers, watches, heartbeat):
+    /// the lifecycle waits for them before it reports the node stopped.
+    pub loops: TaskTracker,
     /// Wakes the heartbeat loop for an immediate refresh.
     pub refresh: Notify,
     pub results: jetstream::stream::Stream,
@@ -255,23 +258,7 @@ impl Node {
         self.config.validate()?;
         let cfg = self.config;
         let subjects = Subjects::new(&cfg.prefix)?;
-        // Two live nodes with one id would share a discovery entry and a
-        // shard consumer: refuse to start while another answers for it.
-        if let Ok(Ok(m)) = tokio::time::timeout(
-            Duration::from_millis(300),
-            client.request(subjects.ctl(&cfg.node_id, "ping"), Bytes::new()),
-        )
-        .await
-        {
-            if serde_json::from_slice::<Value>(&m.payload)
-                .is_ok_and(|v| v["ok"] == Value::Bool(true))
-            {
-                return Err(Error::Config(format!(
-                    "node id {:?} is in use by a live node; pick another --node-id or stop that node",
-                    cfg.node_id
-                )));
-            }
-        }
+        refuse_a_live_id(&client, &subjects, &cfg.node_id).await?;
         let js = jetstream::new(client.clone());
         if self.replicas == 0 {
             self.replicas = crate::connect::replicas_for(&client);
@@ -280,11 +267,12 @@ impl Node {
         let results = js
             .get_stream(subjects.results_stream())
             .await
-            .map_err(Error::nats)?;
+            .map_err(Error::nats_source)?;
         let discovery =
             KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, self.replicas).await?;
         let node_shutdown = shutdown.child();
-        let view = ClusterView::start(&discovery, node_shutdown.clone()).await?;
+        let loops = TaskTracker::new();
+        let view = ClusterView::start(&discovery, node_shutdown.clone(), &loops).await?;
         let checkpoints = Checkpoints::open(
             client.clone(),
             &subjects,
@@ -314,6 +302,7 @@ impl Node {
             stop_requested: Shutdown::new(),
             stop_deadline: Mutex::new(DEFAULT_SHUTDOWN_DEADLINE),
             work: TaskTracker::new(),
+            loops,
             refresh: Notify::new(),
             results,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
@@ -331,8 +320,8 @@ impl Node {
             }
             dispatch::start_shard_dispatcher(&shared).await?;
         }
-        tokio::spawn(heartbeat_loop(shared.clone()));
-        client.flush().await.map_err(Error::nats)?;
+        shared.loops.spawn(heartbeat_loop(shared.clone()));
+        client.flush().await.map_err(Error::nats_source)?;
         shared
             .audit(
                 "node.joined",
@@ -347,6 +336,28 @@ impl Node {
             done: done_rx,
         })
     }
+}
+
+/// Two live nodes with one id would share a discovery entry and a shard
+/// consumer: refuse to start while another answers for it.
+async fn refuse_a_live_id(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    node_id: &str,
+) -> Result<(), Error> {
+    if let Ok(Ok(m)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        client.request(subjects.ctl(node_id, "ping"), Bytes::new()),
+    )
+    .await
+    {
+        if serde_json::from_slice::<Value>(&m.payload).is_ok_and(|v| v["ok"] == Value::Bool(true)) {
+            return Err(Error::Config(format!(
+                "node id {node_id:?} is in use by a live node; pick another --node-id or stop that node"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A running node.
@@ -416,28 +427,20 @@ async fn lifecycle(s: Arc<Shared>, outer: Shutdown, done: watch::Sender<bool>) {
         _ = s.stop_requested.wait() => {}
         _ = outer.wait() => {}
     }
-    let deadline = s
-        .stop_deadline
-        .lock()
-        .map(|d| *d)
-        .unwrap_or(DEFAULT_SHUTDOWN_DEADLINE);
+    let deadline = *s.stop_deadline.lock().expect("stop deadline poisoned");
     tracing::info!(node_id = %s.cfg.node_id, ?deadline, "shutting down: draining");
     drain(&s).await;
-    s.work.close();
-    if tokio::time::timeout(deadline, s.work.wait()).await.is_err() {
-        tracing::warn!("shutdown deadline passed; returning unfinished tasks to the queue");
-        if let Ok(r) = s.running.lock() {
-            for t in r.values() {
-                if let Ok(mut reason) = t.reason.lock() {
-                    reason.get_or_insert(CancelReason::Shutdown);
-                }
-                t.cancel.cancel();
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.work.wait()).await;
-    }
-    // Stop heartbeats before deleting the entry so it is not re-created.
+    finish_work(&s, deadline).await;
+    // Stop every loop, and wait for them, before deleting the entry: a
+    // heartbeat in flight would re-create it.
     s.shutdown.trigger();
+    s.loops.close();
+    if tokio::time::timeout(Duration::from_secs(5), s.loops.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("node loops did not stop within 5 s");
+    }
     if let Err(e) = s.discovery.delete(&s.cfg.node_id).await {
         tracing::warn!(error = %e, "could not delete discovery entry");
     }
@@ -445,6 +448,24 @@ async fn lifecycle(s: Arc<Shared>, outer: Shutdown, done: watch::Sender<bool>) {
     let _ = s.client.flush().await;
     tracing::info!(node_id = %s.cfg.node_id, "node stopped");
     let _ = done.send(true);
+}
+
+/// Waits up to `deadline` for running tasks; then cancels what is left as
+/// `Shutdown` (back to the queue, not the task's fault).
+async fn finish_work(s: &Shared, deadline: Duration) {
+    s.work.close();
+    if tokio::time::timeout(deadline, s.work.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!("shutdown deadline passed; returning unfinished tasks to the queue");
+    for t in s.running.lock().expect("running set poisoned").values() {
+        t.reason
+            .lock()
+            .expect("cancel reason poisoned")
+            .get_or_insert(CancelReason::Shutdown);
+        t.cancel.cancel();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.work.wait()).await;
 }
 
 async fn heartbeat_loop(s: Arc<Shared>) {
@@ -509,15 +530,16 @@ async fn start_service(s: &Arc<Shared>) -> Result<(), Error> {
         .map_err(Error::nats)?;
     let endpoints = futures::stream::select_all([control, broadcast, events]);
     let s = s.clone();
-    tokio::spawn(async move {
+    let loops = s.loops.clone();
+    loops.spawn(async move {
         let mut endpoints = endpoints;
         loop {
             tokio::select! {
                 _ = s.shutdown.wait() => break,
                 req = endpoints.next() => {
                     let Some(req) = req else { break };
-                    let s = s.clone();
-                    tokio::spawn(async move { serve_request(s, req).await });
+                    let s2 = s.clone();
+                    s.loops.spawn(async move { serve_request(s2, req).await });
                 }
             }
         }
@@ -704,7 +726,7 @@ async fn inject_event(s: &Arc<Shared>, process: &str, body: &[u8]) -> Result<Val
             Err(e) => tracing::warn!(error = %e, "event outcome not published"),
         }
     });
-    serde_json::to_value(reply).map_err(|e| Error::nats(e.to_string()))
+    Ok(serde_json::to_value(reply)?)
 }
 
 #[derive(Deserialize)]
