@@ -36,7 +36,9 @@
 //!        P.results.<id> ◀── one terminal result ──┘ then ack (or NAK+backoff / DLQ)
 //! ```
 
-pub mod cli;
+#![deny(unreachable_pub)]
+#![deny(missing_docs)]
+
 pub mod client;
 pub mod config;
 pub mod connect;
@@ -46,7 +48,6 @@ pub mod handler;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;
-pub mod up;
 pub mod wire;
 pub mod worker;
 

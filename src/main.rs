@@ -1,9 +1,12 @@
 //! The `jetweave` binary: parses the command line and runs one command.
 //! Errors are printed as one line and exit with status 1 (usage errors: 2).
 
+mod cli;
+mod up;
+
 use anyhow::Context;
 use clap::Parser;
-use jetweave::cli::{ops, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
+use cli::{ops, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
 use jetweave::protocol::Role;
 use jetweave::{Coordinator, CoordinatorConfig, Node, Shutdown};
 
@@ -130,14 +133,14 @@ async fn run_sidecar(cli: &Cli, args: &SidecarArgs, signals: &mut Signals) -> an
 }
 
 async fn run_up(cli: &Cli, args: &UpArgs, signals: &mut Signals) -> anyhow::Result<()> {
-    let opts = jetweave::up::UpOptions {
+    let opts = up::UpOptions {
         data_dir: args.data_dir.clone(),
         nats_port: args.nats_port,
         monitor_port: args.monitor_port,
         http: args.http.clone(),
         prefix: cli.global.prefix.clone(),
     };
-    jetweave::up::run(opts, signals.recv()).await?;
+    up::run(opts, signals.recv()).await?;
     Ok(())
 }
 

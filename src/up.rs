@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{HandlerSpec, NodeConfig, ProcessSpec};
-use crate::error::Error;
-use crate::shutdown::Shutdown;
-use crate::wire::protocol::Role;
+use jetweave::config::{HandlerSpec, NodeConfig, ProcessSpec};
+use jetweave::error::Error;
+use jetweave::shutdown::Shutdown;
+use jetweave::wire::protocol::Role;
 
 /// What `jetweave up` starts.
 #[derive(Debug, Clone)]
@@ -181,15 +181,15 @@ pub async fn run(
     let bin = find_nats_server()?;
     let server = Server::start(&bin, &opts)?;
     let url = format!("nats://127.0.0.1:{}", opts.nats_port);
-    let nats = crate::connect::NatsOptions::new(url.clone());
+    let nats = jetweave::connect::NatsOptions::new(url.clone());
     let client = nats.connect("jetweave up").await?;
     let shutdown = Shutdown::new();
 
-    let mut ccfg = crate::coordinator::CoordinatorConfig::new();
+    let mut ccfg = jetweave::coordinator::CoordinatorConfig::new();
     ccfg.id = "local-coordinator".into();
     ccfg.prefix = opts.prefix.clone();
     let coordinator =
-        crate::coordinator::Coordinator::start(client.clone(), ccfg, shutdown.child()).await?;
+        jetweave::coordinator::Coordinator::start(client.clone(), ccfg, shutdown.child()).await?;
 
     let mut cfg = NodeConfig::new("local");
     cfg.prefix = opts.prefix.clone();
@@ -208,17 +208,17 @@ pub async fn run(
         handler: "echo".into(),
         autostart: true,
     });
-    let node = crate::worker::Node::new(cfg)
+    let node = jetweave::worker::Node::new(cfg)
         .start(client.clone(), shutdown.clone())
         .await?;
 
-    let sidecar_cfg = crate::sidecar::SidecarConfig {
+    let sidecar_cfg = jetweave::sidecar::SidecarConfig {
         listen: opts.http.clone(),
         prefix: opts.prefix.clone(),
         node: Some("local".into()),
         ..Default::default()
     };
-    let sidecar = crate::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
+    let sidecar = jetweave::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
 
     let p = &opts.prefix;
     println!(

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{secs, whole_secs, NodeConfig};
-use crate::connect::NatsOptions;
-use crate::error::Error;
+use jetweave::config::{secs, whole_secs, NodeConfig};
+use jetweave::connect::NatsOptions;
+use jetweave::error::Error;
 
 /// jetweave: a NATS-native work fabric.
 #[derive(Debug, Parser)]
@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// NATS server URL(s), comma separated.
-    #[arg(long, global = true, env = "NATS_URL", default_value = crate::connect::DEFAULT_NATS_URL)]
+    #[arg(long, global = true, env = "NATS_URL", default_value = jetweave::connect::DEFAULT_NATS_URL)]
     pub nats_url: String,
     /// NATS credentials file.
     #[arg(long, global = true, env = "NATS_CREDS")]
@@ -57,7 +57,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub tls: bool,
     /// Subject prefix: every subject, stream and bucket name derives from it.
-    #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = crate::wire::subjects::DEFAULT_PREFIX)]
+    #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = jetweave::wire::subjects::DEFAULT_PREFIX)]
     pub prefix: String,
     /// How long to keep trying to reach NATS at start (seconds).
     #[arg(long, global = true, default_value = "10")]
@@ -180,11 +180,11 @@ pub struct SidecarArgs {
 
 impl SidecarArgs {
     /// The sidecar config these flags describe.
-    pub fn to_config(&self, prefix: &str) -> Result<crate::sidecar::SidecarConfig, Error> {
+    pub fn to_config(&self, prefix: &str) -> Result<jetweave::sidecar::SidecarConfig, Error> {
         if let Some(n) = &self.node {
-            crate::wire::subjects::validate_id("node id", n)?;
+            jetweave::wire::subjects::validate_id("node id", n)?;
         }
-        Ok(crate::sidecar::SidecarConfig {
+        Ok(jetweave::sidecar::SidecarConfig {
             listen: self.listen.clone(),
             prefix: prefix.to_string(),
             node: self.node.clone(),
@@ -233,8 +233,11 @@ pub struct CoordinatorArgs {
 
 impl CoordinatorArgs {
     /// The coordinator config these flags describe.
-    pub fn to_config(&self, prefix: &str) -> Result<crate::coordinator::CoordinatorConfig, Error> {
-        let mut c = crate::coordinator::CoordinatorConfig::new();
+    pub fn to_config(
+        &self,
+        prefix: &str,
+    ) -> Result<jetweave::coordinator::CoordinatorConfig, Error> {
+        let mut c = jetweave::coordinator::CoordinatorConfig::new();
         if let Some(id) = &self.id {
             c.id = id.clone();
         }
@@ -242,7 +245,7 @@ impl CoordinatorArgs {
         c.lease_ttl = whole_secs("--lease-ttl", self.lease_ttl)?;
         c.strategy = self.assign.parse()?;
         c.max_shards = self.max_shards;
-        crate::wire::subjects::validate_id("coordinator id", &c.id)?;
+        jetweave::wire::subjects::validate_id("coordinator id", &c.id)?;
         Ok(c)
     }
 }

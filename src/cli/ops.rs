@@ -10,9 +10,9 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::client::Client;
-use crate::error::Error;
-use crate::wire::protocol::{
+use jetweave::client::Client;
+use jetweave::error::Error;
+use jetweave::wire::protocol::{
     parse_rfc3339, NodeInfo, Priority, SubmitRequest, TaskEnvelope, TaskStatus,
 };
 
@@ -207,7 +207,7 @@ pub fn parse_ago(s: &str) -> Result<Duration, Error> {
         "d" => 86400.0,
         _ => return Err(Error::Config(format!("invalid duration unit in {s:?}"))),
     };
-    crate::config::secs("--since", n * mult)
+    jetweave::config::secs("--since", n * mult)
 }
 
 fn age(ts: &str) -> String {
@@ -227,8 +227,8 @@ fn nodes_table(nodes: &[NodeInfo]) {
     );
     for n in nodes {
         let health = match n.health {
-            crate::wire::protocol::Health::Healthy => paint("32", "healthy  "),
-            crate::wire::protocol::Health::Draining => paint("33", "draining "),
+            jetweave::wire::protocol::Health::Healthy => paint("32", "healthy  "),
+            jetweave::wire::protocol::Health::Draining => paint("33", "draining "),
         };
         println!(
             "{:<20} {:<10} {} {:>9}  {:<24} {:>8}",
@@ -259,16 +259,16 @@ pub async fn nodes(c: &Client, a: &NodesArgs) -> Result<(), Error> {
     if !a.watch {
         return Ok(());
     }
-    let d = crate::store::discovery::KvDiscovery::open(
+    let d = jetweave::store::discovery::KvDiscovery::open(
         c.nats().clone(),
         c.subjects(),
         Duration::from_secs(5),
         1,
     )
     .await?;
-    let view = crate::store::discovery::ClusterView::start(
+    let view = jetweave::store::discovery::ClusterView::start(
         &d,
-        crate::shutdown::Shutdown::new(),
+        jetweave::shutdown::Shutdown::new(),
         &tokio_util::task::TaskTracker::new(),
     )
     .await?;
@@ -301,9 +301,9 @@ pub async fn target(c: &Client, verb: &str, a: &TargetArgs) -> Result<(), Error>
             .control(&node, verb, &json!({}))
             .await
             .map_err(|e| match e {
-                e if e.kind() == crate::error::ErrorKind::NoResponders => Error::Config(format!(
-                    "node {node:?} does not answer; `jetweave nodes` lists the live ones"
-                )),
+                e if e.kind() == jetweave::error::ErrorKind::NoResponders => Error::Config(
+                    format!("node {node:?} does not answer; `jetweave nodes` lists the live ones"),
+                ),
                 e => e,
             })?;
         r["rtt_ms"] = json!(t0.elapsed().as_secs_f64() * 1000.0);
@@ -353,7 +353,7 @@ pub async fn submit(c: &Client, a: &SubmitArgs) -> Result<(), Error> {
         return Ok(());
     }
     let res = c
-        .wait(&r.task_id, crate::config::secs("--timeout", a.timeout)?)
+        .wait(&r.task_id, jetweave::config::secs("--timeout", a.timeout)?)
         .await?;
     if a.json {
         print_json(&res);
@@ -495,7 +495,7 @@ pub async fn run(c: &Client, cmd: &RunCommand) -> Result<(), Error> {
             let r = c
                 .wait_run(
                     &run_id,
-                    crate::config::secs("--timeout", a.timeout)?,
+                    jetweave::config::secs("--timeout", a.timeout)?,
                     |done, _| bar.set_position(done),
                 )
                 .await?;
@@ -571,8 +571,8 @@ pub async fn events(c: &Client, a: &EventsArgs) -> Result<(), Error> {
 
 /// `jetweave checkpoints`.
 pub async fn checkpoints(c: &Client, a: &TaskArgs) -> Result<(), Error> {
-    let cp =
-        crate::store::checkpoint::Checkpoints::open(c.nats().clone(), c.subjects(), 10, 1).await?;
+    let cp = jetweave::store::checkpoint::Checkpoints::open(c.nats().clone(), c.subjects(), 10, 1)
+        .await?;
     let all = cp.all(&a.task_id).await?;
     if a.json {
         print_json(&all);

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::Shared;
+use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::store::results::{read_result, store_result};
 use crate::store::tasks::publish_task;
@@ -45,7 +45,7 @@ const ENDPOINTS: [(&str, &str); 7] = [
     ("runs-get", "runs.get"),
 ];
 
-pub(super) async fn start(s: &Arc<Shared>) -> Result<(), Error> {
+pub(super) async fn start(s: &Arc<CoordinatorState>) -> Result<(), Error> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("coordinator_id".to_string(), s.id.clone());
     let service = s
@@ -93,7 +93,7 @@ pub(super) async fn start(s: &Arc<Shared>) -> Result<(), Error> {
     Ok(())
 }
 
-async fn route(s: &Arc<Shared>, endpoint: &str, body: &[u8]) -> Result<Value, Error> {
+async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result<Value, Error> {
     match endpoint {
         "tasks.submit" => submit(s, body).await,
         "tasks.get" => {
@@ -116,7 +116,7 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
     serde_json::to_value(v).map_err(|e| Error::invalid(ErrorCode::Internal, e.to_string()))
 }
 
-async fn submit(s: &Shared, body: &[u8]) -> Result<Value, Error> {
+async fn submit(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
     let mut req: SubmitRequest = parse_object(body)?;
     req.validate()?;
     let id = req
@@ -137,7 +137,7 @@ async fn submit(s: &Shared, body: &[u8]) -> Result<Value, Error> {
 }
 
 /// Where a task is now.
-pub(super) async fn get_task(s: &Shared, task_id: &str) -> Result<TaskInfo, Error> {
+pub(super) async fn get_task(s: &CoordinatorState, task_id: &str) -> Result<TaskInfo, Error> {
     validate_task_id(task_id)?;
     let info = |status, result: Option<TaskResult>, node_id, queue| TaskInfo {
         task_id: task_id.to_string(),
@@ -164,7 +164,7 @@ pub(super) async fn get_task(s: &Shared, task_id: &str) -> Result<TaskInfo, Erro
     Ok(info(TaskStatus::Unknown, None, None, None))
 }
 
-async fn lookup_running(s: &Shared, task_id: &str) -> Option<Value> {
+async fn lookup_running(s: &CoordinatorState, task_id: &str) -> Option<Value> {
     let body = json_body(&json!({ "task_id": task_id }));
     let m = tokio::time::timeout(
         LOOKUP_WAIT,
@@ -183,7 +183,7 @@ struct IdOnly {
 }
 
 /// Finds a queued (or delayed) copy of a task: its stream sequence and queue.
-async fn find_queued(s: &Shared, task_id: &str) -> Result<Option<(u64, String)>, Error> {
+async fn find_queued(s: &CoordinatorState, task_id: &str) -> Result<Option<(u64, String)>, Error> {
     let queue_of = |subject: &str| -> String {
         let prefix_len = s.subjects.prefix().split('.').count();
         subject
@@ -232,11 +232,11 @@ async fn find_queued(s: &Shared, task_id: &str) -> Result<Option<(u64, String)>,
     Ok(None)
 }
 
-async fn cancels(s: &Shared) -> Result<kv::Store, Error> {
+async fn cancels(s: &CoordinatorState) -> Result<kv::Store, Error> {
     crate::store::cancels_bucket(&s.js, &s.subjects, s.cfg.replicas).await
 }
 
-async fn cancel(s: &Shared, body: &[u8]) -> Result<Value, Error> {
+async fn cancel(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
     let r: TaskRef = parse_object(body)?;
     let current = get_task(s, &r.task_id).await?;
     match current.status {
@@ -305,7 +305,7 @@ async fn cancel(s: &Shared, body: &[u8]) -> Result<Value, Error> {
     }))
 }
 
-async fn already_finished(s: &Shared, task_id: &str) -> Result<Value, Error> {
+async fn already_finished(s: &CoordinatorState, task_id: &str) -> Result<Value, Error> {
     let st = read_result(&s.results, &s.subjects, task_id)
         .await
         .map(|r| r.status.as_str())
@@ -316,7 +316,7 @@ async fn already_finished(s: &Shared, task_id: &str) -> Result<Value, Error> {
     ))
 }
 
-pub(super) async fn cluster_status(s: &Shared) -> Result<ClusterStatus, Error> {
+pub(super) async fn cluster_status(s: &CoordinatorState) -> Result<ClusterStatus, Error> {
     let nodes = s.view.nodes();
     let mut st = ClusterStatus {
         total_nodes: nodes.len() as u64,

@@ -82,7 +82,7 @@ impl Leader {
 
     /// The leading coordinator's id, as last seen.
     pub fn current(&self) -> Option<String> {
-        self.state.read().ok().and_then(|s| s.current.clone())
+        self.state.read().expect("lock poisoned").current.clone()
     }
 
     /// Changes of our leadership (true = we lead).
@@ -116,7 +116,8 @@ impl Leader {
 
     fn set(&self, revision: Option<u64>, current: Option<String>) {
         let was = self.is_leader();
-        if let Ok(mut s) = self.state.write() {
+        {
+            let mut s = self.state.write().expect("lock poisoned");
             s.revision = revision;
             s.current = current;
         }
@@ -129,7 +130,7 @@ impl Leader {
 
     /// One step: renew if we lead, else try to take a free lease.
     async fn step(&self, js: &jetstream::Context) {
-        let ours = self.state.read().ok().and_then(|s| s.revision);
+        let ours = self.state.read().expect("lock poisoned").revision;
         if let Some(rev) = ours {
             match self.write(js, rev).await {
                 Ok(r) => self.set(Some(r), Some(self.id.clone())),
@@ -189,7 +190,7 @@ impl Leader {
 
     /// Gives the lease up (clean shutdown), so a standby takes over at once.
     pub(crate) async fn release(&self, _js: &jetstream::Context) {
-        let rev = self.state.read().ok().and_then(|s| s.revision);
+        let rev = self.state.read().expect("lock poisoned").revision;
         if let Some(rev) = rev {
             let _ = self.store.delete_expect_revision(KEY, Some(rev)).await;
             self.set(None, None);

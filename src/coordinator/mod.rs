@@ -70,7 +70,7 @@ impl Default for CoordinatorConfig {
     }
 }
 
-pub(crate) struct Shared {
+pub(crate) struct CoordinatorState {
     pub id: String,
     pub cfg: CoordinatorConfig,
     pub subjects: Subjects,
@@ -89,7 +89,7 @@ pub(crate) struct Shared {
 /// A running coordinator.
 #[derive(Clone)]
 pub struct Coordinator {
-    shared: Arc<Shared>,
+    shared: Arc<CoordinatorState>,
 }
 
 impl Coordinator {
@@ -124,7 +124,7 @@ impl Coordinator {
         let tasks = api::tasks_stream(&js, &subjects).await?;
         let runs = crate::store::runs_bucket(&js, &subjects, cfg.replicas).await?;
         let leader = Leader::open(&js, &subjects, &cfg.id, cfg.lease_ttl, cfg.replicas).await?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(CoordinatorState {
             id: cfg.id.clone(),
             cfg,
             subjects,

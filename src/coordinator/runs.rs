@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::planner::{plan_shards, AssignStrategy};
-use super::Shared;
+use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::store::audit::publish_audit;
 use crate::store::discovery::DiscoveryEvent;
@@ -39,7 +39,7 @@ use crate::wire::protocol::{
 };
 use crate::wire::subjects::validate_id;
 
-pub(super) async fn create(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
+pub(super) async fn create(s: &Arc<CoordinatorState>, body: &[u8]) -> Result<Value, Error> {
     let spec: RunSpec = parse_object(body)?;
     let run_id = spec
         .run_id
@@ -119,7 +119,7 @@ struct RunRef {
     run_id: String,
 }
 
-pub(super) async fn get(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
+pub(super) async fn get(s: &Arc<CoordinatorState>, body: &[u8]) -> Result<Value, Error> {
     let r: RunRef = parse_object(body)?;
     validate_id("run id", &r.run_id)?;
     let rec = load(s, &r.run_id).await?.ok_or_else(|| {
@@ -128,7 +128,7 @@ pub(super) async fn get(s: &Arc<Shared>, body: &[u8]) -> Result<Value, Error> {
     Ok(rec.0.summary())
 }
 
-async fn load(s: &Shared, run_id: &str) -> Result<Option<(RunRecord, u64)>, Error> {
+async fn load(s: &CoordinatorState, run_id: &str) -> Result<Option<(RunRecord, u64)>, Error> {
     match s.runs.entry(run_id).await.map_err(Error::nats_source)? {
         Some(e) if e.operation == kv::Operation::Put => {
             let rec = serde_json::from_slice(&e.value)
@@ -140,7 +140,7 @@ async fn load(s: &Shared, run_id: &str) -> Result<Option<(RunRecord, u64)>, Erro
 }
 
 /// Runs by status, from the coordinator's mirror.
-pub(super) async fn counts(s: &Shared) -> BTreeMap<String, u64> {
+pub(super) async fn counts(s: &CoordinatorState) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     if let Ok(mut keys) = s.runs.keys().await {
         while let Some(Ok(k)) = keys.next().await {
@@ -154,14 +154,14 @@ pub(super) async fn counts(s: &Shared) -> BTreeMap<String, u64> {
 
 /// The leader's working state.
 struct Engine {
-    s: Arc<Shared>,
+    s: Arc<CoordinatorState>,
     /// Mirror of `P-runs`: run id -> (record, revision).
     runs: HashMap<String, (RunRecord, u64)>,
     health: HashMap<String, Health>,
     rr: usize,
 }
 
-pub(super) async fn start_loop(s: &Arc<Shared>) -> Result<(), Error> {
+pub(super) async fn start_loop(s: &Arc<CoordinatorState>) -> Result<(), Error> {
     let mut done_sub = s
         .client
         .subscribe(s.subjects.shard_done())

@@ -399,7 +399,8 @@ impl ClusterView {
         };
         // Load the current state first so callers see it at once.
         for info in discovery.nodes().await? {
-            if let Ok(mut n) = view.nodes.write() {
+            {
+                let mut n = view.nodes.write().expect("lock poisoned");
                 n.insert(info.node_id.clone(), info);
             }
         }
@@ -420,7 +421,8 @@ impl ClusterView {
     }
 
     fn apply(&self, ev: DiscoveryEvent) {
-        if let Ok(mut n) = self.nodes.write() {
+        {
+            let mut n = self.nodes.write().expect("lock poisoned");
             match &ev {
                 DiscoveryEvent::Joined(d) | DiscoveryEvent::Updated(d) => {
                     if let Some(info) = &d.info {
@@ -447,7 +449,11 @@ impl ClusterView {
 
     /// One node.
     pub fn get(&self, node_id: &str) -> Option<NodeInfo> {
-        self.nodes.read().ok().and_then(|n| n.get(node_id).cloned())
+        self.nodes
+            .read()
+            .expect("lock poisoned")
+            .get(node_id)
+            .cloned()
     }
 
     /// Changes from now on.

@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Source;
-use super::{CancelReason, Running, Shared};
+use super::{CancelReason, NodeState, Running};
 use crate::handler::{HandlerError, HandlerFn, ShardInfo, TaskContext};
 use crate::store::results::store_result;
 use crate::store::tasks::schedule;
@@ -64,7 +64,7 @@ pub(super) enum Verdict {
 
 /// Runs one delivery of a task or shard message.
 pub(super) async fn run_task(
-    s: Arc<Shared>,
+    s: Arc<NodeState>,
     source: Source,
     msg: jetstream::Message,
     _permit: OwnedSemaphorePermit,
@@ -136,7 +136,7 @@ pub(super) fn classify(outcome: Outcome, attempt: u32, max_attempts: u32) -> Ver
 
 /// Settles the message as the verdict says.
 async fn conclude(
-    s: &Shared,
+    s: &NodeState,
     d: Delivery,
     verdict: Verdict,
     started: Option<String>,
@@ -184,7 +184,7 @@ async fn conclude(
 /// Parses the message and decides whether it runs here now. Every
 /// message that does not run is settled here.
 async fn admit(
-    s: &Shared,
+    s: &NodeState,
     source: &Source,
     msg: jetstream::Message,
 ) -> Option<(Delivery, HandlerFn)> {
@@ -241,7 +241,7 @@ async fn admit(
 }
 
 /// A task cancelled before it started ends `cancelled` without running.
-async fn skip_cancelled(s: &Shared, d: &Delivery) -> bool {
+async fn skip_cancelled(s: &NodeState, d: &Delivery) -> bool {
     if !is_cancelled(s, &d.task_id) {
         return false;
     }
@@ -261,7 +261,7 @@ async fn skip_cancelled(s: &Shared, d: &Delivery) -> bool {
 }
 
 /// An earlier attempt finished but its ack was lost: just ack.
-async fn skip_finished(s: &Shared, d: &Delivery) -> bool {
+async fn skip_finished(s: &NodeState, d: &Delivery) -> bool {
     let done = d.attempt > 1
         && s.results
             .direct_get_last_for_subject(s.subjects.result(&d.task_id))
@@ -275,7 +275,7 @@ async fn skip_finished(s: &Shared, d: &Delivery) -> bool {
 
 /// A task published with a future `not_before` becomes a message
 /// schedule (not an attempt).
-async fn defer_delayed(s: &Shared, d: &Delivery) -> bool {
+async fn defer_delayed(s: &NodeState, d: &Delivery) -> bool {
     let Some(Ok(t)) = d.env.not_before.as_deref().map(parse_rfc3339) else {
         return false;
     };
@@ -304,7 +304,7 @@ async fn defer_delayed(s: &Shared, d: &Delivery) -> bool {
 }
 
 /// No handler here: leave it to a live node that has one, or dead-letter.
-async fn no_handler(s: &Shared, d: &Delivery) {
+async fn no_handler(s: &NodeState, d: &Delivery) {
     let elsewhere = s.view.nodes().iter().any(|n| {
         n.node_id != s.cfg.node_id
             && n.health == Health::Healthy
@@ -322,7 +322,7 @@ async fn no_handler(s: &Shared, d: &Delivery) {
     settle(&d.msg, AckKind::Term).await;
 }
 
-fn is_cancelled(s: &Shared, task_id: &str) -> bool {
+fn is_cancelled(s: &NodeState, task_id: &str) -> bool {
     s.cancelled
         .lock()
         .expect("cancelled set poisoned")
@@ -332,13 +332,13 @@ fn is_cancelled(s: &Shared, task_id: &str) -> bool {
 /// The node's record of a running task: registered on creation, removed
 /// (with the active count) on drop, whatever way the attempt ends.
 struct RunningGuard<'a> {
-    s: &'a Shared,
+    s: &'a NodeState,
     task_id: String,
 }
 
 impl<'a> RunningGuard<'a> {
     fn register(
-        s: &'a Shared,
+        s: &'a NodeState,
         d: &Delivery,
         cancel: &CancellationToken,
         reason: &Arc<Mutex<Option<CancelReason>>>,
@@ -374,7 +374,7 @@ impl Drop for RunningGuard<'_> {
 
 /// Runs the handler under the attempt's timeout and cancel token, sending
 /// progress acks every `ack_wait / 3` so a live node keeps its task.
-async fn execute(s: &Shared, d: &Delivery, handler: HandlerFn, started_at: &str) -> Outcome {
+async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &str) -> Outcome {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     let _running = RunningGuard::register(s, d, &cancel, &reason, started_at);
@@ -462,7 +462,7 @@ async fn settle(msg: &jetstream::Message, kind: AckKind) {
 }
 
 /// Tells the coordinator a shard has its terminal result.
-async fn notify_shard_done(s: &Shared, shard: Option<ShardInfo>, task_id: String) {
+async fn notify_shard_done(s: &NodeState, shard: Option<ShardInfo>, task_id: String) {
     if let Some(sh) = shard {
         let done = ShardDone {
             task_id,
@@ -480,7 +480,7 @@ type Parsed = (TaskEnvelope, String, Option<ShardInfo>);
 /// The envelope, task id and shard of a message, or the id to record and
 /// the reason it is rejected.
 fn parse_message(
-    s: &Shared,
+    s: &NodeState,
     source: &Source,
     msg: &jetstream::Message,
     seq: u64,
@@ -535,7 +535,7 @@ fn parse_message(
 /// Dead-letters a task (copy to `P_DLQ` with the error, the envelope as it
 /// arrived) and records its terminal result.
 async fn dead_end(
-    s: &Shared,
+    s: &NodeState,
     d: &Delivery,
     error: &str,
     attempts: u32,
@@ -577,7 +577,7 @@ async fn dead_end(
 /// A terminal result written by this node.
 #[allow(clippy::too_many_arguments)]
 fn task_result(
-    s: &Shared,
+    s: &NodeState,
     task_id: &str,
     status: TaskStatus,
     result: Value,

@@ -40,7 +40,7 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::run_task;
-use super::{CancelReason, Shared};
+use super::{CancelReason, NodeState};
 use crate::error::Error;
 use crate::store::{cancels_bucket, task_consumer};
 use crate::wire::protocol::{Health, Priority};
@@ -55,7 +55,7 @@ const SATURATED_GATHER: Duration = Duration::from_millis(1);
 
 /// Keeps the node's set of cancelled task ids current and cancels the
 /// running ones at once.
-pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
+pub(crate) async fn start_cancel_watch(s: &Arc<NodeState>) -> Result<(), Error> {
     let store = cancels_bucket(&s.js, &s.subjects, s.replicas).await?;
     let mut watch = store
         .watch_with_history(">")
@@ -73,20 +73,24 @@ pub(crate) async fn start_cancel_watch(s: &Arc<Shared>) -> Result<(), Error> {
             let task_id = decode_key(&entry.key);
             if entry.operation != kv::Operation::Put {
                 // Aged out (24 h): forget it.
-                if let Ok(mut c) = s.cancelled.lock() {
+                {
+                    let mut c = s.cancelled.lock().expect("lock poisoned");
                     c.remove(&task_id);
                 }
                 continue;
             }
-            if let Ok(r) = s.running.lock() {
+            {
+                let r = s.running.lock().expect("lock poisoned");
                 if let Some(t) = r.get(&task_id) {
-                    if let Ok(mut reason) = t.reason.lock() {
+                    {
+                        let mut reason = t.reason.lock().expect("lock poisoned");
                         reason.get_or_insert(CancelReason::User);
                     }
                     t.cancel.cancel();
                 }
             }
-            if let Ok(mut c) = s.cancelled.lock() {
+            {
+                let mut c = s.cancelled.lock().expect("lock poisoned");
                 c.insert(task_id);
             }
         }
@@ -114,10 +118,10 @@ impl Source {
 }
 
 /// DLQ queue name of dead shards.
-pub const SHARDS_LABEL: &str = "shards";
+pub(super) const SHARDS_LABEL: &str = "shards";
 
 /// Starts the dispatcher of one queue.
-pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(), Error> {
+pub(crate) async fn start_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<(), Error> {
     let mut consumers = Vec::new();
     for p in Priority::ALL {
         consumers.push(task_consumer(&s.js, &s.subjects, queue, p, s.cfg.ack_wait).await?);
@@ -133,7 +137,7 @@ pub(crate) async fn start_dispatcher(s: &Arc<Shared>, queue: &str) -> Result<(),
 }
 
 /// Starts the dispatcher of this node's shard assignments.
-pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error> {
+pub(crate) async fn start_shard_dispatcher(s: &Arc<NodeState>) -> Result<(), Error> {
     crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
     let stream =
         s.js.get_stream(s.subjects.shards_stream())
@@ -169,7 +173,7 @@ pub(crate) async fn start_shard_dispatcher(s: &Arc<Shared>) -> Result<(), Error>
 /// (highest priority first) and starts an attempt for each; rings a
 /// doorbell while idle.
 struct Dispatcher {
-    s: Arc<Shared>,
+    s: Arc<NodeState>,
     source: Source,
     consumers: Vec<consumer::PullConsumer>,
     doorbell_subject: String,
@@ -186,7 +190,7 @@ enum Woke {
 }
 
 async fn dispatch_loop(
-    s: Arc<Shared>,
+    s: Arc<NodeState>,
     source: Source,
     consumers: Vec<consumer::PullConsumer>,
     doorbell_subject: String,

@@ -70,7 +70,7 @@ pub(crate) struct Running {
 }
 
 /// State shared by every part of a node.
-pub(crate) struct Shared {
+pub(crate) struct NodeState {
     pub cfg: NodeConfig,
     pub subjects: Subjects,
     pub client: async_nats::Client,
@@ -106,12 +106,12 @@ pub(crate) struct Shared {
     pub replicas: usize,
 }
 
-impl Shared {
-    pub fn health(&self) -> Health {
+impl NodeState {
+    pub(crate) fn health(&self) -> Health {
         *self.health.borrow()
     }
 
-    pub fn set_health(&self, h: Health) -> bool {
+    pub(crate) fn set_health(&self, h: Health) -> bool {
         let changed = self.health.send_if_modified(|cur| {
             if *cur != h {
                 *cur = h;
@@ -128,7 +128,8 @@ impl Shared {
 
     fn running_by_queue(&self) -> Map<String, Value> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        if let Ok(r) = self.running.lock() {
+        {
+            let r = self.running.lock().expect("lock poisoned");
             for t in r.values().filter(|t| t.queue != dispatch::SHARDS_LABEL) {
                 *m.entry(t.queue.clone()).or_default() += 1;
             }
@@ -136,7 +137,7 @@ impl Shared {
         m.into_iter().map(|(k, v)| (k, json!(v))).collect()
     }
 
-    pub fn node_info(&self) -> NodeInfo {
+    pub(crate) fn node_info(&self) -> NodeInfo {
         let mut metadata: Map<String, Value> = self
             .cfg
             .metadata
@@ -191,7 +192,7 @@ impl Shared {
     }
 
     /// Publishes an audit event to `P.events.<kind>` (stream `P_EVENTS`).
-    pub async fn audit(&self, kind: &str, details: Value) {
+    pub(crate) async fn audit(&self, kind: &str, details: Value) {
         publish_audit(
             &self.js,
             &self.subjects,
@@ -282,7 +283,7 @@ impl Node {
         .await?;
         let (health, _) = watch::channel(Health::Healthy);
         let processes = Processes::new(&cfg.processes, &self.handlers, node_shutdown.clone());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(NodeState {
             subjects,
             client: client.clone(),
             js,
@@ -363,7 +364,7 @@ async fn refuse_a_live_id(
 /// A running node.
 #[derive(Clone)]
 pub struct NodeHandle {
-    shared: Arc<Shared>,
+    shared: Arc<NodeState>,
     done: watch::Receiver<bool>,
 }
 
@@ -402,27 +403,28 @@ impl NodeHandle {
     }
 }
 
-async fn drain(s: &Shared) {
+async fn drain(s: &NodeState) {
     if s.set_health(Health::Draining) {
         s.audit("node.draining", json!({})).await;
     }
 }
 
-async fn resume(s: &Shared) {
+async fn resume(s: &NodeState) {
     if s.set_health(Health::Healthy) {
         s.audit("node.resumed", json!({})).await;
     }
 }
 
-fn request_stop(s: &Shared, deadline: Duration) {
-    if let Ok(mut d) = s.stop_deadline.lock() {
+fn request_stop(s: &NodeState, deadline: Duration) {
+    {
+        let mut d = s.stop_deadline.lock().expect("lock poisoned");
         *d = deadline;
     }
     s.stop_requested.trigger();
 }
 
 /// Waits for a stop request (or the outer shutdown), then stops gracefully.
-async fn lifecycle(s: Arc<Shared>, outer: Shutdown, done: watch::Sender<bool>) {
+async fn lifecycle(s: Arc<NodeState>, outer: Shutdown, done: watch::Sender<bool>) {
     tokio::select! {
         _ = s.stop_requested.wait() => {}
         _ = outer.wait() => {}
@@ -452,7 +454,7 @@ async fn lifecycle(s: Arc<Shared>, outer: Shutdown, done: watch::Sender<bool>) {
 
 /// Waits up to `deadline` for running tasks; then cancels what is left as
 /// `Shutdown` (back to the queue, not the task's fault).
-async fn finish_work(s: &Shared, deadline: Duration) {
+async fn finish_work(s: &NodeState, deadline: Duration) {
     s.work.close();
     if tokio::time::timeout(deadline, s.work.wait()).await.is_ok() {
         return;
@@ -468,7 +470,7 @@ async fn finish_work(s: &Shared, deadline: Duration) {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.work.wait()).await;
 }
 
-async fn heartbeat_loop(s: Arc<Shared>) {
+async fn heartbeat_loop(s: Arc<NodeState>) {
     let mut tick = tokio::time::interval(s.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -498,7 +500,7 @@ async fn heartbeat_loop(s: Arc<Shared>) {
 }
 
 /// Registers the `weave-node` micro service and serves its endpoints.
-async fn start_service(s: &Arc<Shared>) -> Result<(), Error> {
+async fn start_service(s: &Arc<NodeState>) -> Result<(), Error> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("node_id".to_string(), s.cfg.node_id.clone());
     let service = s
@@ -548,7 +550,7 @@ async fn start_service(s: &Arc<Shared>) -> Result<(), Error> {
     Ok(())
 }
 
-async fn serve_request(s: Arc<Shared>, req: async_nats::service::Request) {
+async fn serve_request(s: Arc<NodeState>, req: async_nats::service::Request) {
     let subject = req.message.subject.to_string();
     let tokens: Vec<&str> = subject.split('.').collect();
     let prefix_len = s.subjects.prefix().split('.').count();
@@ -586,7 +588,7 @@ struct ShutdownRequest {
     deadline_s: Option<f64>,
 }
 
-async fn control(s: &Arc<Shared>, verb: &str, body: &[u8]) -> Result<Value, Error> {
+async fn control(s: &Arc<NodeState>, verb: &str, body: &[u8]) -> Result<Value, Error> {
     let mut m = Map::new();
     match verb {
         "ping" => {
@@ -609,7 +611,7 @@ async fn control(s: &Arc<Shared>, verb: &str, body: &[u8]) -> Result<Value, Erro
                 .running
                 .lock()
                 .map(|r| r.keys().cloned().collect())
-                .unwrap_or_default();
+                .expect("lock poisoned");
             m.insert("running_tasks".into(), json!(running));
         }
         "drain" => drain(s).await,
@@ -647,7 +649,7 @@ async fn control(s: &Arc<Shared>, verb: &str, body: &[u8]) -> Result<Value, Erro
     Ok(s.ctl_ok(m))
 }
 
-fn process_verb(s: &Shared, name: &str, verb: &str) -> Result<Map<String, Value>, Error> {
+fn process_verb(s: &NodeState, name: &str, verb: &str) -> Result<Map<String, Value>, Error> {
     let (info, status) = match verb {
         "start" => (s.processes.start(name, &s.handlers)?, "started"),
         "stop" => (s.processes.stop(name)?, "stopped"),
@@ -673,7 +675,7 @@ fn process_verb(s: &Shared, name: &str, verb: &str) -> Result<Map<String, Value>
     Ok(m)
 }
 
-async fn inject_event(s: &Arc<Shared>, process: &str, body: &[u8]) -> Result<Value, Error> {
+async fn inject_event(s: &Arc<NodeState>, process: &str, body: &[u8]) -> Result<Value, Error> {
     let ev: EventRequest = parse_object(body)?;
     let (handler_type, stop) = s.processes.accept_event(process)?;
     let handler = s.handlers.get(&handler_type).ok_or_else(|| {
@@ -734,9 +736,9 @@ struct LookupRequest {
     task_id: String,
 }
 
-fn lookup_task(s: &Shared, body: &[u8]) -> Option<Value> {
+fn lookup_task(s: &NodeState, body: &[u8]) -> Option<Value> {
     let req: LookupRequest = parse_object(body).ok()?;
-    let r = s.running.lock().ok()?;
+    let r = s.running.lock().expect("lock poisoned");
     let t = r.get(&req.task_id)?;
     Some(json!({
         "ok": true,

@@ -44,7 +44,7 @@ fn new_id() -> String {
 
 impl Processes {
     /// Builds the table; processes with `autostart` are started.
-    pub fn new(specs: &[ProcessSpec], handlers: &Handlers, root: Shutdown) -> Self {
+    pub(crate) fn new(specs: &[ProcessSpec], handlers: &Handlers, root: Shutdown) -> Self {
         let table = specs
             .iter()
             .map(|s| {
@@ -79,10 +79,7 @@ impl Processes {
         name: &str,
         f: impl FnOnce(&mut Process) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut t = self
-            .table
-            .lock()
-            .map_err(|_| Error::invalid(ErrorCode::Internal, "process table poisoned"))?;
+        let mut t = self.table.lock().expect("process table poisoned");
         let p = t.get_mut(name).ok_or_else(|| {
             Error::invalid(
                 ErrorCode::UnknownProcess,
@@ -93,15 +90,15 @@ impl Processes {
     }
 
     /// Every process.
-    pub fn list(&self) -> Vec<ProcessInfo> {
+    pub(crate) fn list(&self) -> Vec<ProcessInfo> {
         self.table
             .lock()
             .map(|t| t.values().map(Process::info).collect())
-            .unwrap_or_default()
+            .expect("lock poisoned")
     }
 
     /// How many processes are running.
-    pub fn running_count(&self) -> usize {
+    pub(crate) fn running_count(&self) -> usize {
         self.list()
             .iter()
             .filter(|p| p.state == ProcessState::Running)
@@ -109,12 +106,12 @@ impl Processes {
     }
 
     /// One process.
-    pub fn status(&self, name: &str) -> Result<ProcessInfo, Error> {
+    pub(crate) fn status(&self, name: &str) -> Result<ProcessInfo, Error> {
         self.with(name, |p| Ok(p.info()))
     }
 
     /// Starts a stopped process (a running one stays as it is).
-    pub fn start(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
+    pub(crate) fn start(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
         let root = self.root.clone();
         self.with(name, |p| {
             if p.state != ProcessState::Running {
@@ -138,7 +135,7 @@ impl Processes {
     }
 
     /// Stops a process: its running events are cancelled, new ones refused.
-    pub fn stop(&self, name: &str) -> Result<ProcessInfo, Error> {
+    pub(crate) fn stop(&self, name: &str) -> Result<ProcessInfo, Error> {
         self.with(name, |p| {
             p.stop.trigger();
             if p.state == ProcessState::Running {
@@ -149,14 +146,14 @@ impl Processes {
     }
 
     /// Stops and starts with a new `process_id`.
-    pub fn restart(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
+    pub(crate) fn restart(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
         self.stop(name)?;
         self.start(name, handlers)
     }
 
     /// Accepts an event: the handler type and the stop signal of the
     /// running incarnation, or an error if unknown or not running.
-    pub fn accept_event(&self, name: &str) -> Result<(String, Shutdown), Error> {
+    pub(crate) fn accept_event(&self, name: &str) -> Result<(String, Shutdown), Error> {
         self.with(name, |p| {
             if p.state != ProcessState::Running {
                 return Err(Error::invalid(

@@ -1,0 +1,331 @@
+//! The agent-coordinator routes (seed 001): register, discover,
+//! heartbeat, submit by capability, and status.
+
+use super::*;
+
+// ---- agent coordinator routes -------------------------------------------
+
+#[derive(Deserialize)]
+pub(super) struct Endpoints {
+    http: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RegisterRequest {
+    agent_id: String,
+    #[serde(default)]
+    agent_type: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    services: Vec<String>,
+    endpoints: Endpoints,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+/// Queue a registered agent's bridge serves.
+pub(super) fn agent_queue(agent_id: &str) -> String {
+    format!("agent-{agent_id}")
+}
+
+/// Task type of tasks sent to agents.
+pub(super) const AGENT_TASK: &str = "agent";
+
+#[utoipa::path(post, path = "/agents/register", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, message, agent_id, registered_at}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn agent_register(State(app): State<Shared>, body: Bytes) -> ApiResult {
+    let req: RegisterRequest = parse_body(&body)?;
+    validate_id("agent_id", &req.agent_id).map_err(ApiError::from)?;
+    let url = req
+        .endpoints
+        .http
+        .clone()
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "invalid_value",
+                "endpoints.http must be an http(s):// URL",
+            )
+        })?;
+    let existing = app.agents.lock().ok().and_then(|mut a| {
+        a.get_mut(&req.agent_id).map(|b| {
+            b.last_seen = Instant::now();
+            b.registered_at.clone()
+        })
+    });
+    let registered_at = match existing {
+        Some(at) => at,
+        None => {
+            let mut cfg = NodeConfig::new(req.agent_id.clone());
+            cfg.prefix = app.cfg.prefix.clone();
+            cfg.queues = vec![agent_queue(&req.agent_id)];
+            cfg.capabilities = req.capabilities.clone();
+            cfg.url = Some(url.clone());
+            cfg.concurrency = 16;
+            cfg.metadata.insert("agent".into(), "true".into());
+            cfg.metadata.insert(
+                "agent_type".into(),
+                req.agent_type.clone().unwrap_or_else(|| "worker".into()),
+            );
+            cfg.metadata
+                .insert("services".into(), req.services.join(","));
+            for (k, v) in &req.metadata {
+                cfg.metadata.insert(
+                    format!("agent.{k}"),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                );
+            }
+            cfg.handlers = vec![HandlerSpec {
+                task_type: AGENT_TASK.into(),
+                exec: None,
+                http: Some(url.clone()),
+            }];
+            let nats = app.client.nats().clone();
+            let node = app
+                .timed("node", Node::new(cfg).start(nats, app.shutdown.child()))
+                .await?;
+            let at = now_rfc3339();
+            if let Ok(mut a) = app.agents.lock() {
+                a.insert(
+                    req.agent_id.clone(),
+                    Bridge {
+                        node,
+                        last_seen: Instant::now(),
+                        registered_at: at.clone(),
+                    },
+                );
+            }
+            at
+        }
+    };
+    ok(json!({
+        "status": "success",
+        "message": format!("Agent {} registered successfully", req.agent_id),
+        "agent_id": req.agent_id,
+        "registered_at": registered_at,
+    }))
+}
+
+#[utoipa::path(post, path = "/agents/{id}/heartbeat", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "{status: success}"), (status = 404, description = "agent not registered here"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn agent_heartbeat(
+    State(app): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let found = app
+        .agents
+        .lock()
+        .ok()
+        .and_then(|mut a| a.get_mut(&id).map(|b| b.last_seen = Instant::now()))
+        .is_some();
+    if found {
+        ok(json!({"status": "success", "agent_id": id}))
+    } else {
+        Err(err(
+            StatusCode::NOT_FOUND,
+            "unknown_agent",
+            format!("agent {id:?} is not registered here; register it again"),
+        ))
+    }
+}
+
+pub(super) async fn reap_agents(app: Shared) {
+    loop {
+        tokio::select! {
+            _ = app.shutdown.wait() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let expired: Vec<(String, NodeHandle)> = app
+            .agents
+            .lock()
+            .map(|mut a| {
+                let ids: Vec<String> = a
+                    .iter()
+                    .filter(|(_, b)| b.last_seen.elapsed() > app.cfg.agent_ttl)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| a.remove(&id).map(|b| (id, b.node)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, node) in expired {
+            tracing::info!(agent_id = %id, "agent missed its heartbeats; unregistering");
+            node.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct DiscoverRequest {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    agent_type: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+pub(super) fn agent_view(n: &crate::wire::protocol::NodeInfo) -> Value {
+    let meta = |k: &str| {
+        n.metadata
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let services: Vec<String> = meta("services")
+        .map(|s| {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "agent_id": n.node_id,
+        "agent_type": meta("agent_type").unwrap_or_else(|| n.role.as_str().to_string()),
+        "capabilities": n.capabilities,
+        "services": services,
+        "endpoints": {"http": n.url},
+        "status": if n.health == Health::Healthy { "active" } else { "draining" },
+        "active_tasks": n.active_tasks,
+        "last_heartbeat": n.last_heartbeat_at,
+        "metadata": n.metadata,
+    })
+}
+
+#[utoipa::path(post, path = "/agents/discover", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, agents, count}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn agent_discover(State(app): State<Shared>, body: Bytes) -> ApiResult {
+    let f: DiscoverRequest = parse_body(&body)?;
+    let nodes = app.timed("api", app.client.nodes()).await?;
+    let agents: Vec<Value> = nodes
+        .iter()
+        .map(agent_view)
+        .filter(|a| f.status.as_deref().is_none_or(|s| a["status"] == s))
+        .filter(|a| f.agent_type.as_deref().is_none_or(|t| a["agent_type"] == t))
+        .filter(|a| {
+            f.capabilities.iter().all(|c| {
+                a["capabilities"]
+                    .as_array()
+                    .is_some_and(|cs| cs.contains(&json!(c)))
+            })
+        })
+        .collect();
+    ok(json!({"status": "success", "agents": agents, "count": agents.len()}))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SubmitBody {
+    task_data: Value,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    requirements: crate::wire::protocol::Requirements,
+}
+
+#[utoipa::path(post, path = "/tasks/submit", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, task_id}"), (status = 400, description = "invalid JSON or fields"), (status = 503, description = "no agent or worker can take it"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn tasks_submit(State(app): State<Shared>, body: Bytes) -> ApiResult {
+    let b: SubmitBody = parse_body(&body)?;
+    if !b.task_data.is_object() {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            "task_data must be a JSON object",
+        ));
+    }
+    let priority: Priority = b
+        .priority
+        .as_deref()
+        .unwrap_or("normal")
+        .parse()
+        .map_err(ApiError::from)?;
+    let nodes = app.timed("api", app.client.nodes()).await?;
+    // An agent (or node) with the capabilities, least busy first.
+    let agent = nodes
+        .iter()
+        .filter(|n| {
+            n.health == Health::Healthy && n.metadata.get("agent").is_some_and(|v| v == "true")
+        })
+        .filter(|n| {
+            b.requirements
+                .capabilities
+                .iter()
+                .all(|c| n.capabilities.contains(c))
+        })
+        .min_by_key(|n| (n.active_tasks, n.node_id.clone()));
+    let (queue, envelope) = match agent {
+        Some(a) => (
+            agent_queue(&a.node_id),
+            TaskEnvelope::new(AGENT_TASK, b.task_data.clone()),
+        ),
+        None => {
+            let Some(t) = b.task_data.get("type").and_then(Value::as_str) else {
+                return Err(err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_agent",
+                    format!("no active agent has capabilities {:?}, and task_data has no `type` for the worker nodes", b.requirements.capabilities),
+                ));
+            };
+            let payload = b
+                .task_data
+                .get("payload")
+                .cloned()
+                .unwrap_or(b.task_data.clone());
+            ("default".to_string(), TaskEnvelope::new(t, payload))
+        }
+    };
+    let req = SubmitRequest {
+        envelope,
+        queue: Some(queue),
+        priority: Some(priority),
+    };
+    let r = app.timed("api", app.client.submit(&req)).await?;
+    ok(json!({
+        "status": "success",
+        "task_id": r.task_id,
+        "agent_id": agent.map(|a| a.node_id.clone()),
+        "queue": r.queue,
+        "priority": r.priority,
+    }))
+}
+
+#[utoipa::path(get, path = "/tasks/status", tag = "agents", responses((status = 200, description = "{status: success, stats}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn tasks_status(State(app): State<Shared>) -> ApiResult {
+    let nodes = app.timed("api", app.client.nodes()).await?;
+    let sum = |k: &str| -> u64 {
+        nodes
+            .iter()
+            .filter_map(|n| n.metadata.get(k).and_then(Value::as_u64))
+            .sum()
+    };
+    let distributed = app.timed("api", app.client.tasks_published()).await?;
+    let active: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.health == Health::Healthy)
+        .collect();
+    let avg = if active.is_empty() {
+        0.0
+    } else {
+        active
+            .iter()
+            .map(|n| f64::from(n.active_tasks))
+            .sum::<f64>()
+            / active.len() as f64
+    };
+    ok(json!({
+        "status": "success",
+        "stats": {
+            "tasks_distributed": distributed,
+            "tasks_completed": sum("completed"),
+            "tasks_failed": sum("failed"),
+            "load_balancer_stats": {
+                "strategy": "least_loaded",
+                "active_agents": active.len(),
+                "total_assignments": distributed,
+                "avg_agent_load": avg,
+            }
+        }
+    }))
+}

@@ -1,0 +1,87 @@
+//! Prometheus metrics of the sidecar (`GET /metrics`).
+
+use super::*;
+
+pub(super) struct Metrics {
+    pub(super) registry: Registry,
+    pub(super) requests: IntCounterVec,
+    pub(super) nats_latency: HistogramVec,
+    pub(super) nodes: IntGaugeVec,
+    pub(super) pending: IntGaugeVec,
+}
+
+impl Metrics {
+    pub(super) fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "jetweave_sidecar_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let nats_latency = HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "jetweave_sidecar_nats_request_seconds",
+                "Latency of NATS requests made by the sidecar",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["target"],
+        )?;
+        let nodes = IntGaugeVec::new(
+            Opts::new("jetweave_nodes", "Live nodes by health"),
+            &["health"],
+        )?;
+        let pending = IntGaugeVec::new(
+            Opts::new("jetweave_queue_pending", "Tasks waiting per queue"),
+            &["queue"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(nats_latency.clone()))?;
+        registry.register(Box::new(nodes.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            nats_latency,
+            nodes,
+            pending,
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus text exposition"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn metrics(State(app): State<Shared>) -> Response {
+    // Cluster gauges are read at scrape time (best effort).
+    if let Ok(Ok(st)) =
+        tokio::time::timeout(app.cfg.request_timeout, app.client.cluster_status()).await
+    {
+        app.metrics
+            .nodes
+            .with_label_values(&["healthy"])
+            .set(st.healthy_nodes as i64);
+        app.metrics
+            .nodes
+            .with_label_values(&["draining"])
+            .set(st.draining_nodes as i64);
+        for (q, s) in st.queues {
+            app.metrics
+                .pending
+                .with_label_values(&[&q])
+                .set(s.pending as i64);
+        }
+    }
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    let _ = enc.encode(&app.metrics.registry.gather(), &mut buf);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            enc.format_type().to_string(),
+        )],
+        buf,
+    )
+        .into_response()
+}
