@@ -191,6 +191,37 @@ pub async fn run(
     let coordinator =
         jetweave::coordinator::Coordinator::start(client.clone(), ccfg, shutdown.child()).await?;
 
+    let cfg = local_node_config(&opts);
+    let node = jetweave::worker::Node::new(cfg)
+        .start(client.clone(), shutdown.clone())
+        .await?;
+
+    let sidecar_cfg = jetweave::sidecar::SidecarConfig {
+        listen: opts.http.clone(),
+        prefix: opts.prefix.clone(),
+        node: Some("local".into()),
+        ..Default::default()
+    };
+    let sidecar = jetweave::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
+
+    print_banner(&opts, &url, sidecar.local_addr);
+
+    stop.await;
+    println!("stopping...");
+    node.shutdown(Duration::from_secs(10)).await;
+    shutdown.trigger();
+    coordinator.wait().await;
+    sidecar.wait().await;
+    let _ = client.flush().await;
+    drop(client);
+    drop(server);
+    println!("stopped.");
+    Ok(())
+}
+
+/// The local node: hybrid (worker + coordinator), the example handler if
+/// it is there, and a `watcher` process for event injection.
+fn local_node_config(opts: &UpOptions) -> NodeConfig {
     let mut cfg = NodeConfig::new("local");
     cfg.prefix = opts.prefix.clone();
     cfg.role = Role::Hybrid;
@@ -208,18 +239,11 @@ pub async fn run(
         handler: "echo".into(),
         autostart: true,
     });
-    let node = jetweave::worker::Node::new(cfg)
-        .start(client.clone(), shutdown.clone())
-        .await?;
+    cfg
+}
 
-    let sidecar_cfg = jetweave::sidecar::SidecarConfig {
-        listen: opts.http.clone(),
-        prefix: opts.prefix.clone(),
-        node: Some("local".into()),
-        ..Default::default()
-    };
-    let sidecar = jetweave::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
-
+/// What is running and what to try.
+fn print_banner(opts: &UpOptions, url: &str, http: std::net::SocketAddr) {
     let p = &opts.prefix;
     println!(
         r#"
@@ -248,19 +272,7 @@ or the CLI:
 Ctrl-C stops everything.
 "#,
         mon = opts.monitor_port,
-        http = sidecar.local_addr,
+        http = http,
         data = opts.data_dir.display(),
     );
-
-    stop.await;
-    println!("stopping...");
-    node.shutdown(Duration::from_secs(10)).await;
-    shutdown.trigger();
-    coordinator.wait().await;
-    sidecar.wait().await;
-    let _ = client.flush().await;
-    drop(client);
-    drop(server);
-    println!("stopped.");
-    Ok(())
 }

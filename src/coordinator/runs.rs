@@ -34,8 +34,8 @@ use crate::store::discovery::DiscoveryEvent;
 use crate::store::results::read_result;
 use crate::wire::protocol::json_body;
 use crate::wire::protocol::{
-    now_rfc3339, parse_object, Health, NodeInfo, Role, RunRecord, RunSpec, RunStatus,
-    ShardAssignment, ShardDone, ShardState, ShardStatus, TaskStatus,
+    now_rfc3339, parse_object, ControlReply, Health, NodeInfo, NodeStatus, Role, RunRecord,
+    RunSpec, RunStatus, ShardAssignment, ShardDone, ShardState, ShardStatus, TaskStatus,
 };
 use crate::wire::subjects::validate_id;
 
@@ -161,28 +161,44 @@ struct Engine {
     rr: usize,
 }
 
+/// What the engine listens to.
+struct Inputs {
+    done: async_nats::Subscriber,
+    rebalance: async_nats::Subscriber,
+    watch: kv::Watch,
+    view_events: tokio::sync::broadcast::Receiver<DiscoveryEvent>,
+    leadership: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Inputs {
+    async fn open(s: &CoordinatorState) -> Result<Self, Error> {
+        let sub = |subject: String| async move {
+            s.client
+                .subscribe(subject)
+                .await
+                .map_err(Error::nats_source)
+        };
+        Ok(Inputs {
+            done: sub(s.subjects.shard_done()).await?,
+            rebalance: sub(s.subjects.rebalance()).await?,
+            watch: s
+                .runs
+                .watch_with_history(">")
+                .await
+                .map_err(Error::nats_source)?,
+            view_events: s
+                .view
+                .subscribe()
+                .ok_or_else(|| Error::nats("cluster view has no event channel"))?,
+            leadership: s.leader.subscribe(),
+        })
+    }
+}
+
+/// Starts the run engine on the coordinator's tracker.
 pub(super) async fn start_loop(s: &Arc<CoordinatorState>) -> Result<(), Error> {
-    let mut done_sub = s
-        .client
-        .subscribe(s.subjects.shard_done())
-        .await
-        .map_err(Error::nats_source)?;
-    let mut rebalance_sub = s
-        .client
-        .subscribe(s.subjects.rebalance())
-        .await
-        .map_err(Error::nats_source)?;
-    let mut watch = s
-        .runs
-        .watch_with_history(">")
-        .await
-        .map_err(Error::nats_source)?;
-    let mut view_events = s
-        .view
-        .subscribe()
-        .ok_or_else(|| Error::nats("cluster view has no event channel"))?;
-    let mut leadership = s.leader.subscribe();
-    let mut engine = Engine {
+    let inputs = Inputs::open(s).await?;
+    let engine = Engine {
         s: s.clone(),
         runs: HashMap::new(),
         health: s
@@ -193,69 +209,110 @@ pub(super) async fn start_loop(s: &Arc<CoordinatorState>) -> Result<(), Error> {
             .collect(),
         rr: 0,
     };
-    let s = s.clone();
-    let loops = s.loops.clone();
-    loops.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut ticks: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = s.shutdown.wait() => break,
-                e = watch.next() => {
-                    let Some(Ok(e)) = e else { break };
-                    let fresh = engine.mirror(e);
-                    if let (Some(id), true) = (fresh, s.leader.is_leader()) {
-                        engine.reconcile(&id).await;
-                    }
-                }
-                r = leadership.changed() => {
-                    if r.is_err() { break }
-                    if *leadership.borrow_and_update() {
-                        engine.sweep_results().await;
-                        engine.reconcile_all().await;
-                    }
-                }
-                ev = view_events.recv() => {
-                    match ev {
-                        Ok(ev) => if s.leader.is_leader() { engine.on_node_event(ev).await },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => break,
-                    }
-                }
-                m = done_sub.next() => {
-                    let Some(m) = m else { break };
-                    if s.leader.is_leader() {
-                        if let Ok(d) = serde_json::from_slice::<ShardDone>(&m.payload) {
-                            engine.shard_done(&d.run_id, &d.shard_key).await;
-                        }
-                    }
-                }
-                m = rebalance_sub.next() => {
-                    let Some(m) = m else { break };
-                    let mut moved = 0;
-                    if s.leader.is_leader() {
-                        engine.reconcile_all().await;
-                        moved = engine.rebalance(None).await;
-                    }
-                    if let Some(reply) = m.reply {
-                        let body = json_body(&json!({"ok": true, "leader": s.leader.is_leader(), "moved": moved, "coordinator_id": s.id}));
-                        let _ = s.client.publish(reply, body).await;
-                    }
-                }
-                _ = tick.tick() => {
-                    ticks += 1;
-                    if s.leader.is_leader() {
-                        if ticks.is_multiple_of(3) { engine.sweep_results().await; }
-                        engine.reconcile_all().await;
-                    }
-                }
-            }
-        }
-    });
+    s.loops.spawn(engine.run(inputs));
     Ok(())
 }
 
 impl Engine {
+    /// One `select!` over every input; each arm hands off to an `on_*`.
+    async fn run(mut self, mut i: Inputs) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
+        loop {
+            let go = tokio::select! {
+                _ = self.s.shutdown.wait() => false,
+                e = i.watch.next() => match e {
+                    Some(Ok(e)) => { self.on_watch(e).await; true }
+                    _ => false,
+                },
+                r = i.leadership.changed() => {
+                    let lead = r.is_ok() && *i.leadership.borrow_and_update();
+                    self.on_leadership(lead).await;
+                    r.is_ok()
+                }
+                ev = i.view_events.recv() => match ev {
+                    Ok(ev) => { self.on_view(ev).await; true }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(_) => false,
+                },
+                m = i.done.next() => match m {
+                    Some(m) => { self.on_done(&m).await; true }
+                    None => false,
+                },
+                m = i.rebalance.next() => match m {
+                    Some(m) => { self.on_rebalance(m).await; true }
+                    None => false,
+                },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.on_tick(ticks).await;
+                    true
+                }
+            };
+            if !go {
+                break;
+            }
+        }
+    }
+
+    /// A run record changed in `P-runs` (ours or another coordinator's).
+    async fn on_watch(&mut self, e: kv::Entry) {
+        let fresh = self.mirror(e);
+        if let (Some(id), true) = (fresh, self.s.leader.is_leader()) {
+            self.reconcile(&id).await;
+        }
+    }
+
+    /// We became the leader: catch up on everything.
+    async fn on_leadership(&mut self, leading: bool) {
+        if leading {
+            self.sweep_results().await;
+            self.reconcile_all().await;
+        }
+    }
+
+    async fn on_view(&mut self, ev: DiscoveryEvent) {
+        if self.s.leader.is_leader() {
+            self.on_node_event(ev).await
+        }
+    }
+
+    /// A node reports a finished shard.
+    async fn on_done(&mut self, m: &async_nats::Message) {
+        if !self.s.leader.is_leader() {
+            return;
+        }
+        if let Ok(d) = serde_json::from_slice::<ShardDone>(&m.payload) {
+            self.shard_done(&d.run_id, &d.shard_key).await;
+        }
+    }
+
+    /// `P.ctl.coordinator.rebalance`: every coordinator answers; the
+    /// leader moves shards.
+    async fn on_rebalance(&mut self, m: async_nats::Message) {
+        let mut moved = 0;
+        if self.s.leader.is_leader() {
+            self.reconcile_all().await;
+            moved = self.rebalance(None).await;
+        }
+        if let Some(reply) = m.reply {
+            let body = json_body(
+                &json!({"ok": true, "leader": self.s.leader.is_leader(), "moved": moved, "coordinator_id": self.s.id}),
+            );
+            let _ = self.s.client.publish(reply, body).await;
+        }
+    }
+
+    /// Every second: reconcile; every third: sweep for lost reports.
+    async fn on_tick(&mut self, ticks: u64) {
+        if self.s.leader.is_leader() {
+            if ticks.is_multiple_of(3) {
+                self.sweep_results().await;
+            }
+            self.reconcile_all().await;
+        }
+    }
+
     /// Applies a watch entry; returns the run id if it is a new run.
     fn mirror(&mut self, e: kv::Entry) -> Option<String> {
         if e.operation != kv::Operation::Put {
@@ -398,6 +455,46 @@ impl Engine {
 
     /// Assigns pending shards, re-queues shards of vanished nodes, and
     /// closes the run when every shard is done.
+    /// Publishes a shard's assignment to `node` and records it in the
+    /// audit log; `None` if it could not be published.
+    async fn assign(
+        &self,
+        rec: &RunRecord,
+        key: &str,
+        sh: &ShardState,
+        node: &str,
+    ) -> Option<ShardState> {
+        let attempt = sh.attempt + 1;
+        let seq = match self.publish_assignment(rec, key, node, attempt).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish shard assignment");
+                return None;
+            }
+        };
+        let kind = if sh.attempt > 0 {
+            "shard.reassigned"
+        } else {
+            "shard.assigned"
+        };
+        publish_audit(
+            &self.s.js,
+            &self.s.subjects,
+            kind,
+            Some(node),
+            Some(&rec.run_id),
+            json!({"shard_key": key, "attempt": attempt, "from": sh.node_id}),
+        )
+        .await;
+        Some(ShardState {
+            status: ShardStatus::Assigned,
+            node_id: Some(node.to_string()),
+            attempt,
+            seq: Some(seq),
+            result: Value::Null,
+        })
+    }
+
     async fn reconcile(&mut self, run_id: &str) {
         if !self.s.leader.is_leader() {
             return;
@@ -428,55 +525,18 @@ impl Engine {
         rec.waiting = None;
         for key in pending {
             let Some(node) = self.pick(&nodes, &load) else {
-                rec.waiting = Some(if rec.spec.requirements.capabilities.is_empty() {
-                    format!(
-                        "waiting for a healthy node with handler {:?}",
-                        rec.spec.task_type
-                    )
-                } else {
-                    format!(
-                        "waiting for a healthy node with handler {:?} and capabilities {:?}",
-                        rec.spec.task_type, rec.spec.requirements.capabilities
-                    )
-                });
+                rec.waiting = Some(waiting_reason(&rec));
                 break;
             };
             let Some(sh) = rec.shards.get(&key).cloned() else {
                 continue;
             };
-            let attempt = sh.attempt + 1;
-            match self.publish_assignment(&rec, &key, &node, attempt).await {
-                Ok(seq) => {
+            match self.assign(&rec, &key, &sh, &node).await {
+                Some(state) => {
                     *load.entry(node.clone()).or_default() += 1;
-                    let kind = if sh.attempt > 0 {
-                        "shard.reassigned"
-                    } else {
-                        "shard.assigned"
-                    };
-                    publish_audit(
-                        &self.s.js,
-                        &self.s.subjects,
-                        kind,
-                        Some(&node),
-                        Some(&rec.run_id),
-                        json!({"shard_key": key, "attempt": attempt, "from": sh.node_id}),
-                    )
-                    .await;
-                    rec.shards.insert(
-                        key,
-                        ShardState {
-                            status: ShardStatus::Assigned,
-                            node_id: Some(node),
-                            attempt,
-                            seq: Some(seq),
-                            result: Value::Null,
-                        },
-                    );
+                    rec.shards.insert(key, state);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot publish shard assignment");
-                    break;
-                }
+                None => break,
             }
         }
         self.finish_if_done(&mut rec).await;
@@ -657,14 +717,8 @@ impl Engine {
         .await
         .ok()?
         .ok()?;
-        let v: Value = serde_json::from_slice(&m.payload).ok()?;
-        Some(
-            v["running_tasks"]
-                .as_array()?
-                .iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect(),
-        )
+        let r: ControlReply<NodeStatus> = serde_json::from_slice(&m.payload).ok()?;
+        Some(r.body.running_tasks.into_iter().collect())
     }
 
     /// Moves shards assigned to `from` that have not started; at most
@@ -707,66 +761,83 @@ impl Engine {
                 {
                     continue;
                 }
-                let Some(seq) = sh.seq else { continue };
-                // Rebalance names the target, which must meet this run's
-                // requirements; a drain picks the least loaded eligible
-                // node (or leaves it pending).
-                let nodes: Vec<NodeInfo> = self
-                    .eligible(&rec)
-                    .into_iter()
-                    .filter(|n| n.node_id != from)
-                    .collect();
-                let target = match to {
-                    Some(node) if nodes.iter().any(|n| n.node_id == node) => Some(node.to_string()),
-                    Some(_) => continue,
-                    None => {
-                        let load = self.load();
-                        self.pick(&nodes, &load)
-                    }
-                };
-                // Only a message still waiting can be deleted: then it has
-                // not started.
-                if !matches!(stream.delete_message(seq).await, Ok(true)) {
-                    continue;
+                if let Some(new_state) = self.move_one(&rec, &key, &sh, &stream, from, to).await {
+                    rec.shards.insert(key, new_state);
+                    moved += 1;
+                    changed = true;
                 }
-                let pending = ShardState {
-                    status: ShardStatus::Pending,
-                    ..sh.clone()
-                };
-                let new_state = match &target {
-                    Some(node) => match self
-                        .publish_assignment(&rec, &key, node, sh.attempt + 1)
-                        .await
-                    {
-                        Ok(seq) => ShardState {
-                            status: ShardStatus::Assigned,
-                            node_id: Some(node.to_string()),
-                            attempt: sh.attempt + 1,
-                            seq: Some(seq),
-                            result: Value::Null,
-                        },
-                        Err(_) => pending,
-                    },
-                    None => pending,
-                };
-                publish_audit(
-                    &self.s.js,
-                    &self.s.subjects,
-                    "shard.reassigned",
-                    new_state.node_id.as_deref(),
-                    Some(&rec.run_id),
-                    json!({"shard_key": key, "from": from, "reason": if to.is_some() { "rebalance" } else { "drain" }}),
-                )
-                .await;
-                rec.shards.insert(key, new_state);
-                moved += 1;
-                changed = true;
             }
             if changed {
                 self.save(rec, rev).await;
             }
         }
         moved
+    }
+
+    /// Moves one not-started shard off `from` (to `to`, or the least loaded
+    /// eligible node, or back to pending): deletes its waiting assignment
+    /// message first, so a shard that has started is never moved.
+    async fn move_one(
+        &mut self,
+        rec: &RunRecord,
+        key: &str,
+        sh: &ShardState,
+        stream: &async_nats::jetstream::stream::Stream,
+        from: &str,
+        to: Option<&str>,
+    ) -> Option<ShardState> {
+        let seq = sh.seq?;
+        // Rebalance names the target, which must meet this run's
+        // requirements; a drain picks the least loaded eligible
+        // node (or leaves it pending).
+        let nodes: Vec<NodeInfo> = self
+            .eligible(rec)
+            .into_iter()
+            .filter(|n| n.node_id != from)
+            .collect();
+        let target = match to {
+            Some(node) if nodes.iter().any(|n| n.node_id == node) => Some(node.to_string()),
+            Some(_) => return None,
+            None => {
+                let load = self.load();
+                self.pick(&nodes, &load)
+            }
+        };
+        // Only a message still waiting can be deleted: then it has
+        // not started.
+        if !matches!(stream.delete_message(seq).await, Ok(true)) {
+            return None;
+        }
+        let pending = ShardState {
+            status: ShardStatus::Pending,
+            ..sh.clone()
+        };
+        let new_state = match &target {
+            Some(node) => match self
+                .publish_assignment(rec, key, node, sh.attempt + 1)
+                .await
+            {
+                Ok(seq) => ShardState {
+                    status: ShardStatus::Assigned,
+                    node_id: Some(node.to_string()),
+                    attempt: sh.attempt + 1,
+                    seq: Some(seq),
+                    result: Value::Null,
+                },
+                Err(_) => pending,
+            },
+            None => pending,
+        };
+        publish_audit(
+            &self.s.js,
+            &self.s.subjects,
+            "shard.reassigned",
+            new_state.node_id.as_deref(),
+            Some(&rec.run_id),
+            json!({"shard_key": key, "from": from, "reason": if to.is_some() { "rebalance" } else { "drain" }}),
+        )
+        .await;
+        Some(new_state)
     }
 
     async fn move_unstarted(&mut self, from: &str, limit: Option<usize>) {
@@ -818,5 +889,20 @@ impl Engine {
             total += moved;
         }
         total
+    }
+}
+
+/// Why a run's pending shards wait.
+fn waiting_reason(rec: &RunRecord) -> String {
+    if rec.spec.requirements.capabilities.is_empty() {
+        format!(
+            "waiting for a healthy node with handler {:?}",
+            rec.spec.task_type
+        )
+    } else {
+        format!(
+            "waiting for a healthy node with handler {:?} and capabilities {:?}",
+            rec.spec.task_type, rec.spec.requirements.capabilities
+        )
     }
 }

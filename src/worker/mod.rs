@@ -311,24 +311,7 @@ impl Node {
             cfg,
         });
 
-        // Register first, so anyone we answer can also find us.
-        shared.discovery.put_info(&shared.node_info()).await?;
-        start_service(&shared).await?;
-        dispatch::start_cancel_watch(&shared).await?;
-        if shared.cfg.role != crate::wire::protocol::Role::Supervisor {
-            for q in shared.cfg.queues.clone() {
-                dispatch::start_dispatcher(&shared, &q).await?;
-            }
-            dispatch::start_shard_dispatcher(&shared).await?;
-        }
-        shared.loops.spawn(heartbeat_loop(shared.clone()));
-        client.flush().await.map_err(Error::nats_source)?;
-        shared
-            .audit(
-                "node.joined",
-                json!({"role": shared.cfg.role, "queues": shared.cfg.queues}),
-            )
-            .await;
+        start_parts(&shared).await?;
         let (done_tx, done_rx) = watch::channel(false);
         tokio::spawn(lifecycle(shared.clone(), shutdown, done_tx));
         tracing::info!(node_id = %shared.cfg.node_id, "node started");
@@ -336,6 +319,53 @@ impl Node {
             shared,
             done: done_rx,
         })
+    }
+}
+
+/// Registers the node and starts its loops: the entry first (so anyone it
+/// answers can find it), then the service, the cancel watch, the
+/// dispatchers (not on a supervisor) and the heartbeat.
+async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
+    s.discovery.put_info(&s.node_info()).await?;
+    start_service(s).await?;
+    dispatch::start_cancel_watch(s).await?;
+    if s.cfg.role != crate::wire::protocol::Role::Supervisor {
+        for q in s.cfg.queues.clone() {
+            dispatch::start_dispatcher(s, &q).await?;
+        }
+        dispatch::start_shard_dispatcher(s).await?;
+    }
+    s.loops.spawn(heartbeat_loop(s.clone()));
+    s.client.flush().await.map_err(Error::nats_source)?;
+    s.audit(
+        "node.joined",
+        json!({"role": s.cfg.role, "queues": s.cfg.queues}),
+    )
+    .await;
+    Ok(())
+}
+
+/// The `status` verb's reply body.
+fn node_status(s: &NodeState) -> crate::wire::protocol::NodeStatus {
+    let info = s.node_info();
+    crate::wire::protocol::NodeStatus {
+        role: info.role,
+        active_tasks: info.active_tasks,
+        max_concurrency: info.max_concurrency,
+        queues: info.queues,
+        capabilities: info.capabilities,
+        handlers: s.handlers.types(),
+        completed: s.completed.load(Ordering::Relaxed),
+        failed: s.failed.load(Ordering::Relaxed),
+        started_at: s.started_at.clone(),
+        processes: s.processes.list(),
+        running_tasks: s
+            .running
+            .lock()
+            .expect("running set poisoned")
+            .keys()
+            .cloned()
+            .collect(),
     }
 }
 
@@ -596,23 +626,9 @@ async fn control(s: &Arc<NodeState>, verb: &str, body: &[u8]) -> Result<Value, E
             m.insert("at".into(), json!(now_rfc3339()));
         }
         "status" => {
-            let info = s.node_info();
-            m.insert("role".into(), json!(info.role));
-            m.insert("active_tasks".into(), json!(info.active_tasks));
-            m.insert("max_concurrency".into(), json!(info.max_concurrency));
-            m.insert("queues".into(), json!(info.queues));
-            m.insert("capabilities".into(), json!(info.capabilities));
-            m.insert("handlers".into(), json!(s.handlers.types()));
-            m.insert("completed".into(), json!(s.completed.load(Ordering::Relaxed)));
-            m.insert("failed".into(), json!(s.failed.load(Ordering::Relaxed)));
-            m.insert("started_at".into(), json!(s.started_at));
-            m.insert("processes".into(), json!(s.processes.list()));
-            let running: Vec<String> = s
-                .running
-                .lock()
-                .map(|r| r.keys().cloned().collect())
-                .expect("lock poisoned");
-            m.insert("running_tasks".into(), json!(running));
+            if let Value::Object(fields) = serde_json::to_value(node_status(s))? {
+                m = fields;
+            }
         }
         "drain" => drain(s).await,
         "resume" => {

@@ -5,7 +5,9 @@
 //! input so newer senders can talk to older nodes; missing optional fields
 //! take their documented defaults.
 
+mod control;
 mod run;
+pub use control::*;
 pub use run::*;
 
 use std::collections::BTreeMap;
