@@ -180,6 +180,15 @@ pub type HandlerResult = Result<Value, HandlerError>;
 pub(crate) type HandlerFn =
     Arc<dyn Fn(TaskContext, Value) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
+/// Runs a handler; a panic inside it becomes a retryable `handler
+/// panicked` failure of this attempt (or event), never a crash of the
+/// caller's bookkeeping.
+pub(crate) async fn invoke(handler: HandlerFn, ctx: TaskContext, payload: Value) -> HandlerResult {
+    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(ctx, payload)))
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")))
+}
+
 /// The handlers a node has, by task type.
 #[derive(Clone, Default)]
 pub struct Handlers {

@@ -445,18 +445,7 @@ async fn a_drained_node_finishes_its_work_and_takes_no_new_task() {
     let client = server.client().await;
     let api = api_client(&server).await;
     let node = start_node(&server, node_config("d1")).await;
-    publish_task(
-        &client,
-        "weave.tasks.default.normal",
-        Some("long"),
-        json!({"type": "sleep", "payload": {"ms": 1500}}),
-    )
-    .await;
-    wait_for("long running", Duration::from_secs(3), || async {
-        let st = req(&client, "weave.ctl.d1.status", b"").await;
-        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    run_sleep_task(&client, "d1", "long", 1500).await;
     let mut results = client.subscribe("weave.results.>").await.unwrap();
     client.flush().await.unwrap();
     let r = req(&client, "weave.ctl.d1.drain", b"").await;
@@ -511,18 +500,7 @@ async fn shutdown_waits_for_the_running_task() {
     let client = server.client().await;
     let api = api_client(&server).await;
     let node = start_node(&server, node_config("w1")).await;
-    publish_task(
-        &client,
-        "weave.tasks.default.normal",
-        Some("inflight"),
-        json!({"type": "sleep", "payload": {"ms": 1500}}),
-    )
-    .await;
-    wait_for("running", Duration::from_secs(3), || async {
-        let st = req(&client, "weave.ctl.w1.status", b"").await;
-        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    run_sleep_task(&client, "w1", "inflight", 1500).await;
     let t0 = Instant::now();
     let r = req(&client, "weave.ctl.w1.shutdown", br#"{"deadline_s": 10}"#).await;
     assert_eq!(r["ok"], true);
@@ -559,18 +537,7 @@ async fn shutdown_deadline_returns_unfinished_work_to_the_queue() {
     let client = server.client().await;
     let api = api_client(&server).await;
     let node = start_node(&server, node_config("w1")).await;
-    publish_task(
-        &client,
-        "weave.tasks.default.normal",
-        Some("slow"),
-        json!({"type": "sleep", "payload": {"ms": 3000}}),
-    )
-    .await;
-    wait_for("running", Duration::from_secs(3), || async {
-        let st = req(&client, "weave.ctl.w1.status", b"").await;
-        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    run_sleep_task(&client, "w1", "slow", 3000).await;
     let t0 = Instant::now();
     let r = req(&client, "weave.ctl.w1.shutdown", br#"{"deadline_s": 1}"#).await;
     assert_eq!(r["deadline_s"], 1.0);

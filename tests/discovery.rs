@@ -229,21 +229,7 @@ async fn sigterm_and_sigint_wait_for_running_work() {
     for (sig, id) in [(libc::SIGINT, "inty"), (libc::SIGTERM, "termy2")] {
         let mut node = spawn_node_proc(&server, id).await;
         let task = format!("{id}-task");
-        publish_task(
-            &client,
-            "weave.tasks.default.normal",
-            Some(&task),
-            serde_json::json!({"type": "sleep", "payload": {"ms": 1200}}),
-        )
-        .await;
-        wait_for("task running", Duration::from_secs(5), || async {
-            let st = api
-                .control(id, "status", &serde_json::json!({}))
-                .await
-                .ok()?;
-            (!st["running_tasks"].as_array()?.is_empty()).then_some(())
-        })
-        .await;
+        run_sleep_task(&client, id, &task, 1200).await;
         let t0 = Instant::now();
         node.signal(sig);
         let st = node.wait_exit(Duration::from_secs(10)).expect("exited");

@@ -482,6 +482,19 @@ async fn a_run_whose_shards_die_ends_failed() {
     assert_eq!(failed[0]["run_id"], "bad");
 }
 
+/// A `jetweave coordinator` process with a 2 s lease.
+fn coordinator_proc(server: &NatsServer, id: &str) -> Proc {
+    Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "coordinator",
+        "--id",
+        id,
+        "--lease-ttl",
+        "2",
+    ])
+}
+
 /// kill -9 of the leading coordinator: the standby leads within the lease
 /// TTL (+ the expiry sweep), a restarted coordinator waits as a standby,
 /// a new run completes, and the lease never has two holders.
@@ -489,44 +502,20 @@ async fn a_run_whose_shards_die_ends_failed() {
 async fn leader_failover() {
     let server = NatsServer::start();
     let api = api_client(&server).await;
-    let mut c1 = Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "coordinator",
-        "--id",
-        "c1",
-        "--lease-ttl",
-        "2",
-    ]);
+    let mut c1 = coordinator_proc(&server, "c1");
     wait_for("c1 leads", Duration::from_secs(15), || async {
         let st = api.cluster_status().await.ok()?;
         (st.leader.as_deref() == Some("c1")).then_some(())
     })
     .await;
     let lease_watch = LeaseWatch::start(&server).await;
-    let c2 = Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "coordinator",
-        "--id",
-        "c2",
-        "--lease-ttl",
-        "2",
-    ]);
+    let c2 = coordinator_proc(&server, "c2");
     let _n = start_node(&server, node_config("n1")).await;
     // Both answer the API; c2 knows c1 leads.
     wait_for("two coordinators", Duration::from_secs(15), || async {
         let nats = server.client().await;
-        let inbox = nats.new_inbox();
-        let mut sub = nats.subscribe(inbox.clone()).await.ok()?;
-        nats.publish_with_reply("$SRV.PING.weave-api", inbox, "".into())
-            .await
-            .ok()?;
-        let mut n = 0;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-            n += 1;
-        }
-        (n == 2).then_some(())
+        let n = replies(&nats, "$SRV.PING.weave-api", Duration::from_millis(300)).await;
+        (n.len() == 2).then_some(())
     })
     .await;
     c1.kill9();
@@ -544,27 +533,11 @@ async fn leader_failover() {
     assert!(took <= Duration::from_millis(2500), "took {took:?}");
     // c1 comes back: it stays a standby while c2 leads; kill c2 and c1
     // leads again.
-    let mut c1 = Proc::spawn(&[
-        "--nats-url",
-        &server.url(),
-        "coordinator",
-        "--id",
-        "c1",
-        "--lease-ttl",
-        "2",
-    ]);
+    let mut c1 = coordinator_proc(&server, "c1");
     wait_for("c1 back as a standby", Duration::from_secs(15), || async {
         let nats = server.client().await;
-        let inbox = nats.new_inbox();
-        let mut sub = nats.subscribe(inbox.clone()).await.ok()?;
-        nats.publish_with_reply("$SRV.PING.weave-api", inbox, "".into())
-            .await
-            .ok()?;
-        let mut n = 0;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-            n += 1;
-        }
-        (n == 2).then_some(())
+        let n = replies(&nats, "$SRV.PING.weave-api", Duration::from_millis(300)).await;
+        (n.len() == 2).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -679,16 +652,11 @@ async fn a_stopping_leader_hands_over_at_once() {
     );
     assert!(!c1.coordinator.is_leader());
     let nats = server.client().await;
-    let inbox = nats.new_inbox();
-    let mut sub = nats.subscribe(inbox.clone()).await.unwrap();
-    nats.publish_with_reply("$SRV.PING.weave-api", inbox, "".into())
+    let ids: Vec<Value> = replies(&nats, "$SRV.PING.weave-api", Duration::from_millis(500))
         .await
-        .unwrap();
-    let mut ids = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
-        let v: Value = serde_json::from_slice(&m.payload).unwrap();
-        ids.push(v["id"].clone());
-    }
+        .into_iter()
+        .map(|v| v["id"].clone())
+        .collect();
     assert_eq!(ids.len(), 1, "only c2 answers: {ids:?}");
     let st = api.cluster_status().await.unwrap();
     assert_eq!(st.leader.as_deref(), Some("c2"));

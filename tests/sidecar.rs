@@ -51,6 +51,18 @@ async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     )
 }
 
+/// The agent ids `POST /agents/discover` answers for `filter`.
+async fn discovered(base: &str, filter: Value) -> Vec<String> {
+    let (st, v) = call("POST", &format!("{base}/agents/discover"), Some(filter)).await;
+    assert_eq!(st, 200, "{v}");
+    v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 async fn cluster(server: &NatsServer) -> (TestCoordinator, TestNode) {
     let c = start_coordinator(server, "c1").await;
     let mut cfg = node_config("n1");
@@ -237,20 +249,8 @@ async fn agent_coordinator_routes_and_an_http_agent_gets_its_task() {
     assert_eq!(v["agent_id"], "hermes-agent");
     assert!(v["registered_at"].is_string());
 
-    let (st, v) = call(
-        "POST",
-        &format!("{b}/agents/discover"),
-        Some(json!({"status": "active", "agent_type": "worker"})),
-    )
-    .await;
-    assert_eq!(st, 200);
-    let ids: Vec<&str> = v["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["agent_id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&"hermes-agent"), "{v}");
+    let ids = discovered(b, json!({"status": "active", "agent_type": "worker"})).await;
+    assert!(ids.contains(&"hermes-agent".to_string()), "{ids:?}");
     let (_, v) = call(
         "POST",
         &format!("{b}/agents/discover"),
@@ -266,20 +266,11 @@ async fn agent_coordinator_routes_and_an_http_agent_gets_its_task() {
         json!({"agent_type": "planner"}),
         json!({"status": "offline"}),
     ] {
-        let (st, v) = call(
-            "POST",
-            &format!("{b}/agents/discover"),
-            Some(filter.clone()),
-        )
-        .await;
-        assert_eq!(st, 200);
-        let ids: Vec<&str> = v["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["agent_id"].as_str().unwrap())
-            .collect();
-        assert!(!ids.contains(&"hermes-agent"), "{filter} matched: {v}");
+        let ids = discovered(b, filter.clone()).await;
+        assert!(
+            !ids.contains(&"hermes-agent".to_string()),
+            "{filter} matched: {ids:?}"
+        );
     }
     // The agent is in discovery (`P-nodes`) like any node.
     let entry = node_entry(&server.client().await, "hermes-agent")

@@ -18,20 +18,6 @@ fn submit_req(task_type: &str, payload: Value) -> SubmitRequest {
     }
 }
 
-async fn publish(client: &async_nats::Client, subject: &str, id: Option<&str>, body: Value) {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut m =
-        async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into());
-    if let Some(id) = id {
-        m = m.message_id(id);
-    }
-    js.send_publish(subject.to_string(), m)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn echo_round_trip_by_publish_and_by_api_and_dedup() {
     let server = NatsServer::start();
@@ -41,7 +27,7 @@ async fn echo_round_trip_by_publish_and_by_api_and_dedup() {
     let nats = server.client().await;
 
     // Plain publish with Nats-Msg-Id: the header is the task id.
-    publish(
+    publish_task(
         &nats,
         "weave.tasks.default.normal",
         Some("plain-1"),
@@ -83,7 +69,7 @@ async fn echo_round_trip_by_publish_and_by_api_and_dedup() {
     });
     let _node2 = start_node_with(&server, n).await;
     for _ in 0..3 {
-        publish(
+        publish_task(
             &nats,
             "weave.tasks.default.normal",
             Some("dup-1"),
@@ -98,7 +84,7 @@ async fn echo_round_trip_by_publish_and_by_api_and_dedup() {
     let r = api.wait("dup-1", Duration::from_secs(5)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     // A later, distinct task proves the queue moved past the duplicates.
-    publish(
+    publish_task(
         &nats,
         "weave.tasks.default.normal",
         Some("dup-2"),
@@ -246,7 +232,7 @@ async fn cancel_queued_and_running_tasks_and_delayed_tasks() {
             api.submit(&req).await.unwrap();
         } else {
             let nats = server.client().await;
-            publish(
+            publish_task(
                 &nats,
                 "weave.tasks.default.normal",
                 None,
@@ -278,9 +264,9 @@ async fn cancel_queued_and_running_tasks_and_delayed_tasks() {
     }
 }
 
-#[tokio::test]
-async fn higher_priority_is_dispatched_first() {
-    let server = NatsServer::start();
+/// A drained node with one slot whose `mark` handler records each task's
+/// payload in start order.
+async fn drained_marking_node(server: &NatsServer) -> (TestNode, Arc<Mutex<Vec<String>>>) {
     let order = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut cfg = node_config("w1");
     cfg.concurrency = 1;
@@ -295,11 +281,18 @@ async fn higher_priority_is_dispatched_first() {
             Ok(Value::Null)
         }
     });
-    let node = start_node_with(&server, n).await;
+    let node = start_node_with(server, n).await;
     node.handle.drain().await;
+    (node, order)
+}
+
+#[tokio::test]
+async fn higher_priority_is_dispatched_first() {
+    let server = NatsServer::start();
+    let (node, order) = drained_marking_node(&server).await;
     let nats = server.client().await;
     for i in 0..50 {
-        publish(
+        publish_task(
             &nats,
             "weave.tasks.default.low",
             None,
@@ -308,7 +301,7 @@ async fn higher_priority_is_dispatched_first() {
         .await;
     }
     for i in 0..5 {
-        publish(
+        publish_task(
             &nats,
             "weave.tasks.default.critical",
             None,
@@ -453,7 +446,7 @@ async fn bad_task_messages_are_dead_lettered_and_the_queue_moves_on() {
     raw("bad-notype", br#"{"payload": 1}"#).await;
     raw("bad-types", br#"{"type": "echo", "timeout_s": "soon"}"#).await;
     raw("bad-attempts", br#"{"type": "echo", "max_attempts": 0}"#).await;
-    publish(
+    publish_task(
         &nats,
         "weave.tasks.default.normal",
         None,
@@ -779,22 +772,7 @@ async fn defaults_fallback_ids_queues_and_result_times() {
 #[tokio::test]
 async fn high_before_normal_before_low() {
     let server = NatsServer::start();
-    let order = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cfg = node_config("w1");
-    cfg.concurrency = 1;
-    let mut n = Node::new(cfg);
-    let o = order.clone();
-    n.handler("mark", move |_ctx, p| {
-        let o = o.clone();
-        async move {
-            o.lock()
-                .unwrap()
-                .push(p.as_str().unwrap_or_default().to_string());
-            Ok(Value::Null)
-        }
-    });
-    let node = start_node_with(&server, n).await;
-    node.handle.drain().await;
+    let (node, order) = drained_marking_node(&server).await;
     let nats = server.client().await;
     // Published lowest first, so FIFO order would be the wrong one.
     for p in ["low", "normal", "high"] {
@@ -888,18 +866,7 @@ async fn the_first_result_wins_when_two_nodes_finish_a_task() {
     let api = api_client(&server).await;
     let nats = server.client().await;
     let a = spawn_node_proc(&server, "paused").await;
-    publish_task(
-        &nats,
-        "weave.tasks.default.normal",
-        Some("twice"),
-        json!({"type": "sleep", "payload": {"ms": 2500}}),
-    )
-    .await;
-    wait_for("running on paused", Duration::from_secs(5), || async {
-        let st = api.control("paused", "status", &json!({})).await.ok()?;
-        (!st["running_tasks"].as_array()?.is_empty()).then_some(())
-    })
-    .await;
+    run_sleep_task(&nats, "paused", "twice", 2500).await;
     a.signal(libc::SIGSTOP);
     let _b = start_node(&server, node_config("other")).await;
     let r = api.wait("twice", Duration::from_secs(15)).await.unwrap();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Source;
 use super::{CancelReason, NodeState, Running};
-use crate::handler::{HandlerError, HandlerFn, ShardInfo, TaskContext};
+use crate::handler::{invoke, HandlerError, HandlerFn, ShardInfo, TaskContext};
 use crate::store::results::store_result;
 use crate::store::tasks::schedule;
 use crate::wire::protocol::{
@@ -392,13 +392,7 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
     ctx.shard = d.shard.clone();
     // A handler that panics fails its attempt; it never takes the node's
     // bookkeeping (slot, running set) down with it.
-    let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(
-        ctx,
-        d.env.payload.clone(),
-    )));
-    let run = futures::FutureExt::map(run, |r| {
-        r.unwrap_or_else(|_| Err(HandlerError::retry("handler panicked")))
-    });
+    let run = invoke(handler, ctx, d.env.payload.clone());
     tokio::pin!(run);
     let deadline = d.env.timeout();
     let timeout = async {

@@ -716,13 +716,7 @@ async fn inject_event(s: &Arc<NodeState>, process: &str, body: &[u8]) -> Result<
             s2.checkpoints.clone(),
         );
         ctx.metadata = ev.metadata.clone();
-        let run = futures::FutureExt::map(
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler(
-                ctx,
-                ev.payload.clone(),
-            ))),
-            |r| r.unwrap_or_else(|_| Err(crate::handler::HandlerError::retry("handler panicked"))),
-        );
+        let run = crate::handler::invoke(handler, ctx, ev.payload.clone());
         let outcome = tokio::select! {
             r = run => r,
             _ = stop.wait() => { cancel.cancel(); Err(crate::handler::HandlerError::retry("process stopped")) }

@@ -404,3 +404,52 @@ pub fn ts(v: &serde_json::Value) -> time::OffsetDateTime {
     )
     .expect("RFC 3339 timestamp")
 }
+
+/// Publishes a `sleep` task of `ms` on the default queue and waits until
+/// node `node_id` runs it.
+pub async fn run_sleep_task(client: &async_nats::Client, node_id: &str, task_id: &str, ms: u64) {
+    publish_task(
+        client,
+        "weave.tasks.default.normal",
+        Some(task_id),
+        serde_json::json!({"type": "sleep", "payload": {"ms": ms}}),
+    )
+    .await;
+    wait_for(
+        &format!("{task_id} running on {node_id}"),
+        Duration::from_secs(5),
+        || async {
+            // The node may register a moment before its service answers.
+            let subject = format!("weave.ctl.{node_id}.status");
+            let m = client.request(subject, "".into()).await.ok()?;
+            let st: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+            st["running_tasks"]
+                .as_array()?
+                .iter()
+                .any(|t| t == task_id)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Every reply to one request on `subject` that arrives within `window`
+/// of the last one (for subjects many answer: `$SRV.PING`, broadcasts).
+pub async fn replies(
+    client: &async_nats::Client,
+    subject: &str,
+    window: Duration,
+) -> Vec<serde_json::Value> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(subject.to_string(), inbox, "".into())
+        .await
+        .expect("publish");
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(window, sub.next()).await {
+        out.push(serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null));
+    }
+    out
+}
