@@ -1,7 +1,15 @@
 //! The worker node: joins discovery, heartbeats, obeys control, hosts
 //! processes, and runs tasks from its queues.
 //!
-//! [`Node::start`] spawns these parts, all stopped by one [`Shutdown`]:
+//! Stopping has one path. Every way to stop a node — the caller's
+//! [`Shutdown`], [`NodeHandle::shutdown`], the `shutdown` verb, SIGTERM or
+//! SIGINT in the binary — is a *stop request* (with a deadline) that the
+//! lifecycle task carries out: drain, wait for in-flight work up to the
+//! deadline, end every loop (and wait for them), delete the KV entry,
+//! report done. The loops listen to one internal signal that only the
+//! lifecycle triggers.
+//!
+//! [`Node::start`] spawns these parts:
 //! - the *heartbeat* loop: publishes a [`Heartbeat`] and refreshes the
 //!   node's KV entry (with TTL) every interval, and at once on a health
 //!   change;
@@ -87,10 +95,11 @@ pub(crate) struct NodeState {
     pub cancelled: Mutex<HashSet<String>>,
     pub processes: Processes,
     pub started_at: String,
-    /// Stops every loop of the node (the last step of shutdown).
+    /// Ends every loop of the node; only the lifecycle triggers it.
     pub shutdown: Shutdown,
-    /// Asks for a graceful shutdown; the lifecycle task carries it out.
+    /// The stop request; the lifecycle task carries it out.
     pub stop_requested: Shutdown,
+    /// The stop request's bound on waiting for in-flight work.
     pub stop_deadline: Mutex<Duration>,
     /// In-flight tasks, events and shards.
     pub work: TaskTracker,
@@ -271,7 +280,9 @@ impl Node {
             .map_err(Error::nats_source)?;
         let discovery =
             KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, self.replicas).await?;
-        let node_shutdown = shutdown.child();
+        // Not a child of `shutdown`: the caller's signal is a stop request
+        // like any other (the lifecycle drains first, then ends the loops).
+        let node_shutdown = Shutdown::new();
         let loops = TaskTracker::new();
         let view = ClusterView::start(&discovery, node_shutdown.clone(), &loops).await?;
         let checkpoints = Checkpoints::open(
