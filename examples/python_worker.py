@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import socket
 from datetime import datetime, timezone
 
@@ -124,12 +125,37 @@ class Worker:
             if not got:
                 await asyncio.sleep(0.05)
 
+    async def resources_ready(self):
+        """The task stream, its four consumers of `default` and the nodes
+        bucket: jetweave nodes and coordinators create them."""
+        try:
+            for prio in PRIORITIES:
+                await self.js.consumer_info(f"{self.p.upper()}_TASKS", f"tasks_default_{prio}")
+            await self.js.stream_info(f"KV_{self.p}-nodes")
+            return True
+        except (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError,
+                nats.errors.TimeoutError):
+            return False
+
+    async def wait_for_resources(self):
+        said = False
+        while not self.stop.is_set() and not await self.resources_ready():
+            if not said:
+                print(f"waiting for jetweave's streams on {self.args.nats_url} "
+                      "(start a jetweave node or coordinator)", file=sys.stderr, flush=True)
+                said = True
+            await asyncio.sleep(0.5)
+
     async def run(self):
         self.nc = await nats.connect(self.args.nats_url, name=f"python worker {self.node_id}")
         self.js = self.nc.jetstream()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        await self.wait_for_resources()
+        if self.stop.is_set():
+            await self.nc.close()
+            return
         await self.register()
         print(f"python worker {self.node_id} ready", flush=True)
         tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.work_loop())]

@@ -641,3 +641,47 @@ async fn a_stopped_node_leaves_nothing_running() {
         .expect_err("no one answers for a stopped node");
     assert_eq!(r.kind(), async_nats::RequestErrorKind::NoResponders);
 }
+
+/// A malformed body on a control verb gets an error reply and changes
+/// nothing; an empty body or `{}` is still fine for verbs without fields.
+#[tokio::test]
+async fn malformed_control_bodies_change_nothing() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut cfg = node_config("strict");
+    cfg.processes = vec![ProcessSpec {
+        name: "w".into(),
+        handler: "echo".into(),
+        autostart: true,
+    }];
+    let node = start_node(&server, cfg).await;
+    let bad: [(&str, &[u8], &str); 8] = [
+        ("drain", b"{not json", "invalid_json"),
+        ("drain", b"[1,2,3]", "invalid_json"),
+        ("drain", b"null", "invalid_json"),
+        ("drain", br#"{"deadline_s": "x"}"#, "invalid_value"),
+        ("shutdown", br#"{"deadline_s": "x"}"#, "invalid_value"),
+        ("shutdown", b"[1]", "invalid_json"),
+        ("process.w.stop", b"{oops", "invalid_json"),
+        ("ping", br#"{"surprise": 1}"#, "invalid_value"),
+    ];
+    for (verb, body, code) in bad {
+        let r = req(&client, &format!("weave.ctl.strict.{verb}"), body).await;
+        assert_eq!(
+            r["ok"],
+            false,
+            "{verb} {:?}: {r}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(r["code"], code, "{verb}: {r}");
+    }
+    // Nothing changed: healthy, serving, the process still runs.
+    let st = req(&client, "weave.ctl.strict.status", b"").await;
+    assert_eq!(st["health"], "healthy", "{st}");
+    assert_eq!(st["processes"][0]["state"], "running", "{st}");
+    for body in [&b""[..], b"{}", b"  "] {
+        let r = req(&client, "weave.ctl.strict.ping", body).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    node.handle.shutdown(Duration::from_secs(2)).await;
+}

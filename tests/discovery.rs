@@ -293,3 +293,46 @@ async fn an_expired_node_is_in_the_audit_log() {
         serde_json::json!(["default"])
     );
 }
+
+/// Entries in `weave-nodes` that are not a node's NodeInfo (garbage, a copy
+/// of another node's entry under a new key) are not listed anywhere.
+#[tokio::test]
+async fn garbage_entries_are_not_ghost_nodes() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let _c = start_coordinator(&server, "c1").await;
+    let _n = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("weave-nodes").await.unwrap();
+    let real = kv.get("n1").await.unwrap().unwrap();
+    kv.put("ghost1", "not json".into()).await.unwrap();
+    kv.put("ghost2", r#"{"x": 1}"#.into()).await.unwrap();
+    kv.put("ghost3", real).await.unwrap();
+    // A node that joins after the garbage is seen: the view is current.
+    let _n2 = start_node(&server, node_config("n2")).await;
+    wait_for("n2 listed", Duration::from_secs(5), || async {
+        (api.cluster_status().await.ok()?.total_nodes >= 2).then_some(())
+    })
+    .await;
+    let st = api.cluster_status().await.unwrap();
+    assert_eq!(st.total_nodes, 2, "{st:?}");
+    let mut ids: Vec<String> = api
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["n1", "n2"]);
+    let d = discovery(&server).await;
+    let ids: Vec<String> = d
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(ids, ["n1", "n2"]);
+}

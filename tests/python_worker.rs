@@ -118,3 +118,55 @@ async fn python_worker_and_rust_node_share_the_queue() {
     })
     .await;
 }
+
+/// Started before any jetweave process made the streams, the Python worker
+/// says in one line what it waits for, and joins once a node has made them.
+#[tokio::test]
+async fn python_worker_waits_for_the_streams() {
+    let server = NatsServer::start();
+    let mut child = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python_worker.py"))
+        .args([
+            "--nats-url",
+            &server.url(),
+            "--node-id",
+            "early",
+            "--node-ttl",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python worker");
+    let stderr = child.stderr.take().unwrap();
+    let mut py = Py(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("a line saying what it waits for");
+    assert!(line.contains("waiting for jetweave's streams"), "{line}");
+    assert!(
+        py.0.try_wait().unwrap().is_none(),
+        "it keeps waiting, it does not die"
+    );
+    let _rs = start_node(&server, node_config("rs1")).await;
+    let client = server.client().await;
+    let entry = wait_for(
+        "python worker registered",
+        Duration::from_secs(10),
+        || async { node_entry(&client, "early").await },
+    )
+    .await;
+    assert_eq!(entry["metadata"]["language"], "python");
+    let extra: Vec<String> = rx.try_iter().collect();
+    assert!(extra.iter().all(|l| !l.contains("Traceback")), "{extra:?}");
+}

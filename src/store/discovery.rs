@@ -92,6 +92,23 @@ fn strip_url(u: &str) -> String {
     u.trim_end_matches('/').to_string()
 }
 
+/// An entry of `P-nodes` as a NodeInfo, if it is one: it parses, and it
+/// names the node of its key. Anything else (garbage written by hand, a
+/// copy of another node's entry) is logged and ignored, never listed.
+fn parse_entry(key: &str, value: &[u8]) -> Option<NodeInfo> {
+    match serde_json::from_slice::<NodeInfo>(value) {
+        Ok(info) if info.node_id == key => Some(info),
+        Ok(info) => {
+            tracing::warn!(key, node_id = %info.node_id, "ignoring a discovery entry for another node id");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "ignoring a discovery entry that is not a NodeInfo");
+            None
+        }
+    }
+}
+
 fn to_discovered(info: NodeInfo) -> DiscoveredNode {
     DiscoveredNode {
         node_id: info.node_id.clone(),
@@ -171,7 +188,7 @@ impl KvDiscovery {
     /// One node's entry.
     pub async fn get(&self, node_id: &str) -> Result<Option<NodeInfo>, Error> {
         match self.store.get(node_id).await.map_err(Error::nats_source)? {
-            Some(b) => Ok(serde_json::from_slice(&b).ok()),
+            Some(b) => Ok(parse_entry(node_id, &b)),
             None => Ok(None),
         }
     }
@@ -241,7 +258,7 @@ impl Discovery for KvDiscovery {
         let s = watch.filter_map(move |entry| {
             let ev = match entry {
                 Ok(e) => match e.operation {
-                    kv::Operation::Put => match serde_json::from_slice::<NodeInfo>(&e.value) {
+                    kv::Operation::Put => match parse_entry(&e.key, &e.value).ok_or(()) {
                         Ok(info) => {
                             let d = to_discovered(info);
                             if known.insert(e.key.clone()) {

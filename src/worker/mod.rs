@@ -606,9 +606,9 @@ async fn serve_request(s: Arc<NodeState>, req: async_nats::service::Request) {
             }
         }
         ["ctl", _target, verb] => control(&s, verb, &req.message.payload).await,
-        ["ctl", _target, "process", name, verb] => {
-            process_verb(&s, name, verb).map(|v| s.ctl_ok(v))
-        }
+        ["ctl", _target, "process", name, verb] => parse_object::<NoFields>(&req.message.payload)
+            .and_then(|_| process_verb(&s, name, verb))
+            .map(|v| s.ctl_ok(v)),
         _ => Err(Error::invalid(
             ErrorCode::UnknownVerb,
             format!("unknown control subject {subject}"),
@@ -623,13 +623,23 @@ async fn serve_request(s: Arc<NodeState>, req: async_nats::service::Request) {
     }
 }
 
+/// The body of a verb without fields: empty or `{}`; anything else is an
+/// error reply and the verb is not carried out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ShutdownRequest {
     #[serde(default)]
     deadline_s: Option<f64>,
 }
 
 async fn control(s: &Arc<NodeState>, verb: &str, body: &[u8]) -> Result<Value, Error> {
+    if verb != "shutdown" {
+        parse_object::<NoFields>(body)?;
+    }
     let mut m = Map::new();
     match verb {
         "ping" => {
