@@ -1039,3 +1039,38 @@ async fn cluster_status_counts_nodes_processes_and_queues() {
     }
     assert_eq!(raw["queues"]["gpu"], json!({"pending": 2, "running": 0}));
 }
+
+/// The results stream is unavailable when a task finishes (deleted, then
+/// back 2.5 s later, as in a failover): the node keeps trying to store the
+/// result instead of handing the task back, so the outage uses no attempt.
+#[tokio::test]
+async fn a_result_stream_outage_uses_no_attempt() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let api = api_client(&server).await;
+    let _w = start_node(&server, node_config("w1")).await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("outage"),
+        json!({"type": "sleep", "payload": {"ms": 500}, "max_attempts": 1}),
+    )
+    .await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let config = js
+        .get_stream("WEAVE_RESULTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream("WEAVE_RESULTS").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    js.create_stream(config).await.unwrap();
+    let r = api.wait("outage", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.node_id.as_deref(), Some("w1"));
+}

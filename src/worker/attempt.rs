@@ -169,7 +169,7 @@ async fn conclude(
     let r = task_result(
         s, &d.task_id, status, result, error, d.attempt, started, duration,
     );
-    match store_result(&s.js, &s.subjects, &r).await {
+    match store_durably(s, &d.msg, &r).await {
         Ok(_) => {
             settle(&d.msg, AckKind::Ack).await;
             notify_shard_done(s, d.shard, d.task_id).await;
@@ -177,6 +177,35 @@ async fn conclude(
         Err(e) => {
             tracing::warn!(task_id = %d.task_id, error = %e, "result not stored; task goes back to the queue");
             settle(&d.msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+/// How long a finished attempt keeps trying to store its result (a stream
+/// leader election takes seconds) before the task goes back to the queue.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Stores the terminal result, retrying with backoff across a brief
+/// outage of the stream (a server failover) and keeping the message's
+/// lease with progress acks meanwhile: an outage is not the task's fault
+/// and must not use one of its attempts.
+async fn store_durably(
+    s: &NodeState,
+    msg: &jetstream::Message,
+    r: &TaskResult,
+) -> Result<bool, crate::error::Error> {
+    let deadline = Instant::now() + STORE_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store_result(&s.js, &s.subjects, r).await {
+            Ok(stored) => return Ok(stored),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(task_id = %r.task_id, error = %e, ?delay, "result not stored yet; retrying");
+                let _ = msg.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
