@@ -336,3 +336,45 @@ async fn garbage_entries_are_not_ghost_nodes() {
         .collect();
     assert_eq!(ids, ["n1", "n2"]);
 }
+
+/// The coordinator's discovery watch loses its consumer: the view comes
+/// back, so a node that joins afterwards is seen and one that leaves is
+/// gone.
+#[tokio::test]
+async fn the_cluster_view_survives_the_loss_of_its_watch() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let _c = start_coordinator(&server, "c1").await;
+    let n1 = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("KV_weave-nodes").await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .filter_map(|n| async { n.ok() })
+        .collect()
+        .await;
+    assert!(!names.is_empty());
+    for n in &names {
+        stream.delete_consumer(n).await.unwrap();
+    }
+    let _n2 = start_node(&server, node_config("n2")).await;
+    n1.handle.shutdown(Duration::from_secs(2)).await;
+    let ids = wait_for(
+        "the view has n2 and not n1",
+        Duration::from_secs(20),
+        || async {
+            let mut ids: Vec<String> = api
+                .nodes()
+                .await
+                .ok()?
+                .into_iter()
+                .map(|n| n.node_id)
+                .collect();
+            ids.sort();
+            (ids == ["n2"]).then_some(ids)
+        },
+    )
+    .await;
+    assert_eq!(ids, ["n2"]);
+}

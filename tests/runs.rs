@@ -661,3 +661,36 @@ async fn a_stopping_leader_hands_over_at_once() {
     let st = api.cluster_status().await.unwrap();
     assert_eq!(st.leader.as_deref(), Some("c2"));
 }
+
+/// The coordinator's watch of `weave-runs` loses its consumer (deleted on
+/// the server, as when the server holding it dies): the watch comes back,
+/// and a run created afterwards is assigned and completes.
+#[tokio::test]
+async fn runs_survive_the_loss_of_the_coordinators_watch() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _n = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let stream = js.get_stream("KV_weave-runs").await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .filter_map(|n| async { n.ok() })
+        .collect()
+        .await;
+    assert!(!names.is_empty(), "the coordinator watches weave-runs");
+    for n in &names {
+        stream.delete_consumer(n).await.unwrap();
+    }
+    api.create_run(
+        &json!({"run_id": "after-loss", "dataset_id": "d", "total_items": 4,
+        "shard_size": 2, "type": "count"}),
+    )
+    .await
+    .unwrap();
+    let run = api
+        .wait_run("after-loss", Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed");
+}

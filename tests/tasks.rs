@@ -1074,3 +1074,34 @@ async fn a_result_stream_outage_uses_no_attempt() {
     assert_eq!(r.attempts, 1);
     assert_eq!(r.node_id.as_deref(), Some("w1"));
 }
+
+/// The node's watch of `weave-cancels` loses its consumer: the watch comes
+/// back and a cancel still stops a running task.
+#[tokio::test]
+async fn cancels_survive_the_loss_of_the_nodes_watch() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let nats = server.client().await;
+    let api = api_client(&server).await;
+    let _w = start_node(&server, node_config("w1")).await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = js.get_stream("KV_weave-cancels").await.unwrap();
+    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    assert!(!names.is_empty(), "the node watches weave-cancels");
+    for n in &names {
+        stream.delete_consumer(n).await.unwrap();
+    }
+    run_sleep_task(&nats, "w1", "to-cancel", 60_000).await;
+    let t0 = Instant::now();
+    api.cancel("to-cancel").await.unwrap();
+    let r = api
+        .wait("to-cancel", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Cancelled, "{r:?}");
+    eprintln!("cancel took {:?} after the watch was lost", t0.elapsed());
+}

@@ -223,7 +223,14 @@ impl Engine {
                 _ = self.s.shutdown.wait() => false,
                 e = i.watch.next() => match e {
                     Some(Ok(e)) => { self.on_watch(e).await; true }
-                    _ => false,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "runs watch failed; watching again");
+                        self.rewatch(&mut i).await
+                    }
+                    None => {
+                        tracing::warn!("runs watch ended; watching again");
+                        self.rewatch(&mut i).await
+                    }
                 },
                 r = i.leadership.changed() => {
                     let lead = r.is_ok() && *i.leadership.borrow_and_update();
@@ -252,6 +259,31 @@ impl Engine {
             if !go {
                 break;
             }
+        }
+    }
+
+    /// Re-creates the watch of `P-runs` (its consumer was lost with a
+    /// server, or deleted), retrying with backoff until it works or the
+    /// coordinator stops; the new watch replays every record, and the
+    /// leader reconciles all runs for what it missed. False on shutdown.
+    async fn rewatch(&mut self, i: &mut Inputs) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.s.runs.watch_with_history(">").await {
+                Ok(w) => {
+                    i.watch = w;
+                    if self.s.leader.is_leader() {
+                        self.reconcile_all().await;
+                    }
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, ?delay, "cannot watch runs yet"),
+            }
+            tokio::select! {
+                _ = self.s.shutdown.wait() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -255,6 +255,9 @@ impl Discovery for KvDiscovery {
             .await
             .map_err(Error::nats_source)?;
         let mut known = std::collections::HashSet::new();
+        // The stream ends at the first error (its consumer was lost), so
+        // the caller can watch again rather than wait on a dead watch.
+        let watch = watch.take_while(|e| futures::future::ready(e.is_ok()));
         let s = watch.filter_map(move |entry| {
             let ev = match entry {
                 Ok(e) => match e.operation {
@@ -423,18 +426,61 @@ impl ClusterView {
         }
         let mut stream = discovery.watch().await?;
         let v = view.clone();
+        let d = discovery.clone();
         tracker.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => break,
                     ev = stream.next() => match ev {
                         Some(ev) => v.apply(ev),
-                        None => break,
+                        None => match v.resync(&d, &shutdown).await {
+                            Some(s) => stream = s,
+                            None => break,
+                        },
                     },
                 }
             }
         });
         Ok(view)
+    }
+
+    /// The watch ended (its consumer was lost with a server, or deleted):
+    /// watch again with backoff, and report nodes that left meanwhile as
+    /// expired (the new watch replays the ones still there). `None` on
+    /// shutdown.
+    async fn resync(
+        &self,
+        d: &KvDiscovery,
+        shutdown: &Shutdown,
+    ) -> Option<BoxStream<'static, DiscoveryEvent>> {
+        tracing::warn!("discovery watch lost; watching again");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if let (Ok(nodes), Ok(stream)) = (d.nodes().await, d.watch().await) {
+                let live: std::collections::HashSet<String> =
+                    nodes.into_iter().map(|n| n.node_id).collect();
+                let gone: Vec<String> = self
+                    .nodes
+                    .read()
+                    .expect("lock poisoned")
+                    .keys()
+                    .filter(|k| !live.contains(*k))
+                    .cloned()
+                    .collect();
+                for node_id in gone {
+                    self.apply(DiscoveryEvent::Left {
+                        node_id,
+                        reason: LeaveReason::Expired,
+                    });
+                }
+                return Some(stream);
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     fn apply(&self, ev: DiscoveryEvent) {

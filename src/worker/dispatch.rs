@@ -69,33 +69,53 @@ pub(crate) async fn start_cancel_watch(s: &Arc<NodeState>) -> Result<(), Error> 
                 _ = s.shutdown.wait() => break,
                 e = watch.next() => e,
             };
-            let Some(Ok(entry)) = entry else { break };
-            let task_id = decode_key(&entry.key);
-            if entry.operation != kv::Operation::Put {
-                // Aged out (24 h): forget it.
-                {
-                    let mut c = s.cancelled.lock().expect("lock poisoned");
-                    c.remove(&task_id);
-                }
-                continue;
-            }
-            {
-                let r = s.running.lock().expect("lock poisoned");
-                if let Some(t) = r.get(&task_id) {
-                    {
-                        let mut reason = t.reason.lock().expect("lock poisoned");
-                        reason.get_or_insert(CancelReason::User);
-                    }
-                    t.cancel.cancel();
-                }
-            }
-            {
-                let mut c = s.cancelled.lock().expect("lock poisoned");
-                c.insert(task_id);
+            match entry {
+                Some(Ok(entry)) => apply_cancel(&s, entry),
+                // The watch's consumer was lost (a server died, it was
+                // deleted): watch again; the replay re-reads every cancel.
+                other => match rewatch(&s, &store, other.is_none()).await {
+                    Some(w) => watch = w,
+                    None => break,
+                },
             }
         }
     });
     Ok(())
+}
+
+/// Re-creates the cancels watch with backoff; `None` when the node stops.
+async fn rewatch(s: &NodeState, store: &kv::Store, ended: bool) -> Option<kv::Watch> {
+    tracing::warn!(ended, "cancel watch lost; watching again");
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if let Ok(w) = store.watch_with_history(">").await {
+            return Some(w);
+        }
+        tokio::select! {
+            _ = s.shutdown.wait() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One entry of `P-cancels`: a cancel request (cancel the task if it runs
+/// here, and remember it) or its expiry (forget it).
+fn apply_cancel(s: &NodeState, entry: kv::Entry) {
+    let task_id = decode_key(&entry.key);
+    if entry.operation != kv::Operation::Put {
+        // Aged out (24 h): forget it.
+        s.cancelled.lock().expect("lock poisoned").remove(&task_id);
+        return;
+    }
+    if let Some(t) = s.running.lock().expect("lock poisoned").get(&task_id) {
+        t.reason
+            .lock()
+            .expect("lock poisoned")
+            .get_or_insert(CancelReason::User);
+        t.cancel.cancel();
+    }
+    s.cancelled.lock().expect("lock poisoned").insert(task_id);
 }
 
 /// Where a dispatcher's messages come from.
