@@ -1105,3 +1105,33 @@ async fn cancels_survive_the_loss_of_the_nodes_watch() {
     assert_eq!(r.status, TaskStatus::Cancelled, "{r:?}");
     eprintln!("cancel took {:?} after the watch was lost", t0.elapsed());
 }
+
+/// API requests without fields still reject bodies that are not empty or
+/// `{}` (they used to be answered as if empty).
+#[tokio::test]
+async fn api_requests_reject_malformed_bodies() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let nats = server.client().await;
+    for subject in ["weave.api.cluster.status", "weave.api.nodes.list"] {
+        for (body, code) in [
+            (&b"{not json"[..], "invalid_json"),
+            (b"[1]", "invalid_json"),
+            (b"null", "invalid_json"),
+            (br#"{"surprise": true}"#, "invalid_value"),
+        ] {
+            let r = req(&nats, subject, body).await;
+            assert_eq!(
+                r["ok"],
+                false,
+                "{subject} {:?}: {r}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(r["code"], code, "{subject}: {r}");
+        }
+        for body in [&b""[..], b"{}"] {
+            let r = req(&nats, subject, body).await;
+            assert!(r.get("ok") != Some(&json!(false)), "{subject}: {r}");
+        }
+    }
+}

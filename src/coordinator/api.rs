@@ -24,7 +24,7 @@ use crate::store::results::{read_result, store_result};
 use crate::store::tasks::publish_task;
 use crate::wire::protocol::{error_body, json_body};
 use crate::wire::protocol::{
-    now_rfc3339, parse_object, ClusterStatus, Health, Priority, QueueStats, SubmitReply,
+    now_rfc3339, parse_object, ClusterStatus, Health, NoFields, Priority, QueueStats, SubmitReply,
     SubmitRequest, TaskInfo, TaskRef, TaskResult, TaskStatus,
 };
 use crate::wire::subjects::{encode_key, validate_task_id, API_SERVICE};
@@ -101,8 +101,14 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
             to_value(get_task(s, &r.task_id).await?)
         }
         "tasks.cancel" => cancel(s, body).await,
-        "nodes.list" => Ok(json!({"nodes": s.view.nodes()})),
-        "cluster.status" => to_value(cluster_status(s).await?),
+        "nodes.list" => {
+            parse_object::<NoFields>(body)?;
+            Ok(json!({"nodes": s.view.nodes()}))
+        }
+        "cluster.status" => {
+            parse_object::<NoFields>(body)?;
+            to_value(cluster_status(s).await?)
+        }
         "runs.create" => super::runs::create(s, body).await,
         "runs.get" => super::runs::get(s, body).await,
         other => Err(Error::invalid(

@@ -33,7 +33,7 @@ pub(super) fn agent_queue(agent_id: &str) -> String {
 pub(super) const AGENT_TASK: &str = "agent";
 
 #[utoipa::path(post, path = "/agents/register", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, message, agent_id, registered_at}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn agent_register(State(app): State<Shared>, body: Bytes) -> ApiResult {
+pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> ApiResult {
     let req: RegisterRequest = parse_body(&body)?;
     validate_id("agent_id", &req.agent_id).map_err(ApiError::from)?;
     let url = req
@@ -48,12 +48,15 @@ pub(super) async fn agent_register(State(app): State<Shared>, body: Bytes) -> Ap
                 "endpoints.http must be an http(s):// URL",
             )
         })?;
-    let existing = app.agents.lock().ok().and_then(|mut a| {
-        a.get_mut(&req.agent_id).map(|b| {
+    let existing = app
+        .agents
+        .lock()
+        .expect("agents poisoned")
+        .get_mut(&req.agent_id)
+        .map(|b| {
             b.last_seen = Instant::now();
             b.registered_at.clone()
-        })
-    });
+        });
     let registered_at = match existing {
         Some(at) => at,
         None => {
@@ -88,7 +91,8 @@ pub(super) async fn agent_register(State(app): State<Shared>, body: Bytes) -> Ap
                 .timed("node", Node::new(cfg).start(nats, app.shutdown.child()))
                 .await?;
             let at = now_rfc3339();
-            if let Ok(mut a) = app.agents.lock() {
+            {
+                let mut a = app.agents.lock().expect("agents poisoned");
                 a.insert(
                     req.agent_id.clone(),
                     Bridge {
@@ -111,14 +115,15 @@ pub(super) async fn agent_register(State(app): State<Shared>, body: Bytes) -> Ap
 
 #[utoipa::path(post, path = "/agents/{id}/heartbeat", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "{status: success}"), (status = 404, description = "agent not registered here"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn agent_heartbeat(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult {
     let found = app
         .agents
         .lock()
-        .ok()
-        .and_then(|mut a| a.get_mut(&id).map(|b| b.last_seen = Instant::now()))
+        .expect("agents poisoned")
+        .get_mut(&id)
+        .map(|b| b.last_seen = Instant::now())
         .is_some();
     if found {
         ok(json!({"status": "success", "agent_id": id}))
@@ -131,7 +136,7 @@ pub(super) async fn agent_heartbeat(
     }
 }
 
-pub(super) async fn reap_agents(app: Shared) {
+pub(super) async fn reap_agents(app: AppState) {
     loop {
         tokio::select! {
             _ = app.shutdown.wait() => break,
@@ -150,7 +155,7 @@ pub(super) async fn reap_agents(app: Shared) {
                     .filter_map(|id| a.remove(&id).map(|b| (id, b.node)))
                     .collect()
             })
-            .unwrap_or_default();
+            .expect("agents poisoned");
         for (id, node) in expired {
             tracing::info!(agent_id = %id, "agent missed its heartbeats; unregistering");
             node.shutdown(Duration::from_secs(5)).await;
@@ -197,7 +202,7 @@ pub(super) fn agent_view(n: &crate::wire::protocol::NodeInfo) -> Value {
 }
 
 #[utoipa::path(post, path = "/agents/discover", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, agents, count}"), (status = 400, description = "invalid JSON or fields"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn agent_discover(State(app): State<Shared>, body: Bytes) -> ApiResult {
+pub(super) async fn agent_discover(State(app): State<AppState>, body: Bytes) -> ApiResult {
     let f: DiscoverRequest = parse_body(&body)?;
     let nodes = app.timed("api", app.client.nodes()).await?;
     let agents: Vec<Value> = nodes
@@ -226,7 +231,7 @@ pub(super) struct SubmitBody {
 }
 
 #[utoipa::path(post, path = "/tasks/submit", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, task_id}"), (status = 400, description = "invalid JSON or fields"), (status = 503, description = "no agent or worker can take it"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn tasks_submit(State(app): State<Shared>, body: Bytes) -> ApiResult {
+pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> ApiResult {
     let b: SubmitBody = parse_body(&body)?;
     if !b.task_data.is_object() {
         return Err(err(
@@ -292,7 +297,7 @@ pub(super) async fn tasks_submit(State(app): State<Shared>, body: Bytes) -> ApiR
 }
 
 #[utoipa::path(get, path = "/tasks/status", tag = "agents", responses((status = 200, description = "{status: success, stats}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn tasks_status(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn tasks_status(State(app): State<AppState>) -> ApiResult {
     let nodes = app.timed("api", app.client.nodes()).await?;
     let sum = |k: &str| -> u64 {
         nodes

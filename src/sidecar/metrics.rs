@@ -53,7 +53,7 @@ impl Metrics {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus text exposition"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn metrics(State(app): State<Shared>) -> Response {
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     // Cluster gauges are read at scrape time (best effort).
     if let Ok(Ok(st)) =
         tokio::time::timeout(app.cfg.request_timeout, app.client.cluster_status()).await

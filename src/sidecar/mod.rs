@@ -118,7 +118,7 @@ struct App {
     shutdown: Shutdown,
 }
 
-type Shared = Arc<App>;
+type AppState = Arc<App>;
 
 impl App {
     async fn timed<T>(
@@ -191,7 +191,7 @@ pub async fn serve(
             .agents
             .lock()
             .map(|mut a| a.drain().map(|(_, b)| b.node).collect())
-            .unwrap_or_default();
+            .expect("agents poisoned");
         for b in bridges {
             b.shutdown(Duration::from_secs(5)).await;
         }
@@ -200,7 +200,7 @@ pub async fn serve(
     Ok(SidecarHandle { local_addr, task })
 }
 
-fn node_routes() -> Router<Shared> {
+fn node_routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
@@ -209,7 +209,7 @@ fn node_routes() -> Router<Shared> {
         .route("/processes/{name}/{verb}", post(process_verb))
 }
 
-fn router(app: Shared) -> Router {
+fn router(app: AppState) -> Router {
     let mut r = Router::new()
         .route("/agents/register", post(agent_register))
         .route("/agents/discover", post(agent_discover))
@@ -251,7 +251,7 @@ fn router(app: Shared) -> Router {
     r.with_state(app)
 }
 
-async fn auth_and_count(State(app): State<Shared>, req: Request, next: Next) -> Response {
+async fn auth_and_count(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()

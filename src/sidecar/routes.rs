@@ -80,54 +80,57 @@ pub(super) async fn process_verb_impl(
 }
 
 #[utoipa::path(get, path = "/health", tag = "per-node", responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn health(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn health(State(app): State<AppState>) -> ApiResult {
     health_impl(&app, &this_node(&app)?).await
 }
 #[utoipa::path(get, path = "/status", tag = "per-node", responses((status = 200, description = "the node's full status"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn status(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn status(State(app): State<AppState>) -> ApiResult {
     status_impl(&app, &this_node(&app)?).await
 }
 #[utoipa::path(get, path = "/processes", tag = "per-node", responses((status = 200, description = "{node_id, processes: [{name, state, process_id}]}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn processes(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn processes(State(app): State<AppState>) -> ApiResult {
     processes_impl(&app, &this_node(&app)?).await
 }
 #[utoipa::path(get, path = "/processes/{name}/status", tag = "per-node", params(("name" = String, Path, description = "process name")), responses((status = 200, description = "the process"), (status = 404, description = "unknown process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn process_status(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult {
     process_status_impl(&app, &this_node(&app)?, &name).await
 }
 #[utoipa::path(post, path = "/processes/{name}/{verb}", tag = "per-node", params(("name" = String, Path, description = "process name"), ("verb" = String, Path, description = "start, stop, restart or event")), request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: started|stopped|restarted, name}"), (status = 202, description = "event: {status: injected, event_id, process}"), (status = 400, description = "invalid JSON or fields"), (status = 404, description = "unknown process"), (status = 409, description = "process stopped"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn process_verb(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path((name, verb)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
     process_verb_impl(&app, &this_node(&app)?, &name, &verb, body).await
 }
 #[utoipa::path(get, path = "/nodes/{node}/health", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn health_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
+pub(super) async fn health_of(State(app): State<AppState>, Path(node): Path<String>) -> ApiResult {
     health_impl(&app, &node).await
 }
 #[utoipa::path(get, path = "/nodes/{node}/status", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "the node's full status"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn status_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
+pub(super) async fn status_of(State(app): State<AppState>, Path(node): Path<String>) -> ApiResult {
     status_impl(&app, &node).await
 }
 #[utoipa::path(get, path = "/nodes/{node}/processes", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{node_id, processes}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn processes_of(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
+pub(super) async fn processes_of(
+    State(app): State<AppState>,
+    Path(node): Path<String>,
+) -> ApiResult {
     processes_impl(&app, &node).await
 }
 #[utoipa::path(get, path = "/nodes/{node}/processes/{name}/status", tag = "per-node", params(("node" = String, Path, description = "node id"), ("name" = String, Path, description = "process name")), responses((status = 200, description = "the process"), (status = 404, description = "unknown node or process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn process_status_of(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path((node, name)): Path<(String, String)>,
 ) -> ApiResult {
     process_status_impl(&app, &node, &name).await
 }
 #[utoipa::path(post, path = "/nodes/{node}/processes/{name}/{verb}", tag = "per-node", params(("node" = String, Path, description = "node id"), ("name" = String, Path, description = "process name"), ("verb" = String, Path, description = "start, stop, restart or event")), request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status, name}"), (status = 202, description = "event injected"), (status = 400, description = "invalid JSON or fields"), (status = 404, description = "unknown node or process"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn process_verb_of(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path((node, name, verb)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -137,7 +140,7 @@ pub(super) async fn process_verb_of(
 // ---- native routes ------------------------------------------------------
 
 #[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "{task_id, status, result?}"), (status = 404, description = "unknown task"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn task_get(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn task_get(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let v = app.api("tasks.get", json!({"task_id": id})).await?;
     if v["status"] == "unknown" {
         return Err(err(
@@ -156,7 +159,7 @@ pub(super) struct WaitQuery {
 
 #[utoipa::path(get, path = "/tasks/{id}/result", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "the terminal TaskResult"), (status = 202, description = "not finished yet"), (status = 400, description = "invalid wait_s"), (status = 404, description = "unknown task"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn task_result(
-    State(app): State<Shared>,
+    State(app): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
@@ -194,38 +197,41 @@ pub(super) async fn task_result(
 }
 
 #[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "{ok, task_id, status: cancelled}"), (status = 404, description = "unknown task"), (status = 409, description = "already finished"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn task_cancel(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn task_cancel(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("tasks.cancel", json!({"task_id": id})).await?)
 }
 
 #[utoipa::path(get, path = "/cluster/status", tag = "cluster", responses((status = 200, description = "{total_nodes, healthy_nodes, draining_nodes, total_processes, leader, queues}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn cluster_status(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn cluster_status(State(app): State<AppState>) -> ApiResult {
     ok(app.api("cluster.status", json!({})).await?)
 }
 
 #[utoipa::path(get, path = "/nodes", tag = "cluster", responses((status = 200, description = "{nodes: [NodeInfo]}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn nodes(State(app): State<Shared>) -> ApiResult {
+pub(super) async fn nodes(State(app): State<AppState>) -> ApiResult {
     ok(app.api("nodes.list", json!({})).await?)
 }
 
 #[utoipa::path(post, path = "/nodes/{node}/drain", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: draining}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn node_drain(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
+pub(super) async fn node_drain(State(app): State<AppState>, Path(node): Path<String>) -> ApiResult {
     ok(app.ctl(&node, "drain", json!({})).await?)
 }
 
 #[utoipa::path(post, path = "/nodes/{node}/resume", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: healthy}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn node_resume(State(app): State<Shared>, Path(node): Path<String>) -> ApiResult {
+pub(super) async fn node_resume(
+    State(app): State<AppState>,
+    Path(node): Path<String>,
+) -> ApiResult {
     ok(app.ctl(&node, "resume", json!({})).await?)
 }
 
 #[utoipa::path(post, path = "/runs", tag = "runs", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 201, description = "the run"), (status = 400, description = "invalid run spec"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn runs_create(State(app): State<Shared>, body: Bytes) -> ApiResult {
+pub(super) async fn runs_create(State(app): State<AppState>, body: Bytes) -> ApiResult {
     let spec: Value = parse_body(&body)?;
     let r = app.api("runs.create", spec).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path, description = "run id")), responses((status = 200, description = "{run_id, status, total_shards, completed_shards, assignments}"), (status = 404, description = "unknown run"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn runs_get(State(app): State<Shared>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn runs_get(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("runs.get", json!({"run_id": id})).await?)
 }

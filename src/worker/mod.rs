@@ -50,7 +50,7 @@ use crate::store::discovery::{ClusterView, KvDiscovery};
 use crate::wire::protocol::{error_body, json_body};
 use crate::wire::protocol::{
     now_rfc3339, parse_object, EventInjected, EventOutcome, EventRequest, Health, Heartbeat,
-    NodeInfo,
+    NoFields, NodeInfo,
 };
 use crate::wire::subjects::{Subjects, NODE_SERVICE};
 use process::Processes;
@@ -622,12 +622,6 @@ async fn serve_request(s: Arc<NodeState>, req: async_nats::service::Request) {
         tracing::debug!(error = %e, "could not reply");
     }
 }
-
-/// The body of a verb without fields: empty or `{}`; anything else is an
-/// error reply and the verb is not carried out.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoFields {}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -66,6 +66,13 @@ pub fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Er
         .map_err(|e| Error::invalid(ErrorCode::InvalidValue, format!("invalid field: {e}")))
 }
 
+/// The body of a request without fields: empty or `{}`. Parsed with
+/// [`parse_object`], anything else (bad JSON, an array, `null`, an unknown
+/// field) is an error and the request is not carried out.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
 /// The `{"ok": false, "error", "code"}` reply.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorReply {
