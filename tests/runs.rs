@@ -694,3 +694,65 @@ async fn runs_survive_the_loss_of_the_coordinators_watch() {
         .unwrap();
     assert_eq!(run["status"], "completed");
 }
+
+/// A node paused (SIGSTOP) past its TTL loses its entry and its shard
+/// consumer; when it continues it registers again, takes shards again and
+/// the run completes.
+#[tokio::test]
+async fn a_paused_node_comes_back_and_finishes_the_run() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let url = server.url();
+    let node = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "node",
+        "--node-id",
+        "sleepy",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--ack-wait",
+        "2",
+        "--concurrency",
+        "2",
+    ]);
+    wait_for("sleepy registered", Duration::from_secs(15), || async {
+        node_entry(&nats, "sleepy").await
+    })
+    .await;
+    // 8 shards of 1 s on 2 slots: most of them wait in the node's consumer.
+    api.create_run(
+        &json!({"run_id": "p1", "dataset_id": "d", "total_items": 40,
+        "shard_size": 5, "type": "count", "payload": {"item_ms": 200}}),
+    )
+    .await
+    .unwrap();
+    wait_for("shards assigned", Duration::from_secs(5), || async {
+        let r = api.get_run("p1").await.ok()?;
+        (assignments(&r).len() == 8).then_some(())
+    })
+    .await;
+    node.signal(libc::SIGSTOP);
+    wait_for("sleepy expired", Duration::from_secs(6), || async {
+        node_entry(&nats, "sleepy").await.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.signal(libc::SIGCONT);
+    wait_for(
+        "sleepy registered again",
+        Duration::from_secs(5),
+        || async { node_entry(&nats, "sleepy").await },
+    )
+    .await;
+    let run = api
+        .wait_run("p1", Duration::from_secs(30), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["completed_shards"], 8);
+}
