@@ -277,10 +277,10 @@ mod tests {
             message: "no such task".into(),
         };
         assert_eq!(e.kind(), ErrorKind::Unavailable);
-        let e = Error::nats("stream gone").context("weave.api.tasks.get");
+        let e = Error::nats("stream gone").context("tasks get");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert_eq!(e.code(), "nats");
-        assert!(e.to_string().contains("weave.api.tasks.get: stream gone"));
+        assert!(e.to_string().contains("tasks get: stream gone"));
         let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
         let e = Error::from(json);
         assert_eq!(e.kind(), ErrorKind::Internal);

@@ -347,17 +347,7 @@ async fn the_cluster_view_survives_the_loss_of_its_watch() {
     let _c = start_coordinator(&server, "c1").await;
     let n1 = start_node(&server, node_config("n1")).await;
     let api = api_client(&server).await;
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream("KV_weave-nodes").await.unwrap();
-    let names: Vec<String> = stream
-        .consumer_names()
-        .filter_map(|n| async { n.ok() })
-        .collect()
-        .await;
-    assert!(!names.is_empty());
-    for n in &names {
-        stream.delete_consumer(n).await.unwrap();
-    }
+    assert!(delete_consumers(&client, "KV_weave-nodes").await > 0);
     let _n2 = start_node(&server, node_config("n2")).await;
     n1.handle.shutdown(Duration::from_secs(2)).await;
     let ids = wait_for(

@@ -671,17 +671,8 @@ async fn runs_survive_the_loss_of_the_coordinators_watch() {
     let _c = start_coordinator(&server, "c1").await;
     let _n = start_node(&server, node_config("n1")).await;
     let api = api_client(&server).await;
-    let js = async_nats::jetstream::new(server.client().await);
-    let stream = js.get_stream("KV_weave-runs").await.unwrap();
-    let names: Vec<String> = stream
-        .consumer_names()
-        .filter_map(|n| async { n.ok() })
-        .collect()
-        .await;
-    assert!(!names.is_empty(), "the coordinator watches weave-runs");
-    for n in &names {
-        stream.delete_consumer(n).await.unwrap();
-    }
+    let n = delete_consumers(&server.client().await, "KV_weave-runs").await;
+    assert!(n > 0, "the coordinator watches weave-runs");
     api.create_run(
         &json!({"run_id": "after-loss", "dataset_id": "d", "total_items": 4,
         "shard_size": 2, "type": "count"}),
@@ -704,26 +695,7 @@ async fn a_paused_node_comes_back_and_finishes_the_run() {
     let _c = start_coordinator(&server, "c1").await;
     let api = api_client(&server).await;
     let nats = server.client().await;
-    let url = server.url();
-    let node = Proc::spawn(&[
-        "--nats-url",
-        &url,
-        "node",
-        "--node-id",
-        "sleepy",
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-        "--ack-wait",
-        "2",
-        "--concurrency",
-        "2",
-    ]);
-    wait_for("sleepy registered", Duration::from_secs(15), || async {
-        node_entry(&nats, "sleepy").await
-    })
-    .await;
+    let node = spawn_node_proc_with(&server, "sleepy", &["--concurrency", "2"]).await;
     // 8 shards of 1 s on 2 slots: most of them wait in the node's consumer.
     api.create_run(
         &json!({"run_id": "p1", "dataset_id": "d", "total_items": 40,

@@ -1084,17 +1084,8 @@ async fn cancels_survive_the_loss_of_the_nodes_watch() {
     let nats = server.client().await;
     let api = api_client(&server).await;
     let _w = start_node(&server, node_config("w1")).await;
-    let js = async_nats::jetstream::new(nats.clone());
-    let stream = js.get_stream("KV_weave-cancels").await.unwrap();
-    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
-        .await
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
-    assert!(!names.is_empty(), "the node watches weave-cancels");
-    for n in &names {
-        stream.delete_consumer(n).await.unwrap();
-    }
+    let n = delete_consumers(&nats, "KV_weave-cancels").await;
+    assert!(n > 0, "the node watches weave-cancels");
     run_sleep_task(&nats, "w1", "to-cancel", 60_000).await;
     let t0 = Instant::now();
     api.cancel("to-cancel").await.unwrap();

@@ -287,8 +287,13 @@ pub async fn api_client(server: &NatsServer) -> jetweave::Client {
 /// A `jetweave node` process with fast test timings (node_ttl 2 s,
 /// heartbeat 0.5 s, ack_wait 2 s), returned once it is in discovery.
 pub async fn spawn_node_proc(server: &NatsServer, node_id: &str) -> Proc {
+    spawn_node_proc_with(server, node_id, &[]).await
+}
+
+/// Like [`spawn_node_proc`], with extra `jetweave node` flags.
+pub async fn spawn_node_proc_with(server: &NatsServer, node_id: &str, extra: &[&str]) -> Proc {
     let url = server.url();
-    let node = Proc::spawn(&[
+    let mut args = vec![
         "--nats-url",
         &url,
         "node",
@@ -300,7 +305,9 @@ pub async fn spawn_node_proc(server: &NatsServer, node_id: &str) -> Proc {
         "0.5",
         "--ack-wait",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let node = Proc::spawn(&args);
     let d = jetweave::discovery::KvDiscovery::open(
         server.client().await,
         &jetweave::subjects::Subjects::new("weave").expect("prefix"),
@@ -377,6 +384,23 @@ pub async fn stored(
         }
     }
     out
+}
+
+/// Deletes every consumer of `stream` on the server (as when the server
+/// holding them dies); returns how many there were.
+pub async fn delete_consumers(client: &async_nats::Client, stream: &str) -> usize {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.expect("stream");
+    let names: Vec<String> = stream
+        .consumer_names()
+        .filter_map(|n| async { n.ok() })
+        .collect()
+        .await;
+    for n in &names {
+        stream.delete_consumer(n).await.expect("delete consumer");
+    }
+    names.len()
 }
 
 /// Audit events of `kind` (e.g. `node.draining`) stored in WEAVE_EVENTS.
