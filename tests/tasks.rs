@@ -1126,3 +1126,42 @@ async fn api_requests_reject_malformed_bodies() {
         }
     }
 }
+
+/// The DLQ stream is unavailable when a task dies (deleted, back 2.5 s
+/// later): the dead letter still reaches it, once, and the task ends dead.
+#[tokio::test]
+async fn a_dlq_outage_loses_no_dead_letter() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let api = api_client(&server).await;
+    let _w = start_node(&server, node_config("w1")).await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let config = js
+        .get_stream("WEAVE_DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream("WEAVE_DLQ").await.unwrap();
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("doomed"),
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 1}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    js.create_stream(config).await.unwrap();
+    let r = api.wait("doomed", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Dead, "{r:?}");
+    let dl = wait_for("the dead letter", Duration::from_secs(5), || async {
+        let v = stored(&nats, "WEAVE_DLQ", "weave.dlq.default").await;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0].1["task_id"], "doomed");
+}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Source;
 use super::{CancelReason, NodeState, Running};
+use crate::error::Error;
 use crate::handler::{invoke, HandlerError, HandlerFn, ShardInfo, TaskContext};
 use crate::store::results::store_result;
 use crate::store::tasks::schedule;
@@ -158,8 +159,8 @@ async fn conclude(
     };
     if dead {
         let err = error.unwrap_or_default();
-        dead_end(s, &d, &err, d.attempt, status, started).await;
-        settle(&d.msg, AckKind::Term).await;
+        let buried = dead_end(s, &d, &err, d.attempt, status, started).await;
+        term_or_return(&d.msg, buried).await;
         return notify_shard_done(s, d.shard, d.task_id).await;
     }
     if status == TaskStatus::Completed {
@@ -185,22 +186,22 @@ async fn conclude(
 /// leader election takes seconds) before the task goes back to the queue.
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Stores the terminal result, retrying with backoff across a brief
-/// outage of the stream (a server failover) and keeping the message's
-/// lease with progress acks meanwhile: an outage is not the task's fault
-/// and must not use one of its attempts.
-async fn store_durably(
-    s: &NodeState,
-    msg: &jetstream::Message,
-    r: &TaskResult,
-) -> Result<bool, crate::error::Error> {
+/// Runs `f` until it succeeds, retrying with backoff for up to
+/// `STORE_PATIENCE` across a brief outage of a stream (a server failover)
+/// and keeping the message's lease with progress acks meanwhile: an
+/// outage is not the task's fault and must not use one of its attempts.
+async fn durably<T, F, Fut>(msg: &jetstream::Message, what: &str, mut f: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
     let deadline = Instant::now() + STORE_PATIENCE;
     let mut delay = Duration::from_millis(100);
     loop {
-        match store_result(&s.js, &s.subjects, r).await {
-            Ok(stored) => return Ok(stored),
+        match f().await {
+            Ok(v) => return Ok(v),
             Err(e) if Instant::now() + delay < deadline => {
-                tracing::warn!(task_id = %r.task_id, error = %e, ?delay, "result not stored yet; retrying");
+                tracing::warn!(error = %e, ?delay, "{what} not stored yet; retrying");
                 let _ = msg.ack_with(AckKind::Progress).await;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -208,6 +209,15 @@ async fn store_durably(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Stores the terminal result durably (see [`durably`]).
+async fn store_durably(
+    s: &NodeState,
+    msg: &jetstream::Message,
+    r: &TaskResult,
+) -> Result<bool, Error> {
+    durably(msg, "result", || store_result(&s.js, &s.subjects, r)).await
 }
 
 /// Parses the message and decides whether it runs here now. Every
@@ -234,8 +244,8 @@ async fn admit(
                 shard: None,
                 msg,
             };
-            dead_end(s, &d, &reason, attempt, TaskStatus::Dead, None).await;
-            settle(&d.msg, AckKind::Term).await;
+            let buried = dead_end(s, &d, &reason, attempt, TaskStatus::Dead, None).await;
+            term_or_return(&d.msg, buried).await;
             return None;
         }
     };
@@ -256,8 +266,8 @@ async fn admit(
             d.attempt,
             d.env.max_attempts()
         );
-        dead_end(s, &d, &reason, d.attempt - 1, TaskStatus::Dead, None).await;
-        settle(&d.msg, AckKind::Term).await;
+        let buried = dead_end(s, &d, &reason, d.attempt - 1, TaskStatus::Dead, None).await;
+        term_or_return(&d.msg, buried).await;
         return None;
     }
     match s.handlers.get(&d.env.task_type) {
@@ -347,8 +357,8 @@ async fn no_handler(s: &NodeState, d: &Delivery) {
         "no live node handles task type {:?} on queue {:?}",
         d.env.task_type, d.queue
     );
-    dead_end(s, d, &reason, d.attempt, TaskStatus::Dead, None).await;
-    settle(&d.msg, AckKind::Term).await;
+    let buried = dead_end(s, d, &reason, d.attempt, TaskStatus::Dead, None).await;
+    term_or_return(&d.msg, buried).await;
 }
 
 fn is_cancelled(s: &NodeState, task_id: &str) -> bool {
@@ -478,6 +488,17 @@ fn raw_envelope(payload: &[u8]) -> Value {
     })
 }
 
+/// Removes a dead-lettered message, or (when its dead letter or result
+/// could not be stored) hands it back to try again later.
+async fn term_or_return(msg: &jetstream::Message, buried: bool) {
+    let kind = if buried {
+        AckKind::Term
+    } else {
+        AckKind::Nak(Some(Duration::from_secs(1)))
+    };
+    settle(msg, kind).await
+}
+
 async fn settle(msg: &jetstream::Message, kind: AckKind) {
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(error = %e, "ack failed (the task will be redelivered)");
@@ -556,7 +577,8 @@ fn parse_message(
 }
 
 /// Dead-letters a task (copy to `P_DLQ` with the error, the envelope as it
-/// arrived) and records its terminal result.
+/// arrived) and records its terminal result; false if either could not be
+/// stored (the caller hands the task back instead of dropping it).
 async fn dead_end(
     s: &NodeState,
     d: &Delivery,
@@ -564,7 +586,7 @@ async fn dead_end(
     attempts: u32,
     status: TaskStatus,
     started_at: Option<String>,
-) {
+) -> bool {
     let (task_id, queue) = (d.task_id.as_str(), d.queue.as_str());
     tracing::info!(task_id, queue, error, "task dead-lettered");
     let dl = DeadLetter {
@@ -576,13 +598,23 @@ async fn dead_end(
         node_id: s.cfg.node_id.clone(),
         dead_at: now_rfc3339(),
     };
-    match s.js.publish(s.subjects.dlq(queue), json_body(&dl)).await {
-        Ok(ack) => {
-            if let Err(e) = ack.await {
-                tracing::error!(error = %e, "dead letter not stored");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "dead letter not published"),
+    // A retried dead-lettering (after a NAK) must not file it twice.
+    let msg_id = format!("dlq-{task_id}-{attempts}");
+    let body = json_body(&dl);
+    let stored = durably(&d.msg, "dead letter", || async {
+        let m = jetstream::message::PublishMessage::build()
+            .payload(body.clone())
+            .message_id(msg_id.as_str());
+        s.js.send_publish(s.subjects.dlq(queue), m)
+            .await
+            .map_err(Error::nats_source)?
+            .await
+            .map_err(Error::nats_source)
+    })
+    .await;
+    if let Err(e) = stored {
+        tracing::error!(task_id, error = %e, "dead letter not stored; the task goes back to the queue");
+        return false;
     }
     let r = task_result(
         s,
@@ -594,7 +626,7 @@ async fn dead_end(
         started_at,
         0.0,
     );
-    let _ = store_result(&s.js, &s.subjects, &r).await;
+    store_durably(s, &d.msg, &r).await.is_ok()
 }
 
 /// A terminal result written by this node.
