@@ -546,7 +546,7 @@ async fn leader_failover() {
         Some("c2")
     );
     drop(c2);
-    wait_for("c1 leads again", Duration::from_secs(6), || async {
+    wait_for("c1 leads again", Duration::from_secs(15), || async {
         let st = api.cluster_status().await.ok()?;
         (st.leader.as_deref() == Some("c1")).then_some(())
     })

@@ -352,7 +352,7 @@ async fn a_dead_nodes_task_is_finished_by_another_node() {
     let took = killed.elapsed();
     assert_eq!(r.status, TaskStatus::Completed);
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
-    assert_eq!(r.attempts, 2);
+    assert_eq!(r.attempts, 1, "a lost lease is not an attempt");
     eprintln!("finished elsewhere {took:?} after kill -9 (ack_wait 2 s + 3 s task)");
     assert!(took <= Duration::from_millis(5500), "took {took:?}");
 }
@@ -871,7 +871,7 @@ async fn the_first_result_wins_when_two_nodes_finish_a_task() {
     let _b = start_node(&server, node_config("other")).await;
     let r = api.wait("twice", Duration::from_secs(15)).await.unwrap();
     assert_eq!(r.node_id.as_deref(), Some("other"));
-    assert_eq!(r.attempts, 2);
+    assert_eq!(r.attempts, 1, "a lost lease is not an attempt");
     a.signal(libc::SIGCONT);
     // The woken node finishes its copy (its timer has run out) and tries
     // to store a result; wait until it is idle again.
@@ -1164,4 +1164,45 @@ async fn a_dlq_outage_loses_no_dead_letter() {
     .await;
     assert_eq!(dl.len(), 1, "{dl:?}");
     assert_eq!(dl[0].1["task_id"], "doomed");
+}
+
+/// Node churn: the node running a task is killed three times (as many as
+/// its max_attempts); the task still completes, on its first attempt,
+/// because a lost lease is not a failed attempt.
+#[tokio::test]
+async fn node_churn_uses_no_attempts() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let nats = server.client().await;
+    let api = api_client(&server).await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("churned"),
+        json!({"type": "sleep", "payload": {"ms": 1500}}),
+    )
+    .await;
+    for k in 0..3 {
+        let id = format!("churn{k}");
+        let mut node = spawn_node_proc(&server, &id).await;
+        wait_for("the task running", Duration::from_secs(10), || async {
+            let m = nats
+                .request(format!("weave.ctl.{id}.status"), "".into())
+                .await
+                .ok()?;
+            let st: Value = serde_json::from_slice(&m.payload).ok()?;
+            st["running_tasks"]
+                .as_array()?
+                .iter()
+                .any(|t| t == "churned")
+                .then_some(())
+        })
+        .await;
+        node.kill9();
+    }
+    let _survivor = start_node(&server, node_config("survivor")).await;
+    let r = api.wait("churned", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.node_id.as_deref(), Some("survivor"));
 }

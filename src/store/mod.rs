@@ -176,6 +176,30 @@ pub async fn cancels_bucket(
     .await
 }
 
+/// Opens (or creates) the `P-attempts` bucket: how many attempts of a task
+/// failed, written only when one fails (never on the success path), so a
+/// redelivery after a lost lease (its node died, paused or was cut off) is
+/// not counted as an attempt.
+pub async fn attempts_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, Error> {
+    open_bucket(
+        js,
+        kv::Config {
+            bucket: subjects.attempts_bucket(),
+            description: "jetweave failed attempts of tasks being retried".into(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            max_age: Duration::from_secs(7 * 86_400),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// Opens (or creates) the `P-runs` bucket.
 pub async fn runs_bucket(
     js: &jetstream::Context,

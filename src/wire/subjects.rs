@@ -180,6 +180,10 @@ impl Subjects {
     pub fn dlq_wildcard(&self) -> String {
         format!("{}.dlq.>", self.prefix)
     }
+    /// KV bucket `P-attempts`: failed-attempt counts of tasks being retried.
+    pub fn attempts_bucket(&self) -> String {
+        format!("{}-attempts", self.prefix)
+    }
     /// KV bucket `P-cancels`: cancel requests, watched by every node.
     pub fn cancels_bucket(&self) -> String {
         format!("{}-cancels", self.prefix)

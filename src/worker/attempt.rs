@@ -32,7 +32,10 @@ use crate::wire::subjects::validate_task_id;
 /// A delivered message that passed admission.
 struct Delivery {
     queue: String,
+    /// Handler attempts that failed before, plus this one.
     attempt: u32,
+    /// Deliveries of this message (attempts plus lost leases).
+    deliveries: u32,
     env: TaskEnvelope,
     task_id: String,
     shard: Option<ShardInfo>,
@@ -146,6 +149,7 @@ async fn conclude(
     let (status, result, error, dead) = match verdict {
         Verdict::Return => return settle(&d.msg, AckKind::Nak(None)).await,
         Verdict::Retry => {
+            count_failed(s, &d, false).await;
             let delay = d.env.backoff(d.attempt);
             tracing::debug!(task_id = %d.task_id, attempt = d.attempt, ?delay, "attempt failed; retrying");
             return settle(&d.msg, AckKind::Nak(Some(delay))).await;
@@ -157,6 +161,7 @@ async fn conclude(
             dead,
         } => (status, result, error, dead),
     };
+    count_failed(s, &d, true).await;
     if dead {
         let err = error.unwrap_or_default();
         let buried = dead_end(s, &d, &err, d.attempt, status, started).await;
@@ -231,27 +236,37 @@ async fn admit(
         settle(&msg, AckKind::Term).await;
         return None;
     };
-    let (attempt, seq) = (info.delivered.max(1) as u32, info.stream_sequence);
+    let (deliveries, seq) = (info.delivered.max(1) as u32, info.stream_sequence);
     let queue = source.label().to_string();
     let (env, task_id, shard) = match parse_message(s, source, &msg, seq) {
         Ok(v) => v,
         Err((id, reason)) => {
             let d = Delivery {
                 queue,
-                attempt,
+                attempt: 1,
+                deliveries,
                 env: TaskEnvelope::default(),
                 task_id: id,
                 shard: None,
                 msg,
             };
-            let buried = dead_end(s, &d, &reason, attempt, TaskStatus::Dead, None).await;
+            let buried = dead_end(s, &d, &reason, 1, TaskStatus::Dead, None).await;
             term_or_return(&d.msg, buried).await;
             return None;
         }
     };
+    // Only failed attempts are counted (in `P-attempts`); a redelivery
+    // after a lost lease is not an attempt. The first delivery reads
+    // nothing.
+    let failed = if deliveries > 1 {
+        failed_attempts(s, &task_id).await
+    } else {
+        0
+    };
     let d = Delivery {
         queue,
-        attempt,
+        attempt: failed + 1,
+        deliveries,
         env,
         task_id,
         shard,
@@ -260,13 +275,8 @@ async fn admit(
     if skip_cancelled(s, &d).await || skip_finished(s, &d).await || defer_delayed(s, &d).await {
         return None;
     }
-    if d.attempt > d.env.max_attempts() {
-        let reason = format!(
-            "delivered {} times, more than max_attempts {} (its nodes died or lost their acks)",
-            d.attempt,
-            d.env.max_attempts()
-        );
-        let buried = dead_end(s, &d, &reason, d.attempt - 1, TaskStatus::Dead, None).await;
+    if let Some(reason) = over_the_limit(&d) {
+        let buried = dead_end(s, &d, &reason, failed, TaskStatus::Dead, None).await;
         term_or_return(&d.msg, buried).await;
         return None;
     }
@@ -276,6 +286,57 @@ async fn admit(
             no_handler(s, &d).await;
             None
         }
+    }
+}
+
+/// Deliveries allowed per task: attempts plus lost leases. A task whose
+/// nodes keep dying under it (a poison task) still ends in the DLQ.
+pub(super) fn max_deliveries(max_attempts: u32) -> u32 {
+    (max_attempts * 3).max(10)
+}
+
+/// Why a delivery is not run at all: its attempts are used up, or it was
+/// delivered too often (its nodes died or lost their leases).
+fn over_the_limit(d: &Delivery) -> Option<String> {
+    let max = d.env.max_attempts();
+    if d.attempt > max {
+        return Some(format!(
+            "{} attempts failed, max_attempts {max}",
+            d.attempt - 1
+        ));
+    }
+    let limit = max_deliveries(max);
+    (d.deliveries > limit).then(|| {
+        format!(
+            "delivered {} times, more than the {limit} allowed (its nodes died or lost their leases)",
+            d.deliveries
+        )
+    })
+}
+
+/// Failed attempts of a task so far (0 when unknown or unreadable).
+async fn failed_attempts(s: &NodeState, task_id: &str) -> u32 {
+    let key = crate::wire::ids::encode_key(task_id);
+    match s.attempts.get(&key).await {
+        Ok(Some(v)) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Records a failed attempt (before the retry NAK); forgets the count once
+/// the task has ended. Best effort: a lost write is bounded by
+/// [`max_deliveries`].
+async fn count_failed(s: &NodeState, d: &Delivery, ended: bool) {
+    let key = crate::wire::ids::encode_key(&d.task_id);
+    if ended {
+        if d.attempt > 1 {
+            let _ = s.attempts.delete(&key).await;
+        }
+    } else if let Err(e) = s.attempts.put(&key, d.attempt.to_string().into()).await {
+        tracing::warn!(task_id = %d.task_id, error = %e, "failed attempt not counted");
     }
 }
 
@@ -301,7 +362,7 @@ async fn skip_cancelled(s: &NodeState, d: &Delivery) -> bool {
 
 /// An earlier attempt finished but its ack was lost: just ack.
 async fn skip_finished(s: &NodeState, d: &Delivery) -> bool {
-    let done = d.attempt > 1
+    let done = d.deliveries > 1
         && s.results
             .direct_get_last_for_subject(s.subjects.result(&d.task_id))
             .await

@@ -30,7 +30,10 @@
 //! keeps only the first terminal result even when an attempt runs twice
 //! (lost ack, redelivery): no status writes per state change. `running`
 //! and `queued` are answered by asking nodes and reading the stream when
-//! someone calls `tasks.get`, not by writing them down.
+//! someone calls `tasks.get`, not by writing them down. A failed attempt
+//! costs one more write (its count in `P-attempts`, so lost leases are not
+//! counted as attempts) and a redelivery one KV read; a task that never
+//! fails never touches that bucket.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -109,6 +109,8 @@ pub(crate) struct NodeState {
     /// Wakes the heartbeat loop for an immediate refresh.
     pub refresh: Notify,
     pub results: jetstream::stream::Stream,
+    /// Failed-attempt counts (`P-attempts`).
+    pub attempts: async_nats::jetstream::kv::Store,
     /// Task slots shared by the node's queues.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Replicas of the JetStream resources it creates.
@@ -285,6 +287,7 @@ impl Node {
         let node_shutdown = Shutdown::new();
         let loops = TaskTracker::new();
         let view = ClusterView::start(&discovery, node_shutdown.clone(), &loops).await?;
+        let attempts = crate::store::attempts_bucket(&js, &subjects, self.replicas).await?;
         let checkpoints = Checkpoints::open(
             client.clone(),
             &subjects,
@@ -317,6 +320,7 @@ impl Node {
             loops,
             refresh: Notify::new(),
             results,
+            attempts,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
             replicas: self.replicas,
             cfg,
