@@ -520,7 +520,7 @@ async fn leader_failover() {
     .await;
     c1.kill9();
     let killed = Instant::now();
-    wait_for("c2 leads", Duration::from_secs(6), || async {
+    wait_for("c2 leads", Duration::from_secs(15), || async {
         let st = api.cluster_status().await.ok()?;
         (st.leader.as_deref() == Some("c2")).then_some(())
     })

@@ -145,29 +145,53 @@ pub(super) const SHARDS_LABEL: &str = "shards";
 
 /// Starts the dispatcher of one queue.
 pub(crate) async fn start_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<(), Error> {
-    let mut consumers = Vec::new();
-    for p in Priority::ALL {
-        consumers.push(task_consumer(&s.js, &s.subjects, queue, p, s.cfg.ack_wait).await?);
-    }
+    let source = Source::Queue(queue.to_string());
+    let consumers = open_consumers(s, &source).await?;
     let doorbell = s.subjects.task_queue_wildcard(queue);
-    s.loops.spawn(dispatch_loop(
-        s.clone(),
-        Source::Queue(queue.to_string()),
-        consumers,
-        doorbell,
-    ));
+    s.loops
+        .spawn(dispatch_loop(s.clone(), source, consumers, doorbell));
     Ok(())
 }
 
 /// Starts the dispatcher of this node's shard assignments.
 pub(crate) async fn start_shard_dispatcher(s: &Arc<NodeState>) -> Result<(), Error> {
     crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
+    let consumers = open_consumers(s, &Source::Shards).await?;
+    let doorbell = s.subjects.shards(&s.cfg.node_id);
+    s.loops.spawn(dispatch_loop(
+        s.clone(),
+        Source::Shards,
+        consumers,
+        doorbell,
+    ));
+    Ok(())
+}
+
+/// The durable consumers a dispatcher pulls from (created when missing:
+/// also used to re-create them when they were deleted, e.g. the shard
+/// consumer of a node the coordinator gave up on while it was paused).
+async fn open_consumers(
+    s: &NodeState,
+    source: &Source,
+) -> Result<Vec<consumer::PullConsumer>, Error> {
+    let queue = match source {
+        Source::Queue(q) => q,
+        Source::Shards => return Ok(vec![shard_consumer(s).await?]),
+    };
+    let mut consumers = Vec::new();
+    for p in Priority::ALL {
+        consumers.push(task_consumer(&s.js, &s.subjects, queue, p, s.cfg.ack_wait).await?);
+    }
+    Ok(consumers)
+}
+
+async fn shard_consumer(s: &NodeState) -> Result<consumer::PullConsumer, Error> {
     let stream =
         s.js.get_stream(s.subjects.shards_stream())
             .await
             .map_err(Error::nats_source)?;
     let name = s.subjects.shard_consumer(&s.cfg.node_id);
-    let consumer = stream
+    stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
@@ -181,15 +205,7 @@ pub(crate) async fn start_shard_dispatcher(s: &Arc<NodeState>) -> Result<(), Err
             },
         )
         .await
-        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))?;
-    let doorbell = s.subjects.shards(&s.cfg.node_id);
-    s.loops.spawn(dispatch_loop(
-        s.clone(),
-        Source::Shards,
-        vec![consumer],
-        doorbell,
-    ));
-    Ok(())
+        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
 }
 
 /// One dispatcher: takes free slots, fetches at most that many messages
@@ -204,6 +220,8 @@ struct Dispatcher {
     health: tokio::sync::watch::Receiver<Health>,
     saturated: bool,
     batch_min: usize,
+    /// A fetch failed: re-open the consumers before the next round.
+    reopen: std::sync::atomic::AtomicBool,
 }
 
 /// What ended a wait.
@@ -227,6 +245,7 @@ async fn dispatch_loop(
         doorbell_subject,
         doorbell: None,
         saturated: false,
+        reopen: Default::default(),
     };
     d.run().await
 }
@@ -250,6 +269,15 @@ impl Dispatcher {
                 _ = self.s.shutdown.wait() => break,
                 _ = self.health.changed() => continue,
             };
+            if self
+                .reopen
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                match open_consumers(&self.s, &self.source).await {
+                    Ok(c) => self.consumers = c,
+                    Err(e) => tracing::warn!(error = %e, "cannot reopen the consumers yet"),
+                }
+            }
             let permits = self.gather(first).await;
             let wanted = permits.len();
             let got = self.fetch_round(permits).await;
@@ -340,7 +368,11 @@ impl Dispatcher {
         match fetched {
             Ok(Ok(msgs)) => Some(msgs),
             Ok(Err(e)) => {
-                tracing::warn!(queue = %queue, error = %e, "fetch failed");
+                // The consumer may be gone (deleted, lost with a server):
+                // have it re-created before the next round.
+                tracing::warn!(queue = %queue, error = %e, "fetch failed; reopening the consumers");
+                self.reopen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 None
             }
