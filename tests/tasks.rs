@@ -1056,19 +1056,7 @@ async fn a_result_stream_outage_uses_no_attempt() {
         json!({"type": "sleep", "payload": {"ms": 500}, "max_attempts": 1}),
     )
     .await;
-    let js = async_nats::jetstream::new(nats.clone());
-    let config = js
-        .get_stream("WEAVE_RESULTS")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
-    js.delete_stream("WEAVE_RESULTS").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    js.create_stream(config).await.unwrap();
+    stream_outage(&nats, "WEAVE_RESULTS", Duration::from_millis(2500)).await;
     let r = api.wait("outage", Duration::from_secs(15)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert_eq!(r.attempts, 1);
@@ -1135,17 +1123,7 @@ async fn a_dlq_outage_loses_no_dead_letter() {
     let nats = server.client().await;
     let api = api_client(&server).await;
     let _w = start_node(&server, node_config("w1")).await;
-    let js = async_nats::jetstream::new(nats.clone());
-    let config = js
-        .get_stream("WEAVE_DLQ")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
-    js.delete_stream("WEAVE_DLQ").await.unwrap();
+    let restore = take_stream_away(&nats, "WEAVE_DLQ").await;
     publish_task(
         &nats,
         "weave.tasks.default.normal",
@@ -1154,7 +1132,7 @@ async fn a_dlq_outage_loses_no_dead_letter() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    js.create_stream(config).await.unwrap();
+    restore_stream(&nats, restore).await;
     let r = api.wait("doomed", Duration::from_secs(15)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Dead, "{r:?}");
     let dl = wait_for("the dead letter", Duration::from_secs(5), || async {
@@ -1205,4 +1183,35 @@ async fn node_churn_uses_no_attempts() {
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert_eq!(r.attempts, 1);
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
+}
+
+/// Deletes a stream (as an outage); returns its config to restore it.
+async fn take_stream_away(
+    nats: &async_nats::Client,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    let js = async_nats::jetstream::new(nats.clone());
+    let config = js
+        .get_stream(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream(name).await.unwrap();
+    config
+}
+
+async fn restore_stream(nats: &async_nats::Client, config: async_nats::jetstream::stream::Config) {
+    let js = async_nats::jetstream::new(nats.clone());
+    js.create_stream(config).await.unwrap();
+}
+
+/// A stream gone for `d`, then back with its config.
+async fn stream_outage(nats: &async_nats::Client, name: &str, d: Duration) {
+    let config = take_stream_away(nats, name).await;
+    tokio::time::sleep(d).await;
+    restore_stream(nats, config).await;
 }
