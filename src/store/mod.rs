@@ -153,27 +153,43 @@ pub async fn task_consumer(
         .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
 }
 
-/// Opens (or creates) the `P-cancels` bucket.
+/// A file-backed KV bucket that keeps one revision per key, with
+/// `replicas` copies and an optional max age (and expiry markers).
+fn bucket_config(
+    bucket: String,
+    description: &str,
+    replicas: usize,
+    max_age: Option<Duration>,
+    limit_markers: bool,
+) -> kv::Config {
+    kv::Config {
+        bucket,
+        description: description.into(),
+        history: 1,
+        num_replicas: replicas.max(1),
+        max_age: max_age.unwrap_or_default(),
+        limit_markers: limit_markers.then_some(Duration::from_secs(60)),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Opens (or creates) the `P-cancels` bucket. Entries age out after a day;
+/// expiry markers let nodes forget cancels that aged out.
 pub async fn cancels_bucket(
     js: &jetstream::Context,
     subjects: &Subjects,
     replicas: usize,
 ) -> Result<kv::Store, Error> {
-    open_bucket(
-        js,
-        kv::Config {
-            bucket: subjects.cancels_bucket(),
-            description: "jetweave cancel requests".into(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            max_age: Duration::from_secs(86_400),
-            // Expiry markers let nodes forget cancels that aged out.
-            limit_markers: Some(Duration::from_secs(60)),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await
+    let day = Duration::from_secs(86_400);
+    let c = bucket_config(
+        subjects.cancels_bucket(),
+        "jetweave cancel requests",
+        replicas,
+        Some(day),
+        true,
+    );
+    open_bucket(js, c).await
 }
 
 /// Opens (or creates) the `P-attempts` bucket: how many attempts of a task
@@ -185,19 +201,16 @@ pub async fn attempts_bucket(
     subjects: &Subjects,
     replicas: usize,
 ) -> Result<kv::Store, Error> {
-    open_bucket(
-        js,
-        kv::Config {
-            bucket: subjects.attempts_bucket(),
-            description: "jetweave failed attempts of tasks being retried".into(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            max_age: Duration::from_secs(7 * 86_400),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await
+    let week = Duration::from_secs(7 * 86_400);
+    let desc = "jetweave failed attempts of tasks being retried";
+    let c = bucket_config(
+        subjects.attempts_bucket(),
+        desc,
+        replicas,
+        Some(week),
+        false,
+    );
+    open_bucket(js, c).await
 }
 
 /// Opens (or creates) the `P-runs` bucket.
@@ -206,16 +219,10 @@ pub async fn runs_bucket(
     subjects: &Subjects,
     replicas: usize,
 ) -> Result<kv::Store, Error> {
+    let desc = "jetweave runs and shard assignments";
     open_bucket(
         js,
-        kv::Config {
-            bucket: subjects.runs_bucket(),
-            description: "jetweave runs and shard assignments".into(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
+        bucket_config(subjects.runs_bucket(), desc, replicas, None, false),
     )
     .await
 }
