@@ -260,23 +260,11 @@ async fn an_expired_node_is_in_the_audit_log() {
     let client = server.client().await;
     let _c = start_coordinator(&server, "c1").await;
     let mut node = spawn_node_proc(&server, "gone").await;
-    let joined = wait_for("node.joined", Duration::from_secs(5), || async {
-        audit_events(&client, "node.joined")
-            .await
-            .into_iter()
-            .next()
-    })
-    .await;
+    let joined = first_audit(&client, "node.joined", Duration::from_secs(5)).await;
     assert_eq!(joined["node_id"], "gone");
     assert_eq!(joined["details"]["queues"], serde_json::json!(["default"]));
     node.kill9();
-    let ev = wait_for("node.expired", Duration::from_secs(6), || async {
-        audit_events(&client, "node.expired")
-            .await
-            .into_iter()
-            .next()
-    })
-    .await;
+    let ev = first_audit(&client, "node.expired", Duration::from_secs(6)).await;
     assert_eq!(ev["kind"], "node.expired");
     assert_eq!(ev["node_id"], "gone");
     ts(&ev["at"]);
@@ -367,4 +355,12 @@ async fn the_cluster_view_survives_the_loss_of_its_watch() {
     )
     .await;
     assert_eq!(ids, ["n2"]);
+}
+
+/// The first audit event of `kind`, waited for up to `d`.
+async fn first_audit(client: &async_nats::Client, kind: &str, d: Duration) -> serde_json::Value {
+    wait_for(kind, d, || async {
+        audit_events(client, kind).await.into_iter().next()
+    })
+    .await
 }
