@@ -259,6 +259,11 @@ async fn bad_input_gets_error_replies_and_the_node_keeps_serving() {
             "invalid_value",
         ),
         ("weave.event.b1.w", noise.clone(), "invalid_json"),
+        (
+            "weave.event.b1.w",
+            br#"{"paylod": {"alert": 1}}"#.to_vec(),
+            "invalid_value",
+        ),
         ("weave.ctl.b1.shutdown", b"{oops".to_vec(), "invalid_json"),
         (
             "weave.ctl.b1.shutdown",

@@ -111,6 +111,7 @@ async fn retries_dead_letters_and_timeouts() {
     let r = api.wait(&id, Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert_eq!(r.attempts, 3);
+    assert_eq!(r.lost_leases, 0, "retries are attempts, not lost leases");
     assert_eq!(r.result, json!({"attempts": 3}));
     assert!(
         t0.elapsed() >= Duration::from_millis(600),
@@ -353,6 +354,7 @@ async fn a_dead_nodes_task_is_finished_by_another_node() {
     assert_eq!(r.status, TaskStatus::Completed);
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
     assert_eq!(r.attempts, 1, "a lost lease is not an attempt");
+    assert_eq!(r.lost_leases, 1, "{r:?}");
     eprintln!("finished elsewhere {took:?} after kill -9 (ack_wait 2 s + 3 s task)");
     assert!(took <= Duration::from_millis(5500), "took {took:?}");
 }
@@ -1113,6 +1115,45 @@ async fn api_requests_reject_malformed_bodies() {
             assert!(r.get("ok") != Some(&json!(false)), "{subject}: {r}");
         }
     }
+    // Endpoints with fields: malformed JSON, wrong types and unknown
+    // (misspelt) fields are refused and change nothing.
+    let bad_types: [(&str, &[u8]); 5] = [
+        ("weave.api.tasks.submit", br#"{"type": "echo", "max_attempts": "3"}"#),
+        ("weave.api.tasks.get", br#"{"task_id": 7}"#),
+        ("weave.api.tasks.cancel", br#"{"task_id": ["x"]}"#),
+        ("weave.api.runs.create", br#"{"dataset_id": "d", "iteration": "one", "total_items": 4, "shard_size": 2, "strategy": "by_slice", "type": "echo"}"#),
+        ("weave.api.runs.get", br#"{"run_id": null}"#),
+    ];
+    let unknown: [(&str, &[u8]); 5] = [
+        ("weave.api.tasks.submit", br#"{"type": "echo", "max_attemps": 5}"#),
+        ("weave.api.tasks.get", br#"{"task_id": "t", "x": 1}"#),
+        ("weave.api.tasks.cancel", br#"{"task_id": "t", "force": true}"#),
+        ("weave.api.runs.create", br#"{"dataset_id": "d", "iteration": 1, "total_items": 4, "shard_size": 2, "strategy": "by_slice", "type": "echo", "shards": 9}"#),
+        ("weave.api.runs.get", br#"{"run_id": "r", "verbose": true}"#),
+    ];
+    for (subject, body) in bad_types.iter().chain(unknown.iter()) {
+        let r = req(&nats, subject, body).await;
+        let what = format!("{subject} {}: {r}", String::from_utf8_lossy(body));
+        assert_eq!(r["ok"], false, "{what}");
+        assert_eq!(r["code"], "invalid_value", "{what}");
+        for junk in [&b"{not json"[..], b"[1,2]", b"null", b"\"x\""] {
+            let r = req(&nats, subject, junk).await;
+            assert_eq!(r["code"], "invalid_json", "{subject}: {r}");
+        }
+    }
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut tasks = js.get_stream("WEAVE_TASKS").await.unwrap();
+    assert_eq!(
+        tasks.info().await.unwrap().state.messages,
+        0,
+        "nothing was queued"
+    );
+    let runs = js.get_key_value("weave-runs").await.unwrap();
+    let mut keys = runs.keys().await.unwrap();
+    assert!(
+        futures::StreamExt::next(&mut keys).await.is_none(),
+        "no run was created"
+    );
 }
 
 /// The DLQ stream is unavailable when a task dies (deleted, back 2.5 s
@@ -1182,6 +1223,7 @@ async fn node_churn_uses_no_attempts() {
     let r = api.wait("churned", Duration::from_secs(15)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert_eq!(r.attempts, 1);
+    assert_eq!(r.lost_leases, 3, "the result counts the lost leases: {r:?}");
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
 }
 

@@ -123,7 +123,7 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, Error> {
 }
 
 async fn submit(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
-    let mut req: SubmitRequest = parse_object(body)?;
+    let mut req = SubmitRequest::parse_strict(body)?;
     req.validate()?;
     let id = req
         .envelope
@@ -277,6 +277,7 @@ async fn cancel(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
         started_at: None,
         finished_at: now_rfc3339(),
         duration_s: 0.0,
+        lost_leases: 0,
     };
     if current.status == TaskStatus::Queued {
         // Ours is the only result: nobody ran it.

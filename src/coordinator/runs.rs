@@ -115,6 +115,7 @@ pub(super) async fn create(s: &Arc<CoordinatorState>, body: &[u8]) -> Result<Val
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RunRef {
     run_id: String,
 }

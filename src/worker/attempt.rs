@@ -172,9 +172,7 @@ async fn conclude(
         s.completed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let r = task_result(
-        s, &d.task_id, status, result, error, d.attempt, started, duration,
-    );
+    let r = task_result(s, &d, status, result, error, d.attempt, started, duration);
     match store_durably(s, &d.msg, &r).await {
         Ok(_) => {
             settle(&d.msg, AckKind::Ack).await;
@@ -347,7 +345,7 @@ async fn skip_cancelled(s: &NodeState, d: &Delivery) -> bool {
     }
     let r = task_result(
         s,
-        &d.task_id,
+        d,
         TaskStatus::Cancelled,
         Value::Null,
         Some("cancelled before it started".into()),
@@ -679,7 +677,7 @@ async fn dead_end(
     }
     let r = task_result(
         s,
-        task_id,
+        d,
         status,
         Value::Null,
         Some(error.to_string()),
@@ -690,11 +688,12 @@ async fn dead_end(
     store_durably(s, &d.msg, &r).await.is_ok()
 }
 
-/// A terminal result written by this node.
+/// A terminal result written by this node. Deliveries beyond the
+/// attempts made are the leases this task lost.
 #[allow(clippy::too_many_arguments)]
 fn task_result(
     s: &NodeState,
-    task_id: &str,
+    d: &Delivery,
     status: TaskStatus,
     result: Value,
     error: Option<String>,
@@ -703,7 +702,7 @@ fn task_result(
     duration_s: f64,
 ) -> TaskResult {
     TaskResult {
-        task_id: task_id.to_string(),
+        task_id: d.task_id.clone(),
         status,
         result,
         error,
@@ -712,6 +711,7 @@ fn task_result(
         started_at,
         finished_at: now_rfc3339(),
         duration_s,
+        lost_leases: d.deliveries.saturating_sub(d.attempt),
     }
 }
 

@@ -226,8 +226,11 @@ pub struct Heartbeat {
     pub metadata: Map<String, Value>,
 }
 
-/// An event injected into a process (contract §4).
+/// An event injected into a process (contract §4). Unknown fields are
+/// rejected (`invalid_value`): a misspelt `payload` must not run the
+/// handler with nothing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
 pub struct EventRequest {
     /// Caller's id for the trigger.
     #[serde(default)]
@@ -492,6 +495,37 @@ pub struct SubmitRequest {
 }
 
 impl SubmitRequest {
+    /// Every field a submit request may have (the envelope's and `queue`,
+    /// `priority`); `tasks.submit` rejects others, so that a misspelt
+    /// `max_attempts` is an error instead of a silent default. (Task
+    /// messages published straight on `P.tasks.*` stay open to extra
+    /// fields from other producers.)
+    pub const FIELDS: &'static [&'static str] = &[
+        "type",
+        "id",
+        "payload",
+        "metadata",
+        "timeout_s",
+        "max_attempts",
+        "backoff_s",
+        "not_before",
+        "queue",
+        "priority",
+    ];
+
+    /// Parses a `tasks.submit` body strictly (see [`Self::FIELDS`]).
+    pub fn parse_strict(body: &[u8]) -> Result<Self, Error> {
+        let v: Map<String, Value> = parse_object(body)?;
+        if let Some(k) = v.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
+            return Err(Error::invalid(
+                ErrorCode::InvalidValue,
+                format!("unknown field {k:?} in a submit request"),
+            ));
+        }
+        serde_json::from_value(Value::Object(v))
+            .map_err(|e| Error::invalid(ErrorCode::InvalidValue, format!("invalid field: {e}")))
+    }
+
     /// The queue, `default` if not given.
     pub fn queue(&self) -> &str {
         self.queue.as_deref().unwrap_or("default")
@@ -587,6 +621,12 @@ pub struct TaskResult {
     pub finished_at: String,
     /// Duration of the last attempt.
     pub duration_s: f64,
+    /// Deliveries that ended without a handler outcome: leases lost to a
+    /// node that died, paused or was cut off (and hand-backs to a node with
+    /// the handler). They do not use attempts; an extension of §5, 0 when
+    /// absent.
+    #[serde(default)]
+    pub lost_leases: u32,
 }
 
 /// A dead-lettered task on `P.dlq.<queue>`: the envelope plus why.
@@ -608,8 +648,9 @@ pub struct DeadLetter {
     pub dead_at: String,
 }
 
-/// `P.api.tasks.get` / `tasks.cancel` request.
+/// `P.api.tasks.get` / `tasks.cancel` request (unknown fields rejected).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRef {
     /// The task id.
     pub task_id: String,
@@ -796,11 +837,38 @@ mod tests {
                 started_at: Some(at.clone()),
                 finished_at: at.clone(),
                 duration_s: 0.25,
+                lost_leases: 2,
             },
             json!({"task_id": "t", "status": "dead", "result": null, "error": "x",
                 "attempts": 3, "node_id": "n", "started_at": at, "finished_at": at,
-                "duration_s": 0.25}),
+                "duration_s": 0.25, "lost_leases": 2}),
         );
+    }
+
+    #[test]
+    fn submit_fields_are_every_field_and_only_those() {
+        let full = SubmitRequest {
+            envelope: TaskEnvelope {
+                id: Some("a".into()),
+                timeout_s: Some(1.0),
+                max_attempts: Some(2),
+                backoff_s: Some(vec![0.5]),
+                not_before: Some("2026-01-02T03:04:05Z".into()),
+                ..TaskEnvelope::new("echo", json!(1))
+            },
+            queue: Some("q".into()),
+            priority: Some(Priority::High),
+        };
+        let v = serde_json::to_value(&full).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut fields = SubmitRequest::FIELDS.to_vec();
+        keys.sort();
+        fields.sort();
+        assert_eq!(keys, fields);
+        let body = serde_json::to_vec(&full).unwrap();
+        assert_eq!(SubmitRequest::parse_strict(&body).unwrap(), full);
+        let e = SubmitRequest::parse_strict(br#"{"type": "echo", "max_attemps": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("max_attemps"), "{e}");
     }
 
     #[test]

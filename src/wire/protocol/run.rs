@@ -15,8 +15,9 @@ pub struct Requirements {
     pub capabilities: Vec<String>,
 }
 
-/// A `runs.create` request.
+/// A `runs.create` request (unknown fields rejected).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// Run id (default: generated).
     #[serde(default)]
