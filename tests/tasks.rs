@@ -900,6 +900,45 @@ async fn the_first_result_wins_when_two_nodes_finish_a_task() {
     );
 }
 
+/// A node paused (SIGSTOP) past `ack_wait` mid-task loses the task to
+/// another node; when it wakes it stops its stale copy at once (its progress
+/// acks went unconfirmed for longer than `ack_wait`) instead of running it
+/// to the end beside the live one, and the other node's result stands.
+#[tokio::test]
+async fn a_node_back_from_a_pause_stops_its_stale_attempt() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let a = spawn_node_proc(&server, "sleeper").await;
+    run_sleep_task(&nats, "sleeper", "stale", 9000).await;
+    a.signal(libc::SIGSTOP);
+    let _b = start_node(&server, node_config("taker")).await;
+    wait_for("the task taken over", Duration::from_secs(10), || async {
+        let i = api.get("stale").await.ok()?;
+        (i.node_id.as_deref() == Some("taker")).then_some(())
+    })
+    .await;
+    a.signal(libc::SIGCONT);
+    let woke = Instant::now();
+    wait_for(
+        "the stale copy stopped",
+        Duration::from_secs(10),
+        || async {
+            let st = api.control("sleeper", "status", &json!({})).await.ok()?;
+            st["running_tasks"].as_array()?.is_empty().then_some(())
+        },
+    )
+    .await;
+    let stopped = woke.elapsed();
+    eprintln!("stale attempt stopped {stopped:?} after SIGCONT");
+    assert!(stopped < Duration::from_millis(1500), "{stopped:?}");
+    let r = api.wait("stale", Duration::from_secs(15)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.node_id.as_deref(), Some("taker"));
+    assert_eq!((r.attempts, r.lost_leases), (1, 1), "{r:?}");
+}
+
 /// §6: `tasks.get` for each terminal status, with the result inside.
 #[tokio::test]
 async fn tasks_get_reports_every_terminal_status() {

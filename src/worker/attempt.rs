@@ -55,6 +55,9 @@ pub(super) enum Outcome {
 pub(super) enum Verdict {
     /// Not the task's fault (the node is stopping): back to the queue now.
     Return,
+    /// The lease is gone and another delivery owns the task: settle
+    /// nothing (a NAK from a stale delivery must not disturb the live one).
+    Abandon,
     /// A failed attempt with attempts left: NAK after its backoff.
     Retry,
     /// The terminal result; `dead` ones also get a DLQ copy.
@@ -86,7 +89,7 @@ pub(super) async fn run_task(
         Verdict::Final { status, .. } => {
             !matches!(status, TaskStatus::Completed | TaskStatus::Cancelled)
         }
-        Verdict::Return => false,
+        Verdict::Return | Verdict::Abandon => false,
     };
     if failed_attempt {
         s.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -135,6 +138,7 @@ pub(super) fn classify(outcome: Outcome, attempt: u32, max_attempts: u32) -> Ver
             dead: false,
         },
         Outcome::Cancelled(CancelReason::Shutdown) => Verdict::Return,
+        Outcome::Cancelled(CancelReason::LeaseLost) => Verdict::Abandon,
     }
 }
 
@@ -148,6 +152,7 @@ async fn conclude(
 ) {
     let (status, result, error, dead) = match verdict {
         Verdict::Return => return settle(&d.msg, AckKind::Nak(None)).await,
+        Verdict::Abandon => return,
         Verdict::Retry => {
             count_failed(s, &d, false).await;
             let delay = d.env.backoff(d.attempt);
@@ -432,6 +437,7 @@ fn is_cancelled(s: &NodeState, task_id: &str) -> bool {
 struct RunningGuard<'a> {
     s: &'a NodeState,
     task_id: String,
+    reason: Arc<Mutex<Option<CancelReason>>>,
 }
 
 impl<'a> RunningGuard<'a> {
@@ -442,7 +448,7 @@ impl<'a> RunningGuard<'a> {
         reason: &Arc<Mutex<Option<CancelReason>>>,
         started_at: &str,
     ) -> Self {
-        s.running.lock().expect("running set poisoned").insert(
+        let old = s.running.lock().expect("running set poisoned").insert(
             d.task_id.clone(),
             Running {
                 queue: d.queue.clone(),
@@ -451,10 +457,22 @@ impl<'a> RunningGuard<'a> {
                 started_at: started_at.to_string(),
             },
         );
+        // The server redelivered a task this node still runs (its lease
+        // lapsed while the node was paused or cut off): this delivery owns
+        // it now, so the old attempt stops. One copy per node, ever.
+        if let Some(old) = old {
+            tracing::warn!(task_id = %d.task_id, "redelivered while running here; the stale attempt stops");
+            old.reason
+                .lock()
+                .expect("cancel reason poisoned")
+                .get_or_insert(CancelReason::LeaseLost);
+            old.cancel.cancel();
+        }
         s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RunningGuard {
             s,
             task_id: d.task_id.clone(),
+            reason: reason.clone(),
         }
     }
 }
@@ -462,7 +480,12 @@ impl<'a> RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut r) = self.s.running.lock() {
-            r.remove(&self.task_id);
+            // Only our own entry: a newer delivery may have replaced it.
+            if r.get(&self.task_id)
+                .is_some_and(|e| Arc::ptr_eq(&e.reason, &self.reason))
+            {
+                r.remove(&self.task_id);
+            }
         }
         self.s
             .active
@@ -502,6 +525,7 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
     tokio::pin!(timeout);
     let every = (s.cfg.ack_wait / 3).max(Duration::from_millis(200));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut lease = Lease::new(s.cfg.ack_wait);
     let why = || {
         reason
             .lock()
@@ -526,8 +550,48 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
                 return Outcome::TimedOut(deadline.unwrap_or_default());
             }
             _ = ticker.tick() => {
-                let _ = d.msg.ack_with(AckKind::Progress).await;
+                if lease.lost() {
+                    tracing::warn!(task_id = %d.task_id, "lease lost (paused or cut off from NATS); the attempt stops");
+                    reason.lock().expect("cancel reason poisoned").get_or_insert(CancelReason::LeaseLost);
+                    cancel.cancel();
+                    return Outcome::Cancelled(why());
+                }
+                lease.renew(s, &d.msg, every).await;
             }
+        }
+    }
+}
+
+/// What a running attempt knows of its lease: when the server last
+/// confirmed a progress ack. A progress ack is sent as a request, which the
+/// server answers; a node that gets no answer for longer than `ack_wait`
+/// (it was paused, or NATS is cut off) must assume the task was handed to
+/// someone else and stop, so that a task is not run twice at length.
+struct Lease {
+    confirmed: Instant,
+    ack_wait: Duration,
+}
+
+impl Lease {
+    fn new(ack_wait: Duration) -> Self {
+        Lease {
+            confirmed: Instant::now(),
+            ack_wait,
+        }
+    }
+
+    fn lost(&self) -> bool {
+        self.confirmed.elapsed() > self.ack_wait
+    }
+
+    /// Sends a progress ack and waits up to `within` for the server.
+    async fn renew(&mut self, s: &NodeState, msg: &jetstream::Message, within: Duration) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let ack = s.client.request(reply, "+WPI".into());
+        if let Ok(Ok(_)) = tokio::time::timeout(within, ack).await {
+            self.confirmed = Instant::now();
         }
     }
 }

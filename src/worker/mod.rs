@@ -67,6 +67,10 @@ pub(crate) enum CancelReason {
     Timeout,
     /// The node is stopping: the task goes back to the queue.
     Shutdown,
+    /// The attempt's lease is gone (no progress ack confirmed for longer
+    /// than `ack_wait`: the node was paused or cut off, or the server
+    /// redelivered the task to this node): another delivery owns it now.
+    LeaseLost,
 }
 
 /// A task running on this node.
