@@ -164,6 +164,7 @@ pub(super) async fn reap_agents(app: AppState) {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct DiscoverRequest {
     #[serde(default)]
     status: Option<String>,

@@ -212,16 +212,25 @@ pub(super) async fn nodes(State(app): State<AppState>) -> ApiResult {
 }
 
 #[utoipa::path(post, path = "/nodes/{node}/drain", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: draining}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn node_drain(State(app): State<AppState>, Path(node): Path<String>) -> ApiResult {
-    ok(app.ctl(&node, "drain", json!({})).await?)
+pub(super) async fn node_drain(
+    State(app): State<AppState>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    // The body goes to the node as it is (empty = `{}`): a malformed one
+    // is refused there, and the node is not drained.
+    let v: Value = parse_body(&body)?;
+    ok(app.ctl(&node, "drain", v).await?)
 }
 
 #[utoipa::path(post, path = "/nodes/{node}/resume", tag = "cluster", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{ok, node_id, health: healthy}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn node_resume(
     State(app): State<AppState>,
     Path(node): Path<String>,
+    body: Bytes,
 ) -> ApiResult {
-    ok(app.ctl(&node, "resume", json!({})).await?)
+    let v: Value = parse_body(&body)?;
+    ok(app.ctl(&node, "resume", v).await?)
 }
 
 #[utoipa::path(post, path = "/runs", tag = "runs", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 201, description = "the run"), (status = 400, description = "invalid run spec"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]

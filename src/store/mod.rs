@@ -50,7 +50,15 @@ pub async fn ensure_streams(
         stream::Config {
             name: subjects.tasks_stream(),
             description: Some("jetweave task queues (work queue)".into()),
-            subjects: vec![subjects.tasks_wildcard(), subjects.delayed_wildcard()],
+            subjects: subjects
+                .task_subjects()
+                .into_iter()
+                .chain([subjects.delayed_wildcard()])
+                .collect(),
+            // No size cap: a cap with the default discard policy would drop
+            // accepted tasks, and message schedules rule out discard-new.
+            // A full JetStream store refuses new tasks instead (see
+            // docs/reliability.md, limits).
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: replicas,

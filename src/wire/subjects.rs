@@ -138,6 +138,16 @@ impl Subjects {
     pub fn tasks_wildcard(&self) -> String {
         format!("{}.tasks.>", self.prefix)
     }
+    /// `P.tasks.*.<priority>` for each priority: what `P_TASKS` stores, so
+    /// that a publish on an unknown priority (or with a dotted queue name)
+    /// is refused by the server (no stream answers) instead of being
+    /// acknowledged and never consumed.
+    pub fn task_subjects(&self) -> Vec<String> {
+        crate::wire::protocol::Priority::ALL
+            .iter()
+            .map(|p| format!("{}.tasks.*.{}", self.prefix, p.as_str()))
+            .collect()
+    }
     /// `P.delayed.>`: where a delayed task waits as a message schedule.
     pub fn delayed_wildcard(&self) -> String {
         format!("{}.delayed.>", self.prefix)

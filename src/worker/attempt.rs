@@ -493,8 +493,8 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-/// Runs the handler under the attempt's timeout and cancel token, sending
-/// progress acks every `ack_wait / 3` so a live node keeps its task.
+/// Runs the handler under the attempt's timeout and cancel token, renewing
+/// its lease with progress acks every `ack_wait / 4` (see [`Lease`]).
 async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &str) -> Outcome {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
@@ -523,7 +523,7 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
         }
     };
     tokio::pin!(timeout);
-    let every = (s.cfg.ack_wait / 3).max(Duration::from_millis(200));
+    let every = (s.cfg.ack_wait / 4).max(Duration::from_millis(150));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut lease = Lease::new(s.cfg.ack_wait);
     let why = || {
@@ -563,10 +563,13 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
 }
 
 /// What a running attempt knows of its lease: when the server last
-/// confirmed a progress ack. A progress ack is sent as a request, which the
-/// server answers; a node that gets no answer for longer than `ack_wait`
-/// (it was paused, or NATS is cut off) must assume the task was handed to
-/// someone else and stop, so that a task is not run twice at length.
+/// confirmed a progress ack. Renewals go every `ack_wait / 4` as requests,
+/// which the server answers. Two renewals in a row unconfirmed (more than
+/// `ack_wait / 2` since the last confirmation: the node was paused, or NATS
+/// is cut off) and the attempt stops at the next tick, at most
+/// `3/4 ack_wait` after the last renewal the server saw — before the server
+/// hands the task to another node at `ack_wait` — so that one task does not
+/// run on two nodes at once.
 struct Lease {
     confirmed: Instant,
     ack_wait: Duration,
@@ -581,7 +584,7 @@ impl Lease {
     }
 
     fn lost(&self) -> bool {
-        self.confirmed.elapsed() > self.ack_wait
+        self.confirmed.elapsed() > self.ack_wait / 2
     }
 
     /// Sends a progress ack and waits up to `within` for the server.

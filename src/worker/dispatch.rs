@@ -20,7 +20,7 @@
 //!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
-//! `ack_wait / 3`, so a long task on a live node is never redelivered,
+//! `ack_wait / 4`, so a long task on a live node is never redelivered,
 //! while a dead node's task comes back after `ack_wait`.
 //!
 //! ## JetStream writes per task
@@ -143,28 +143,34 @@ impl Source {
 /// DLQ queue name of dead shards.
 pub(super) const SHARDS_LABEL: &str = "shards";
 
-/// Starts the dispatcher of one queue.
-pub(crate) async fn start_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<(), Error> {
+/// A dispatcher whose consumers exist, ready to be spawned.
+pub(crate) type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Prepares the dispatcher of one queue: its consumers are created here,
+/// so a node that fails to start has taken no task yet.
+pub(crate) async fn queue_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<Ready, Error> {
     let source = Source::Queue(queue.to_string());
     let consumers = open_consumers(s, &source).await?;
     let doorbell = s.subjects.task_queue_wildcard(queue);
-    s.loops
-        .spawn(dispatch_loop(s.clone(), source, consumers, doorbell));
-    Ok(())
+    Ok(Box::pin(dispatch_loop(
+        s.clone(),
+        source,
+        consumers,
+        doorbell,
+    )))
 }
 
-/// Starts the dispatcher of this node's shard assignments.
-pub(crate) async fn start_shard_dispatcher(s: &Arc<NodeState>) -> Result<(), Error> {
+/// Prepares the dispatcher of this node's shard assignments.
+pub(crate) async fn shard_dispatcher(s: &Arc<NodeState>) -> Result<Ready, Error> {
     crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
     let consumers = open_consumers(s, &Source::Shards).await?;
     let doorbell = s.subjects.shards(&s.cfg.node_id);
-    s.loops.spawn(dispatch_loop(
+    Ok(Box::pin(dispatch_loop(
         s.clone(),
         Source::Shards,
         consumers,
         doorbell,
-    ));
-    Ok(())
+    )))
 }
 
 /// The durable consumers a dispatcher pulls from (created when missing:

@@ -343,16 +343,22 @@ impl Node {
 
 /// Registers the node and starts its loops: the entry first (so anyone it
 /// answers can find it), then the service, the cancel watch, the
-/// dispatchers (not on a supervisor) and the heartbeat.
+/// dispatchers (not on a supervisor) and the heartbeat. The dispatchers
+/// take work only once every consumer exists: a start that fails half-way
+/// (NATS lost meanwhile) has taken no task with it.
 async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
     s.discovery.put_info(&s.node_info()).await?;
     start_service(s).await?;
     dispatch::start_cancel_watch(s).await?;
+    let mut dispatchers = Vec::new();
     if s.cfg.role != crate::wire::protocol::Role::Supervisor {
         for q in s.cfg.queues.clone() {
-            dispatch::start_dispatcher(s, &q).await?;
+            dispatchers.push(dispatch::queue_dispatcher(s, &q).await?);
         }
-        dispatch::start_shard_dispatcher(s).await?;
+        dispatchers.push(dispatch::shard_dispatcher(s).await?);
+    }
+    for d in dispatchers {
+        s.loops.spawn(d);
     }
     s.loops.spawn(heartbeat_loop(s.clone()));
     s.client.flush().await.map_err(Error::nats_source)?;

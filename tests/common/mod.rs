@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use jetweave::{Node, NodeConfig, NodeHandle, Shutdown};
@@ -99,6 +99,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL the server.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -184,8 +189,12 @@ impl Proc {
         ));
         let child = Command::new(bin)
             .args(args)
+            // JETWEAVE_CHILD_LOG sets the children's log filter (debugging).
+            .env(
+                "RUST_LOG",
+                std::env::var("JETWEAVE_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -292,10 +301,15 @@ pub async fn spawn_node_proc(server: &NatsServer, node_id: &str) -> Proc {
 
 /// Like [`spawn_node_proc`], with extra `jetweave node` flags.
 pub async fn spawn_node_proc_with(server: &NatsServer, node_id: &str, extra: &[&str]) -> Proc {
-    let url = server.url();
+    spawn_node_at(&server.url(), node_id, extra).await
+}
+
+/// A `jetweave node` process on NATS `url` (one URL or several, comma
+/// separated; a proxy's), returned once it is in discovery.
+pub async fn spawn_node_at(url: &str, node_id: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "--nats-url",
-        &url,
+        url,
         "node",
         "--node-id",
         node_id,
@@ -308,8 +322,13 @@ pub async fn spawn_node_proc_with(server: &NatsServer, node_id: &str, extra: &[&
     ];
     args.extend_from_slice(extra);
     let node = Proc::spawn(&args);
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| u.parse().expect("server address"))
+        .collect();
+    let client = async_nats::connect(addrs).await.expect("connect");
     let d = jetweave::discovery::KvDiscovery::open(
-        server.client().await,
+        client,
         &jetweave::subjects::Subjects::new("weave").expect("prefix"),
         Duration::from_secs(2),
         1,
@@ -476,4 +495,227 @@ pub async fn replies(
         out.push(serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null));
     }
     out
+}
+
+/// A cluster of `nats-server`s (JetStream on, R3 streams) on loopback,
+/// named `s1`, `s2`, ...; each can be killed and restarted.
+pub struct NatsCluster {
+    pub servers: Vec<ClusterMember>,
+    dir: tempfile::TempDir,
+}
+
+/// One server of a [`NatsCluster`].
+pub struct ClusterMember {
+    pub name: String,
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers and waits until JetStream has a meta leader.
+    pub async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, cport)) in ports.iter().enumerate() {
+            let name = format!("s{}", i + 1);
+            let store = dir.path().join(&name);
+            let conf = dir.path().join(format!("{name}.conf"));
+            let text = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                 cluster {{ name: chaos, listen: 127.0.0.1:{cport}, routes: [{}] }}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n",
+                routes.join(", "),
+                store.display()
+            );
+            std::fs::write(&conf, text).expect("write server config");
+            let mut m = ClusterMember {
+                name,
+                port: *port,
+                conf,
+                child: None,
+            };
+            m.spawn();
+            servers.push(m);
+        }
+        let c = NatsCluster { servers, dir };
+        let client = c.client().await;
+        let js = async_nats::jetstream::new(client);
+        wait_for(
+            "a JetStream meta leader",
+            Duration::from_secs(30),
+            || async { js.query_account().await.ok() },
+        )
+        .await;
+        c
+    }
+
+    /// Every server's URL, comma separated (what a client is given).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|m| format!("nats://127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client that knows every server.
+    pub async fn client(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self
+            .urls()
+            .split(',')
+            .map(|u| u.parse().expect("server address"))
+            .collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .expect("connect to the cluster")
+    }
+
+    /// The index of the server called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|m| m.name == name)
+    }
+
+    /// SIGKILL server `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.servers[i].kill();
+    }
+
+    /// Start server `i` again on its port and store.
+    pub fn restart(&mut self, i: usize) {
+        self.servers[i].kill();
+        self.servers[i].spawn();
+    }
+
+    /// The directory the servers keep their stores in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl ClusterMember {
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ClusterMember {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback TCP proxy in front of a NATS server that a test can pause:
+/// while paused no byte passes in either direction (connections stay open,
+/// as in a network partition that drops packets), and on resume what was
+/// held flows on.
+pub struct Proxy {
+    pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (gate, _) = tokio::sync::watch::channel(false);
+        let g = gate.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pipe(dr, uw, g.subscribe()));
+                tokio::spawn(pipe(ur, dw, g.subscribe()));
+            }
+        });
+        Proxy {
+            port,
+            accepted,
+            gate,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Holds every byte until [`Proxy::resume`].
+    pub fn pause(&self) {
+        self.gate.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.gate.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
