@@ -147,13 +147,31 @@ impl NatsOptions {
 }
 
 /// Replicas for the JetStream resources jetweave creates: 1 on a single
-/// server, 3 (or the cluster size, if smaller) when the server says it is
-/// part of a cluster.
-pub fn replicas_for(client: &async_nats::Client) -> usize {
+/// server; on a cluster, 3 when the cluster can place them, else as many
+/// as it can. The client's INFO lists only the cluster members known when
+/// it connected (a process started while the cluster forms would see one),
+/// so the cluster is asked instead: a throwaway memory stream is created
+/// with 3, then 2 replicas, and deleted.
+pub async fn replicas_for(client: &async_nats::Client) -> usize {
     let info = client.server_info();
-    if info.cluster.as_deref().is_some_and(|c| !c.is_empty()) {
-        info.connect_urls.len().clamp(1, 3)
-    } else {
-        1
+    if info.cluster.as_deref().is_none_or(|c| c.is_empty()) {
+        return 1;
     }
+    let js = async_nats::jetstream::new(client.clone());
+    let name = format!("JETWEAVE_REPLICAS_PROBE_{}", uuid::Uuid::new_v4().simple());
+    for n in [3, 2] {
+        let cfg = async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("_jetweave.probe.{name}")],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            num_replicas: n,
+            max_messages: 1,
+            ..Default::default()
+        };
+        if js.create_stream(cfg).await.is_ok() {
+            let _ = js.delete_stream(&name).await;
+            return n;
+        }
+    }
+    info.connect_urls.len().clamp(1, 3)
 }

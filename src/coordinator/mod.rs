@@ -102,7 +102,7 @@ impl Coordinator {
         crate::wire::subjects::validate_id("coordinator id", &cfg.id)?;
         let mut cfg = cfg;
         if cfg.replicas == 0 {
-            cfg.replicas = crate::connect::replicas_for(&client);
+            cfg.replicas = crate::connect::replicas_for(&client).await;
         }
         if cfg.lease_ttl.as_secs() < 1 || cfg.lease_ttl.subsec_nanos() != 0 {
             return Err(Error::Config(

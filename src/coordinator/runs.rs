@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use super::planner::{plan_shards, AssignStrategy};
 use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
-use crate::store::audit::publish_audit;
+use crate::store::audit::{publish_audit, publish_audit_once};
 use crate::store::discovery::DiscoveryEvent;
 use crate::store::results::read_result;
 use crate::wire::protocol::json_body;
@@ -644,13 +644,14 @@ impl Engine {
         sh.result = res.result;
         if let Some(n) = res.node_id {
             sh.node_id = Some(n.clone());
-            publish_audit(
+            publish_audit_once(
                 &self.s.js,
                 &self.s.subjects,
                 "shard.completed",
                 Some(&n),
                 Some(&rec.run_id),
                 json!({"shard_key": key, "status": res.status}),
+                &task_id,
             )
             .await;
         }

@@ -15,6 +15,36 @@ pub async fn publish_audit(
     run_id: Option<&str>,
     details: Value,
 ) {
+    send(js, subjects, kind, node_id, run_id, details, None).await
+}
+
+/// Publishes an audit event that happens once per `once_key` (e.g. a
+/// shard's completion): its `Nats-Msg-Id` is `<kind>:<once_key>`, so a
+/// second report within the stream's duplicate window — a new leader
+/// reconciling what the old one recorded just before it died — is not
+/// stored twice.
+pub async fn publish_audit_once(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: &str,
+    node_id: Option<&str>,
+    run_id: Option<&str>,
+    details: Value,
+    once_key: &str,
+) {
+    let id = format!("{kind}:{once_key}");
+    send(js, subjects, kind, node_id, run_id, details, Some(id)).await
+}
+
+async fn send(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: &str,
+    node_id: Option<&str>,
+    run_id: Option<&str>,
+    details: Value,
+    msg_id: Option<String>,
+) {
     let ev = AuditEvent {
         kind: kind.to_string(),
         at: now_rfc3339(),
@@ -25,7 +55,11 @@ pub async fn publish_audit(
     let Ok(body) = serde_json::to_vec(&ev) else {
         return;
     };
-    match js.publish(subjects.audit(kind), body.into()).await {
+    let mut m = jetstream::message::PublishMessage::build().payload(body.into());
+    if let Some(id) = msg_id {
+        m = m.message_id(id);
+    }
+    match js.send_publish(subjects.audit(kind), m).await {
         Ok(ack) => {
             if let Err(e) = ack.await {
                 tracing::warn!(kind, error = %e, "audit event not stored");

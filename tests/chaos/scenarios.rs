@@ -785,7 +785,7 @@ pub async fn server_loss(scale: Scale, target: &str) -> Report {
     cfg.id = "c1".into();
     cfg.lease_ttl = Duration::from_secs(2);
     cfg.node_ttl = Duration::from_secs(2);
-    cfg.replicas = 3;
+    // Replicas as detected from the cluster (the goal below checks R3).
     let shutdown = jetweave::Shutdown::new();
     let _coord = jetweave::Coordinator::start(cluster.client().await, cfg, shutdown.clone())
         .await
@@ -832,11 +832,22 @@ pub async fn server_loss(scale: Scale, target: &str) -> Report {
     let observer = async_nats::connect(survivor)
         .await
         .expect("connect to a survivor");
-    let election = wait_for("a new leader", Duration::from_secs(30), || async {
-        let l = leader_of(&observer, watched).await?;
-        (l != victim).then(|| killed.elapsed())
+    let election = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(l) = leader_of(&observer, watched).await {
+                if l != victim {
+                    return killed.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     })
     .await;
+    r.goal(
+        election.is_ok(),
+        format!("no new leader of {watched} within 30 s"),
+    );
+    let election = election.unwrap_or(Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed())).await;
     cluster.restart(i);
     let ids = submitter.await.expect("submitter");
@@ -982,7 +993,7 @@ pub async fn hostile(scale: Scale) -> Report {
     // on the queue its doorbell hears them, so the ack times out instead
     // of failing fast: a short timeout keeps this quick.
     let js = jetstream::ContextBuilder::new()
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(100))
         .build(client.clone());
     let publishes = scale.hostile / 10;
     let task_subjects = [
@@ -1269,10 +1280,7 @@ pub async fn durability(scale: Scale) -> Report {
         }
         let client = server.client().await;
         let js = jetstream::new(client.clone());
-        let kv = js
-            .get_key_value("weave-runs")
-            .await
-            .expect("runs bucket");
+        let kv = js.get_key_value("weave-runs").await.expect("runs bucket");
         for i in 0..n {
             let id = format!("dur-{i}");
             publish_until_acked(
@@ -1314,10 +1322,7 @@ pub async fn durability(scale: Scale) -> Report {
             }
         };
         let (tasks, results) = (count("WEAVE_TASKS").await, count("WEAVE_RESULTS").await);
-        let kv = js
-            .get_key_value("weave-runs")
-            .await
-            .expect("runs bucket");
+        let kv = js.get_key_value("weave-runs").await.expect("runs bucket");
         let keys = kv.keys().await.expect("keys").count().await;
         r.note(format!("{label}: {tasks}/{n} tasks, {results}/{n} results, {keys}/{n} KV entries after kill -9"));
         let lost = (n - tasks.min(n)) + (n - results.min(n)) + (n - keys.min(n));

@@ -571,8 +571,9 @@ impl NatsCluster {
             .split(',')
             .map(|u| u.parse().expect("server address"))
             .collect();
+        // Not `retry_on_initial_connect`: that returns before the first
+        // INFO, and jetweave reads the cluster from it.
         async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
             .connect(urls)
             .await
             .expect("connect to the cluster")
