@@ -95,13 +95,19 @@ impl Client {
         body: &Value,
     ) -> Result<T, Error> {
         let payload = serde_json::to_vec(body)?;
-        let msg = tokio::time::timeout(
+        let since = std::time::Instant::now();
+        let request = tokio::time::timeout(
             API_TIMEOUT,
             self.nats.request(subject.clone(), payload.into()),
-        )
-        .await
-        .map_err(|_| Error::Timeout(format!("no answer on {subject}")))?
-        .map_err(|e| Error::from(e).context(&subject))?;
+        );
+        let msg = tokio::select! {
+            r = request => r
+                .map_err(|_| Error::Timeout(format!("no answer on {subject}")))?
+                .map_err(|e| Error::from(e).context(&subject))?,
+            reason = crate::connect::denied(&subject, since) => {
+                return Err(Error::forbidden(&subject, &reason));
+            }
+        };
         let v: Value = serde_json::from_slice(&msg.payload)
             .map_err(|e| Error::nats(format!("{subject}: reply is not JSON: {e}")))?;
         if v.get("ok") == Some(&Value::Bool(false)) {
@@ -250,17 +256,28 @@ impl Client {
             .subscribe(inbox.clone())
             .await
             .map_err(Error::nats_source)?;
+        let subject = self.subjects.ctl_all(verb);
+        let since = std::time::Instant::now();
         self.nats
-            .publish_with_reply(self.subjects.ctl_all(verb), inbox, "{}".into())
+            .publish_with_reply(subject.clone(), inbox, "{}".into())
             .await
             .map_err(Error::nats_source)?;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-            if let Ok(v) = serde_json::from_slice(&m.payload) {
-                out.push(v);
+        loop {
+            tokio::select! {
+                m = tokio::time::timeout_at(deadline, sub.next()) => match m {
+                    Ok(Some(m)) => {
+                        if let Ok(v) = serde_json::from_slice(&m.payload) {
+                            out.push(v);
+                        }
+                    }
+                    _ => return Ok(out),
+                },
+                reason = crate::connect::denied(&subject, since) => {
+                    return Err(Error::forbidden(&subject, &reason));
+                }
             }
         }
-        Ok(out)
     }
 }

@@ -1,7 +1,12 @@
-//! Connecting to NATS: URL and credentials, and a bounded wait for a server
-//! that is not up yet.
+//! Connecting to NATS: URL and credentials (an nkey seed among them), a
+//! bounded wait for a server that is not up yet, and the permission
+//! errors the server sends back (a denied publish is dropped by the
+//! server, which tells the client with `-ERR`; [`permission_denied`] lets a
+//! request that got no answer say why).
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -16,6 +21,9 @@ pub struct NatsOptions {
     pub url: String,
     /// Credentials file.
     pub creds: Option<PathBuf>,
+    /// Nkey seed file (`jetweave auth init` writes one per user). With it
+    /// the client's inbox prefix is `_INBOX_<key id>` (see [`NkeySeed`]).
+    pub nkey: Option<PathBuf>,
     /// User name (with `password`).
     pub user: Option<String>,
     /// Password.
@@ -39,6 +47,7 @@ impl Default for NatsOptions {
         NatsOptions {
             url: DEFAULT_NATS_URL.to_string(),
             creds: None,
+            nkey: None,
             user: None,
             password: None,
             token: None,
@@ -64,7 +73,18 @@ impl NatsOptions {
         let mut o = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(2))
-            .request_timeout(Some(Duration::from_secs(10)));
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback(|event| async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) = event {
+                    note_server_error(&e);
+                }
+            });
+        if let Some(path) = &self.nkey {
+            let seed = NkeySeed::read(path)?;
+            o = o
+                .custom_inbox_prefix(inbox_prefix(&seed.key_id()))
+                .nkey(seed.seed);
+        }
         if let Some(c) = &self.creds {
             o = o
                 .credentials_file(c)
@@ -123,7 +143,7 @@ impl NatsOptions {
                     // Waiting does not fix credentials: say so at once.
                     return Err(Error::nats(format!(
                         "NATS at {} refused the credentials ({e}): check --token, \
-                         --user/--password or --creds",
+                         --user/--password, --creds or --nkey",
                         self.url
                     )));
                 }
@@ -146,32 +166,112 @@ impl NatsOptions {
     }
 }
 
-/// Replicas for the JetStream resources jetweave creates: 1 on a single
-/// server; on a cluster, 3 when the cluster can place them, else as many
-/// as it can. The client's INFO lists only the cluster members known when
-/// it connected (a process started while the cluster forms would see one),
-/// so the cluster is asked instead: a throwaway memory stream is created
-/// with 3, then 2 replicas, and deleted.
-pub async fn replicas_for(client: &async_nats::Client) -> usize {
-    let info = client.server_info();
-    if info.cluster.as_deref().is_none_or(|c| c.is_empty()) {
-        return 1;
+/// An nkey seed read from a file: the first word that starts with `SU`
+/// (a user seed); lines starting with `#` are comments.
+#[derive(Clone)]
+pub struct NkeySeed {
+    seed: String,
+    public: String,
+}
+
+impl std::fmt::Debug for NkeySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NkeySeed({})", self.public)
     }
-    let js = async_nats::jetstream::new(client.clone());
-    let name = format!("JETWEAVE_REPLICAS_PROBE_{}", uuid::Uuid::new_v4().simple());
-    for n in [3, 2] {
-        let cfg = async_nats::jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("_jetweave.probe.{name}")],
-            storage: async_nats::jetstream::stream::StorageType::Memory,
-            num_replicas: n,
-            max_messages: 1,
-            ..Default::default()
-        };
-        if js.create_stream(cfg).await.is_ok() {
-            let _ = js.delete_stream(&name).await;
-            return n;
+}
+
+impl NkeySeed {
+    /// Reads and checks the seed in `path`.
+    pub fn read(path: &Path) -> Result<NkeySeed, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("nkey file {}: {e}", path.display())))?;
+        let seed = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(str::split_whitespace)
+            .find(|w| w.starts_with("SU"))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "nkey file {}: no user seed (SU...)",
+                    path.display()
+                ))
+            })?;
+        Self::parse(seed).map_err(|e| Error::Config(format!("nkey file {}: {e}", path.display())))
+    }
+
+    /// Checks a seed string.
+    pub fn parse(seed: &str) -> Result<NkeySeed, Error> {
+        let kp = nkeys::KeyPair::from_seed(seed)
+            .map_err(|e| Error::Config(format!("not an nkey seed: {e}")))?;
+        Ok(NkeySeed {
+            seed: seed.to_string(),
+            public: kp.public_key(),
+        })
+    }
+
+    /// The public key (`U...`), as the server config names the user.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// The short id that names this key's inbox prefix: the public key's
+    /// first 16 characters.
+    pub fn key_id(&self) -> String {
+        key_id(&self.public)
+    }
+}
+
+/// The short id of a public key: its first 16 characters.
+pub fn key_id(public_key: &str) -> String {
+    public_key.chars().take(16).collect()
+}
+
+/// `_INBOX_<id>`: the inbox prefix of a client with a key, so that no
+/// other user may subscribe to its replies.
+pub fn inbox_prefix(id: &str) -> String {
+    format!("_INBOX_{id}")
+}
+
+/// Permission errors the server reported lately, newest last.
+static DENIED: Mutex<VecDeque<(Instant, String)>> = Mutex::new(VecDeque::new());
+const DENIED_KEPT: usize = 64;
+const DENIED_FOR: Duration = Duration::from_secs(60);
+
+fn note_server_error(e: &str) {
+    if !e.to_ascii_lowercase().contains("permissions violation") {
+        tracing::warn!(error = %e, "NATS server error");
+        return;
+    }
+    tracing::warn!(error = %e, "NATS refused an operation");
+    let mut d = DENIED.lock().unwrap_or_else(|p| p.into_inner());
+    if d.len() == DENIED_KEPT {
+        d.pop_front();
+    }
+    d.push_back((Instant::now(), e.to_string()));
+}
+
+/// The server's permission error for `subject`, if it sent one to a client
+/// of this process since `since` (and within the last minute): a denied
+/// publish is not an error of the publish call (the server drops it and
+/// says so with `-ERR`), so a request that got no answer asks here why.
+pub fn permission_denied(subject: &str, since: Instant) -> Option<String> {
+    let quoted = format!("\"{subject}\"");
+    let d = DENIED.lock().unwrap_or_else(|p| p.into_inner());
+    d.iter()
+        .rev()
+        .take_while(|(at, _)| *at >= since && at.elapsed() < DENIED_FOR)
+        .find(|(_, e)| e.contains(&quoted))
+        .map(|(_, e)| e.clone())
+}
+
+/// Resolves with the server's permission error for `subject` once one
+/// arrives after `since` (checked every 20 ms); race it against a request
+/// so a denied one fails at once instead of timing out.
+pub async fn denied(subject: &str, since: Instant) -> String {
+    loop {
+        if let Some(e) = permission_denied(subject, since) {
+            return e;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    info.connect_urls.len().clamp(1, 3)
 }

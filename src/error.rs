@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Nats,
     /// Nobody answered in time.
     Timeout,
+    /// The NATS server refused the operation: this user's permissions do
+    /// not allow it (contract §13).
+    PermissionDenied,
     /// Anything else (a bug: bad input never produces it).
     Internal,
 }
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::Nats => "nats",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",
         }
     }
@@ -79,6 +83,7 @@ impl ErrorCode {
             }
             ErrorCode::Nats => ErrorKind::Unavailable,
             ErrorCode::Timeout => ErrorKind::Timeout,
+            ErrorCode::PermissionDenied => ErrorKind::Forbidden,
             ErrorCode::Internal => ErrorKind::Internal,
         }
     }
@@ -105,6 +110,8 @@ pub enum ErrorKind {
     Timeout,
     /// NATS or JetStream could not be reached or failed.
     Unavailable,
+    /// The NATS server refused it: not allowed for this user.
+    Forbidden,
     /// The configuration is wrong.
     Config,
     /// Local I/O failed, or a bug.
@@ -192,6 +199,16 @@ impl Error {
         }
     }
 
+    /// The server refused an operation on `subject` for lack of permission
+    /// (`reason` is the server's own words).
+    pub fn forbidden(subject: &str, reason: &str) -> Self {
+        Error::Nats {
+            kind: ErrorKind::Forbidden,
+            message: format!("permission denied on {subject}: {reason}"),
+            source: None,
+        }
+    }
+
     /// NATS unavailable or failing, keeping the client's error as source.
     pub fn nats_source(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Nats {
@@ -240,6 +257,10 @@ impl Error {
                 ..
             }
             | Error::Timeout(_) => ErrorCode::Timeout.as_str().to_string(),
+            Error::Nats {
+                kind: ErrorKind::Forbidden,
+                ..
+            } => ErrorCode::PermissionDenied.as_str().to_string(),
             Error::Nats { .. } => ErrorCode::Nats.as_str().to_string(),
             Error::Remote { code, .. } => code.clone(),
             Error::Config(_) => ErrorCode::InvalidValue.as_str().to_string(),

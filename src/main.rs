@@ -6,7 +6,7 @@ mod up;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{ops, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
+use cli::{ops, AuthCommand, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
 use jetweave::protocol::Role;
 use jetweave::{Coordinator, CoordinatorConfig, Node, Shutdown};
 
@@ -139,8 +139,23 @@ async fn run_up(cli: &Cli, args: &UpArgs, signals: &mut Signals) -> anyhow::Resu
         monitor_port: args.monitor_port,
         http: args.http.clone(),
         prefix: cli.global.prefix.clone(),
+        secure: args.secure,
     };
     up::run(opts, signals.recv()).await?;
+    Ok(())
+}
+
+fn run_auth_init(cli: &Cli, args: &cli::auth::AuthInitArgs) -> anyhow::Result<()> {
+    let users = cli::auth::init(args, &cli.global.prefix)?;
+    let dir = args.dir.display();
+    println!("wrote {dir}/auth.conf and a seed file per user:");
+    for u in &users {
+        println!("  {dir}/{u}.nk");
+    }
+    println!(
+        "include it in nats-server.conf (include \"{dir}/auth.conf\"), reload the server \
+         (nats-server --signal reload), and start each part with --nkey {dir}/<user>.nk"
+    );
     Ok(())
 }
 
@@ -184,6 +199,7 @@ async fn main() {
         Command::Coordinator(args) => run_coordinator(&cli, args, &mut signals).await,
         Command::Sidecar(args) => run_sidecar(&cli, args, &mut signals).await,
         Command::Up(args) => run_up(&cli, args, &mut signals).await,
+        Command::Auth(AuthCommand::Init(args)) => run_auth_init(&cli, args),
         _ => run_ops(&cli).await,
     };
     if let Err(e) = result {

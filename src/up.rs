@@ -29,7 +29,59 @@ pub struct UpOptions {
     pub http: String,
     /// Subject prefix.
     pub prefix: String,
+    /// Least privilege: keys in `data_dir/auth`, no anonymous connections,
+    /// each part connected as its own role.
+    pub secure: bool,
 }
+
+impl UpOptions {
+    fn auth_dir(&self) -> PathBuf {
+        self.data_dir.join("auth")
+    }
+
+    /// The seed file of `user` when secure.
+    fn nkey(&self, user: &str) -> Option<PathBuf> {
+        self.secure
+            .then(|| self.auth_dir().join(format!("{user}.nk")))
+    }
+
+    /// Connects as `user` (its key when secure).
+    async fn connect(&self, url: &str, user: &str) -> Result<async_nats::Client, Error> {
+        let mut nats = jetweave::connect::NatsOptions::new(url);
+        nats.nkey = self.nkey(user);
+        nats.connect(&format!("jetweave up ({user})")).await
+    }
+}
+
+/// The server config `jetweave up` runs: `nats-server.conf` (when there)
+/// and, when secure, the generated users (`include auth/auth.conf`, next
+/// to it in the data directory).
+fn server_config(opts: &UpOptions) -> Result<Option<PathBuf>, Error> {
+    let base = Path::new("nats-server.conf");
+    if !opts.secure {
+        return Ok(base.exists().then(|| base.to_path_buf()));
+    }
+    crate::cli::auth::init(
+        &crate::cli::auth::AuthInitArgs {
+            dir: opts.auth_dir(),
+            nodes: vec![LOCAL_NODE.into()],
+            pools: vec![],
+            rotate: vec![],
+        },
+        &opts.prefix,
+    )?;
+    let mut conf = match std::fs::read_to_string(base) {
+        Ok(text) => text,
+        Err(_) => "jetstream {}\n".to_string(),
+    };
+    conf.push_str("\n# Added by `jetweave up --secure`: one user per role, no anonymous.\ninclude \"auth/auth.conf\"\n");
+    let path = opts.data_dir.join("nats-server.secure.conf");
+    std::fs::write(&path, conf)?;
+    Ok(Some(path))
+}
+
+/// The local node's id.
+const LOCAL_NODE: &str = "local";
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server`
 /// in this directory or above, else the install script is run, else PATH.
@@ -105,11 +157,10 @@ impl Server {
         let store = opts.data_dir.join("nats");
         std::fs::create_dir_all(&store)?;
         let mut cmd = Command::new(bin);
-        if Path::new("nats-server.conf").exists() {
-            cmd.args(["-c", "nats-server.conf"]);
-        } else {
-            cmd.arg("-js");
-        }
+        match server_config(opts)? {
+            Some(conf) => cmd.arg("-c").arg(conf),
+            None => cmd.arg("-js"),
+        };
         cmd.args([
             "-a",
             "127.0.0.1",
@@ -181,28 +232,29 @@ pub async fn run(
     let bin = find_nats_server()?;
     let server = Server::start(&bin, &opts)?;
     let url = format!("nats://127.0.0.1:{}", opts.nats_port);
-    let nats = jetweave::connect::NatsOptions::new(url.clone());
-    let client = nats.connect("jetweave up").await?;
     let shutdown = Shutdown::new();
 
     let mut ccfg = jetweave::coordinator::CoordinatorConfig::new();
     ccfg.id = "local-coordinator".into();
     ccfg.prefix = opts.prefix.clone();
+    let client = opts.connect(&url, "coordinator").await?;
     let coordinator =
         jetweave::coordinator::Coordinator::start(client.clone(), ccfg, shutdown.child()).await?;
 
     let cfg = local_node_config(&opts);
+    let node_client = opts.connect(&url, &format!("node-{LOCAL_NODE}")).await?;
     let node = jetweave::worker::Node::new(cfg)
-        .start(client.clone(), shutdown.clone())
+        .start(node_client.clone(), shutdown.clone())
         .await?;
 
     let sidecar_cfg = jetweave::sidecar::SidecarConfig {
         listen: opts.http.clone(),
         prefix: opts.prefix.clone(),
-        node: Some("local".into()),
+        node: Some(LOCAL_NODE.into()),
         ..Default::default()
     };
-    let sidecar = jetweave::sidecar::serve(client.clone(), sidecar_cfg, shutdown.child()).await?;
+    let sidecar_client = opts.connect(&url, "sidecar").await?;
+    let sidecar = jetweave::sidecar::serve(sidecar_client, sidecar_cfg, shutdown.child()).await?;
 
     print_banner(&opts, &url, sidecar.local_addr);
 
@@ -213,6 +265,7 @@ pub async fn run(
     coordinator.wait().await;
     sidecar.wait().await;
     let _ = client.flush().await;
+    let _ = node_client.flush().await;
     drop(client);
     drop(server);
     println!("stopped.");
@@ -222,7 +275,7 @@ pub async fn run(
 /// The local node: hybrid (worker + coordinator), the example handler if
 /// it is there, and a `watcher` process for event injection.
 fn local_node_config(opts: &UpOptions) -> NodeConfig {
-    let mut cfg = NodeConfig::new("local");
+    let mut cfg = NodeConfig::new(LOCAL_NODE);
     cfg.prefix = opts.prefix.clone();
     cfg.role = Role::Hybrid;
     cfg.url = Some(format!("http://{}", opts.http));
@@ -245,6 +298,24 @@ fn local_node_config(opts: &UpOptions) -> NodeConfig {
 /// What is running and what to try.
 fn print_banner(opts: &UpOptions, url: &str, http: std::net::SocketAddr) {
     let p = &opts.prefix;
+    let (nats_auth, jw_auth, secure) = match opts.nkey("operator") {
+        Some(key) => {
+            let inbox = jetweave::connect::NkeySeed::read(&key)
+                .map(|s| jetweave::connect::inbox_prefix(&s.key_id()))
+                .unwrap_or_default();
+            let key = key.display();
+            (
+                format!(" --nkey {key} --inbox-prefix {inbox}"),
+                format!(" --nkey {key}"),
+                format!(
+                    "  secure      anonymous refused; one key per role in {}\n              \
+                     (operator: export NATS_NKEY={key})\n",
+                    opts.auth_dir().display()
+                ),
+            )
+        }
+        None => Default::default(),
+    };
     println!(
         r#"
 jetweave is up.
@@ -252,13 +323,13 @@ jetweave is up.
   sidecar     http://{http}   (OpenAPI: http://{http}/openapi.json)
   node        local (hybrid: worker + coordinator), processes: watcher
   data        {data}
-
+{secure}
 Try, with the nats CLI:
-  nats -s {url} req {p}.api.tasks.submit '{{"type": "echo", "payload": {{"hello": "world"}}}}'
-  nats -s {url} sub '{p}.results.>'
-  nats -s {url} req {p}.ctl.local.status ''
-  nats -s {url} kv ls {p}-nodes
-  nats -s {url} req {p}.event.local.watcher '{{"payload": {{"ping": 1}}}}'
+  nats -s {url}{nats_auth} req {p}.api.tasks.submit '{{"type": "echo", "payload": {{"hello": "world"}}}}'
+  nats -s {url}{nats_auth} sub '{p}.results.>'
+  nats -s {url}{nats_auth} req {p}.ctl.local.status ''
+  nats -s {url}{nats_auth} kv ls {p}-nodes
+  nats -s {url}{nats_auth} req {p}.event.local.watcher '{{"payload": {{"ping": 1}}}}'
 
 or curl:
   curl -s http://{http}/health
@@ -266,8 +337,8 @@ or curl:
   curl -s http://{http}/cluster/status
 
 or the CLI:
-  jetweave --nats-url {url} submit echo --payload '{{"x": 1}}' --wait
-  jetweave --nats-url {url} nodes
+  jetweave --nats-url {url}{jw_auth} submit echo --payload '{{"x": 1}}' --wait
+  jetweave --nats-url {url}{jw_auth} nodes
 
 Ctrl-C stops everything.
 "#,

@@ -68,7 +68,14 @@ async fn three_server_cluster_script_serves_a_node_and_a_coordinator() {
     let urls = line.trim_start_matches("cluster ready: ").to_string();
     let opts = jetweave::NatsOptions::new(urls.clone());
     let client = opts.connect("test").await.unwrap();
-    assert_eq!(jetweave::connect::replicas_for(&client).await, 3);
+    assert_eq!(
+        jetweave::store::replicas_for(
+            &client,
+            &jetweave::subjects::Subjects::new("weave").unwrap()
+        )
+        .await,
+        3
+    );
 
     let shutdown = jetweave::Shutdown::new();
     let mut ccfg = jetweave::CoordinatorConfig::new();

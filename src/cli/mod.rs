@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 ok, 1 failure, 2 usage.
 
+pub mod auth;
 pub mod ops;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ pub struct Global {
     /// NATS credentials file.
     #[arg(long, global = true, env = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// Nkey seed file (from `jetweave auth init`).
+    #[arg(long, global = true, env = "NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
     /// NATS user (with --password).
     #[arg(long, global = true, env = "NATS_USER")]
     pub user: Option<String>,
@@ -70,6 +74,7 @@ impl Global {
         Ok(NatsOptions {
             url: self.nats_url.clone(),
             creds: self.creds.clone(),
+            nkey: self.nkey.clone(),
             user: self.user.clone(),
             password: self.password.clone(),
             token: self.token.clone(),
@@ -146,6 +151,20 @@ pub enum Command {
     ///
     /// Example: jetweave status --json
     Status(ops::JsonArgs),
+    /// Least privilege: NATS users, keys and permissions per role.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `jetweave auth ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Write DIR/auth.conf (include it in nats-server.conf) and one nkey
+    /// seed file per user: coordinator, sidecar, submitter, operator and
+    /// node-<id> for each node (and pool worker).
+    ///
+    /// Example: jetweave auth init --dir auth --nodes n1,n2 --pools p1:8
+    Init(auth::AuthInitArgs),
 }
 
 /// `jetweave sidecar` flags.
@@ -212,6 +231,10 @@ pub struct UpArgs {
     /// Sidecar listen address.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub http: String,
+    /// Least privilege: generate keys (DATA_DIR/auth), refuse anonymous
+    /// connections, and run each part with its own role's key.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// `jetweave coordinator` flags.

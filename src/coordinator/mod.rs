@@ -101,15 +101,15 @@ impl Coordinator {
     ) -> Result<Coordinator, Error> {
         crate::wire::subjects::validate_id("coordinator id", &cfg.id)?;
         let mut cfg = cfg;
+        let subjects = Subjects::new(&cfg.prefix)?;
         if cfg.replicas == 0 {
-            cfg.replicas = crate::connect::replicas_for(&client).await;
+            cfg.replicas = crate::store::replicas_for(&client, &subjects).await;
         }
         if cfg.lease_ttl.as_secs() < 1 || cfg.lease_ttl.subsec_nanos() != 0 {
             return Err(Error::Config(
                 "lease TTL must be a whole number of seconds >= 1".into(),
             ));
         }
-        let subjects = Subjects::new(&cfg.prefix)?;
         let js = jetstream::new(client.clone());
         crate::store::ensure_streams(&js, &subjects, cfg.replicas).await?;
         crate::store::ensure_shards_stream(&js, &subjects, cfg.replicas).await?;

@@ -24,6 +24,7 @@ pub(super) fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Invalid | ErrorKind::Config => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::NoResponders | ErrorKind::Timeout | ErrorKind::Unavailable => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -234,3 +234,35 @@ pub async fn runs_bucket(
     )
     .await
 }
+
+/// Replicas for the JetStream resources jetweave creates: 1 on a single
+/// server; on a cluster, 3 when the cluster can place them, else as many
+/// as it can. The client's INFO lists only the cluster members known when
+/// it connected (a process started while the cluster forms would see one),
+/// so the cluster is asked instead: a throwaway memory stream is created
+/// with 3, then 2 replicas, and deleted.
+pub async fn replicas_for(client: &async_nats::Client, subjects: &Subjects) -> usize {
+    let info = client.server_info();
+    if info.cluster.as_deref().is_none_or(|c| c.is_empty()) {
+        return 1;
+    }
+    let js = jetstream::new(client.clone());
+    // One fixed name per prefix (so permissions can name it): two probes
+    // at once create the same config (idempotent) and both delete it.
+    let name = subjects.replicas_probe_stream();
+    for n in [3, 2] {
+        let cfg = stream::Config {
+            name: name.clone(),
+            subjects: vec![subjects.replicas_probe()],
+            storage: stream::StorageType::Memory,
+            num_replicas: n,
+            max_messages: 1,
+            ..Default::default()
+        };
+        if js.create_stream(cfg).await.is_ok() {
+            let _ = js.delete_stream(&name).await;
+            return n;
+        }
+    }
+    info.connect_urls.len().clamp(1, 3)
+}

@@ -248,6 +248,80 @@ impl Subjects {
     pub fn checkpoints_store(&self) -> String {
         format!("{}-checkpoints", self.prefix)
     }
+    /// Stream `P_REPLICAS_PROBE`: a throwaway stream that asks a cluster how
+    /// many replicas it can place (created and deleted at once).
+    pub fn replicas_probe_stream(&self) -> String {
+        format!("{}_REPLICAS_PROBE", self.upper)
+    }
+    /// The probe stream's one subject.
+    pub fn replicas_probe(&self) -> String {
+        format!("_{}.replicas_probe", self.prefix)
+    }
+
+    // ---- NATS's own names for jetweave's resources ----------------------
+
+    /// Every JetStream stream jetweave uses: its own streams and the
+    /// streams behind its KV buckets and object store.
+    pub fn all_streams(&self) -> Vec<String> {
+        let mut v = vec![
+            self.tasks_stream(),
+            self.results_stream(),
+            self.dlq_stream(),
+            self.events_stream(),
+            self.shards_stream(),
+        ];
+        v.extend(self.all_buckets().iter().map(|b| kv_stream(b)));
+        v.push(object_stream(&self.checkpoints_store()));
+        v
+    }
+    /// Every KV bucket jetweave uses.
+    pub fn all_buckets(&self) -> Vec<String> {
+        vec![
+            self.nodes_bucket(),
+            self.attempts_bucket(),
+            self.cancels_bucket(),
+            self.runs_bucket(),
+            self.leader_bucket(),
+        ]
+    }
+}
+
+/// `KV_<bucket>`: the stream behind a KV bucket.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+/// `$KV.<bucket>.<key>`: where a KV put or delete is published.
+pub fn kv_key(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+/// `OBJ_<store>`: the stream behind an object store.
+pub fn object_stream(store: &str) -> String {
+    format!("OBJ_{store}")
+}
+/// `$O.<store>.>`: the chunks and metadata of an object store.
+pub fn object_subjects(store: &str) -> String {
+    format!("$O.{store}.>")
+}
+/// `$JS.API.<tail>`: a JetStream API subject, e.g. `STREAM.INFO.WEAVE_TASKS`.
+pub fn js_api(tail: &str) -> String {
+    format!("$JS.API.{tail}")
+}
+/// `$JS.ACK.<stream>.<consumer>.>`: the acks of one consumer's messages.
+pub fn js_ack(stream: &str, consumer: &str) -> String {
+    format!("$JS.ACK.{stream}.{consumer}.>")
+}
+/// `$JS.FC.<stream>.>`: flow-control replies of push consumers (watches).
+pub fn js_flow_control(stream: &str) -> String {
+    format!("$JS.FC.{stream}.>")
+}
+/// `$SRV.<verb>[.<service>[.<id>]]` for every verb and id of a micro
+/// service named `service`: what it subscribes to.
+pub fn micro_service(service: &str) -> Vec<String> {
+    vec![
+        "$SRV.*".to_string(),
+        format!("$SRV.*.{service}"),
+        format!("$SRV.*.{service}.*"),
+    ]
 }
 
 #[cfg(test)]

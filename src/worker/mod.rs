@@ -277,7 +277,7 @@ impl Node {
         refuse_a_live_id(&client, &subjects, &cfg.node_id).await?;
         let js = jetstream::new(client.clone());
         if self.replicas == 0 {
-            self.replicas = crate::connect::replicas_for(&client).await;
+            self.replicas = crate::store::replicas_for(&client, &subjects).await;
         }
         crate::store::ensure_streams(&js, &subjects, self.replicas).await?;
         let results = js
