@@ -39,6 +39,9 @@ pub enum ErrorCode {
     /// The NATS server refused the operation: this user's permissions do
     /// not allow it (contract §13).
     PermissionDenied,
+    /// A value names something this server is configured to refuse (an
+    /// agent endpoint outside `--agent-allow`).
+    NotAllowed,
     /// Anything else (a bug: bad input never produces it).
     Internal,
 }
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::Nats => "nats",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -83,7 +87,7 @@ impl ErrorCode {
             }
             ErrorCode::Nats => ErrorKind::Unavailable,
             ErrorCode::Timeout => ErrorKind::Timeout,
-            ErrorCode::PermissionDenied => ErrorKind::Forbidden,
+            ErrorCode::PermissionDenied | ErrorCode::NotAllowed => ErrorKind::Forbidden,
             ErrorCode::Internal => ErrorKind::Internal,
         }
     }

@@ -125,7 +125,10 @@ async fn run_sidecar(cli: &Cli, args: &SidecarArgs, signals: &mut Signals) -> an
     let client = cli.global.nats()?.connect("jetweave sidecar").await?;
     let shutdown = Shutdown::new();
     let handle = jetweave::sidecar::serve(client.clone(), cfg, shutdown.clone()).await?;
-    eprintln!("sidecar listening on http://{}", handle.local_addr);
+    eprintln!(
+        "sidecar listening on {}://{}",
+        handle.scheme, handle.local_addr
+    );
     signals.recv().await;
     shutdown.trigger();
     handle.wait().await;

@@ -256,7 +256,7 @@ async fn token_connections() {
     assert_eq!(v["node_id"], "tok");
 }
 
-/// A TLS server: with `--tls-ca` (and `--tls`) processes and the CLI
+/// A TLS server: with `--nats-tls-ca` (and `--nats-tls`) processes and the CLI
 /// connect and work; a client that does not trust the CA is refused.
 #[tokio::test]
 async fn tls_connections() {
@@ -280,7 +280,7 @@ async fn tls_connections() {
     let url = format!("tls://127.0.0.1:{}", server.port);
     let out = jw(&["--nats-url", &url, "ping", "--all"], &[]);
     assert_eq!(out.status.code(), Some(1), "an untrusted server is refused");
-    let flag = ["--nats-url", &url, "--tls-ca", &ca, "--tls"];
+    let flag = ["--nats-url", &url, "--nats-tls-ca", &ca, "--nats-tls"];
     let mut coord = flag.to_vec();
     coord.extend(["coordinator", "--id", "c1"]);
     let _c = Proc::spawn(&coord);

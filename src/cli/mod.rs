@@ -48,17 +48,17 @@ pub struct Global {
     /// NATS token.
     #[arg(long, global = true, env = "NATS_TOKEN")]
     pub token: Option<String>,
-    /// CA certificate for TLS.
-    #[arg(long, global = true)]
+    /// CA certificate to trust for TLS to NATS.
+    #[arg(long = "nats-tls-ca", global = true, env = "NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate for TLS.
-    #[arg(long, global = true)]
+    /// Client certificate for TLS to NATS.
+    #[arg(long = "nats-tls-cert", global = true, env = "NATS_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// Client key for TLS.
-    #[arg(long, global = true)]
+    /// Client key for TLS to NATS.
+    #[arg(long = "nats-tls-key", global = true, env = "NATS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Require TLS.
-    #[arg(long, global = true)]
+    /// Require TLS to NATS.
+    #[arg(long = "nats-tls", global = true)]
     pub tls: bool,
     /// Subject prefix: every subject, stream and bucket name derives from it.
     #[arg(long, global = true, env = "JETWEAVE_PREFIX", default_value = jetweave::wire::subjects::DEFAULT_PREFIX)]
@@ -195,6 +195,17 @@ pub struct SidecarArgs {
     /// Seconds a registered agent stays without a heartbeat.
     #[arg(long, default_value = "30")]
     pub agent_ttl: f64,
+    /// Serve HTTPS with this PEM certificate (with --tls-key).
+    #[arg(long = "tls-cert", env = "JETWEAVE_SIDECAR_TLS_CERT")]
+    pub https_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "JETWEAVE_SIDECAR_TLS_KEY")]
+    pub https_key: Option<PathBuf>,
+    /// Where registered agents' endpoints may point: CIDRs, addresses,
+    /// host names (*.suffix) or * for any, comma separated. Default:
+    /// loopback and private ranges only.
+    #[arg(long, env = "JETWEAVE_AGENT_ALLOW", value_delimiter = ',')]
+    pub agent_allow: Vec<String>,
 }
 
 impl SidecarArgs {
@@ -212,6 +223,9 @@ impl SidecarArgs {
             body_limit: self.body_limit,
             cors: self.cors,
             agent_ttl: secs("--agent-ttl", self.agent_ttl)?,
+            tls_cert: self.https_cert.clone(),
+            tls_key: self.https_key.clone(),
+            agent_allow: jetweave::sidecar::AgentAllow::parse(&self.agent_allow)?,
         })
     }
 }

@@ -48,6 +48,11 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
                 "endpoints.http must be an http(s):// URL",
             )
         })?;
+    app.cfg
+        .agent_allow
+        .check(&url)
+        .await
+        .map_err(ApiError::from)?;
     let existing = app
         .agents
         .lock()

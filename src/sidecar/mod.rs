@@ -45,11 +45,14 @@ use crate::wire::subjects::validate_id;
 use crate::worker::{Node, NodeHandle};
 
 mod agents;
+mod egress;
 mod error;
+mod listen;
 mod metrics;
 mod routes;
 
 use agents::*;
+pub use egress::AgentAllow;
 use error::*;
 use metrics::*;
 use routes::*;
@@ -73,6 +76,12 @@ pub struct SidecarConfig {
     pub cors: bool,
     /// How long a registered agent stays without a heartbeat.
     pub agent_ttl: Duration,
+    /// Serve HTTPS with this PEM certificate (chain) and `tls_key`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Where registered agents' endpoints may point (see [`AgentAllow`]).
+    pub agent_allow: AgentAllow,
 }
 
 impl Default for SidecarConfig {
@@ -86,6 +95,9 @@ impl Default for SidecarConfig {
             body_limit: 1024 * 1024,
             cors: false,
             agent_ttl: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            agent_allow: AgentAllow::default(),
         }
     }
 }
@@ -94,6 +106,8 @@ impl Default for SidecarConfig {
 pub struct SidecarHandle {
     /// The bound address.
     pub local_addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -170,6 +184,8 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local_addr = listener.local_addr()?;
+    let tls = listen::tls_config(&cfg).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App {
         client: Client::new(nats, &cfg.prefix)?.with_timeout(cfg.request_timeout),
         metrics: Metrics::new().map_err(|e| Error::Config(e.to_string()))?,
@@ -183,9 +199,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reap_agents(app.clone()));
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { sd.wait().await })
-            .await;
+        listen::serve_until(listener, router, tls, sd).await;
         let _ = reaper.await;
         let bridges: Vec<NodeHandle> = app
             .agents
@@ -196,8 +210,12 @@ pub async fn serve(
             b.shutdown(Duration::from_secs(5)).await;
         }
     });
-    tracing::info!(%local_addr, "sidecar listening");
-    Ok(SidecarHandle { local_addr, task })
+    tracing::info!(%local_addr, scheme, "sidecar listening");
+    Ok(SidecarHandle {
+        local_addr,
+        scheme,
+        task,
+    })
 }
 
 fn node_routes() -> Router<AppState> {

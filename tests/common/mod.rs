@@ -104,6 +104,36 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A server that runs `auth.conf` from `jetweave auth init --dir
+    /// auth_dir` (anonymous refused) and logs to a file that
+    /// [`NatsServer::violations`] reads.
+    pub fn start_secured(auth_dir: &std::path::Path) -> Self {
+        let conf = auth_dir.join("server.conf");
+        std::fs::write(&conf, "include \"auth.conf\"\n").expect("server.conf");
+        let log = auth_dir.join("server.log");
+        Self::start_with(&["-c", conf.to_str().unwrap(), "-l", log.to_str().unwrap()])
+    }
+
+    /// The permission violations a server started with
+    /// [`NatsServer::start_secured`] logged so far: `(kind, subject)`, e.g.
+    /// `("Publish", "weave.ctl.n2.drain")`.
+    pub fn violations(auth_dir: &std::path::Path) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(auth_dir.join("server.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l
+                    .split_once(" - Publish Violation - Subject \"")
+                    .map(|(a, r)| (a, ("Publish", r)))
+                    .or_else(|| {
+                        l.split_once(" - Subscription Violation - Subject \"")
+                            .map(|(a, r)| (a, ("Subscription", r)))
+                    })?;
+                let subject = rest.1.split('"').next()?;
+                Some((rest.0.to_string(), subject.to_string()))
+            })
+            .collect()
+    }
+
     /// The server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
