@@ -450,3 +450,168 @@ fn interrupt(pid: u32) {
         .args(["-INT", &pid.to_string()])
         .status();
 }
+
+/// The paths off the happy one, secured: retries and a dead letter, a
+/// delayed task, `tasks.get` of a running task (the coordinator asks the
+/// nodes), cancel, event injection into a node's process, the sidecar with
+/// its key (a drain over HTTP, an agent bridge), and a node killed
+/// mid-task (its task and shards move). The server logs no refusal.
+#[tokio::test]
+async fn failure_paths_need_no_more_permissions() {
+    let auth = auth_init("n1,n2");
+    let dir = auth.path();
+    let server = NatsServer::start_secured(dir);
+    let url = server.url();
+    let ck = key(dir, "coordinator");
+    let _c = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "--nkey",
+        &ck,
+        "coordinator",
+        "--id",
+        "c1",
+        "--lease-ttl",
+        "2",
+    ]);
+    let op = jetweave::Client::new(connect_as(&server, dir, "operator").await, "weave").unwrap();
+    let conf = dir.join("n1.toml");
+    std::fs::write(
+        &conf,
+        "[[process]]\nname = \"watcher\"\nhandler = \"echo\"\nautostart = true\n",
+    )
+    .unwrap();
+    let n1k = key(dir, "node-n1");
+    let _n1 = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "--nkey",
+        &n1k,
+        "node",
+        "--node-id",
+        "n1",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--ack-wait",
+        "2",
+        "--config",
+        conf.to_str().unwrap(),
+    ]);
+    let mut n2 = secure_node(&server, dir, "n2", &op).await;
+    let sub = jetweave::Client::new(connect_as(&server, dir, "submitter").await, "weave").unwrap();
+    let submit = |body: Value| {
+        let sub = sub.clone();
+        async move {
+            let req: jetweave::protocol::SubmitRequest = serde_json::from_value(body).unwrap();
+            sub.submit(&req).await.expect("submit").task_id
+        }
+    };
+    // Retries, then a dead letter.
+    let t = submit(
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 2,
+        "backoff_s": [0.2]}),
+    )
+    .await;
+    let r = sub.wait(&t, Duration::from_secs(20)).await.unwrap();
+    assert_eq!((r.status.as_str(), r.attempts), ("dead", 2));
+    // A delayed task.
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let t = submit(json!({"type": "echo", "payload": 1, "not_before": at})).await;
+    assert_eq!(
+        sub.wait(&t, Duration::from_secs(15)).await.unwrap().result,
+        json!(1)
+    );
+    // Running, looked up, cancelled.
+    let t = submit(json!({"type": "sleep", "payload": {"ms": 20000}})).await;
+    wait_for(
+        "the sleep task running",
+        Duration::from_secs(10),
+        || async { (sub.get(&t).await.ok()?.status.as_str() == "running").then_some(()) },
+    )
+    .await;
+    sub.cancel(&t).await.expect("cancel as submitter");
+    assert_eq!(
+        sub.wait(&t, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .status
+            .as_str(),
+        "cancelled"
+    );
+    // An event injected into n1's process.
+    let v = op
+        .nats()
+        .request("weave.event.n1.watcher", r#"{"payload": {"e": 1}}"#.into())
+        .await;
+    let v: Value = serde_json::from_slice(&v.expect("inject").payload).unwrap();
+    assert_eq!(v["status"], "injected", "{v}");
+
+    sidecar_with_its_key(&server, dir).await;
+
+    // n2 dies mid-task: the task and its shards move to n1.
+    let run = json!({"run_id": "kill", "dataset_id": "d", "total_items": 8, "shard_size": 2,
+        "type": "count", "payload": {"item_ms": 300}});
+    op.create_run(&run).await.unwrap();
+    wait_for("n2 working on the run", Duration::from_secs(10), || async {
+        let v = op.control("n2", "status", &json!({})).await.ok()?;
+        (!v["running_tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    n2.kill9();
+    let done = op
+        .wait_run("kill", Duration::from_secs(40), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done["assignments"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|n| n == "n1"),
+        "{done}"
+    );
+    assert_eq!(
+        NatsServer::violations(dir),
+        vec![],
+        "refusals the server logged"
+    );
+}
+
+/// The sidecar as `sidecar`: cluster status, a drain and resume over HTTP,
+/// an agent bridge (a node it hosts).
+async fn sidecar_with_its_key(server: &NatsServer, dir: &Path) {
+    let k = key(dir, "sidecar");
+    let (_s, port) = sidecar_proc(&server.url(), &["--nkey", &k]).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let v: Value = http
+        .get(format!("{base}/cluster/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total_nodes"], 2, "{v}");
+    for (verb, health) in [("drain", "draining"), ("resume", "healthy")] {
+        let r = http
+            .post(format!("{base}/nodes/n1/{verb}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["health"], health, "{v}");
+    }
+    let (status, body) = register(port, "ag1", "http://127.0.0.1:9/run").await;
+    assert_eq!(status, 200, "{body}");
+    let r = http.get(format!("{base}/nodes")).send().await.unwrap();
+    let nodes: Value = r.json().await.unwrap();
+    assert!(nodes.to_string().contains("ag1"), "{nodes}");
+}

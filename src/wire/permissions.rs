@@ -171,6 +171,8 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         s.event_outcome(id, "*"),
         s.result("*"),
         s.dlq("*"),
+        // A retry after its backoff waits as a message schedule.
+        s.delayed_wildcard(),
         s.shard_done(),
         kv_key(&s.nodes_bucket(), id),
         kv_key(&s.attempts_bucket(), "*"),
