@@ -615,3 +615,52 @@ async fn sidecar_with_its_key(server: &NatsServer, dir: &Path) {
     let nodes: Value = r.json().await.unwrap();
     assert!(nodes.to_string().contains("ag1"), "{nodes}");
 }
+
+/// Rotating a key: `auth init --rotate node-n1` writes a new seed for n1
+/// only; after a config reload the old key is refused (and its open
+/// connection closed) while the new one and every other key work.
+#[tokio::test]
+async fn a_rotated_key_replaces_the_old_one_after_a_reload() {
+    let auth = auth_init("n1");
+    let dir = auth.path();
+    let server = NatsServer::start_secured(dir);
+    let old_seed = std::fs::read_to_string(dir.join("node-n1.nk")).unwrap();
+    let operator_seed = std::fs::read_to_string(dir.join("operator.nk")).unwrap();
+    let old = connect_as(&server, dir, "node-n1").await;
+    let d = dir.display().to_string();
+    let o = jw(&[
+        "auth", "init", "--dir", &d, "--nodes", "n1", "--rotate", "node-n1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(
+        std::fs::read_to_string(dir.join("node-n1.nk")).unwrap(),
+        old_seed
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("operator.nk")).unwrap(),
+        operator_seed
+    );
+    let pid = server.pid().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for(
+        "the old connection closed",
+        Duration::from_secs(10),
+        || async {
+            (old.connection_state() != async_nats::connection::State::Connected).then_some(())
+        },
+    )
+    .await;
+    let stale = dir.join("stale.nk");
+    std::fs::write(&stale, &old_seed).unwrap();
+    let mut o = NatsOptions::new(server.url());
+    o.nkey = Some(stale);
+    o.connect_wait = Duration::from_millis(300);
+    let e = o.connect("stale").await.unwrap_err();
+    assert!(e.to_string().contains("refused the credentials"), "{e}");
+    connect_as(&server, dir, "node-n1").await;
+    connect_as(&server, dir, "operator").await;
+}
