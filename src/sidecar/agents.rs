@@ -65,32 +65,7 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
     let registered_at = match existing {
         Some(at) => at,
         None => {
-            let mut cfg = NodeConfig::new(req.agent_id.clone());
-            cfg.prefix = app.cfg.prefix.clone();
-            cfg.queues = vec![agent_queue(&req.agent_id)];
-            cfg.capabilities = req.capabilities.clone();
-            cfg.url = Some(url.clone());
-            cfg.concurrency = 16;
-            cfg.metadata.insert("agent".into(), "true".into());
-            cfg.metadata.insert(
-                "agent_type".into(),
-                req.agent_type.clone().unwrap_or_else(|| "worker".into()),
-            );
-            cfg.metadata
-                .insert("services".into(), req.services.join(","));
-            for (k, v) in &req.metadata {
-                cfg.metadata.insert(
-                    format!("agent.{k}"),
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()),
-                );
-            }
-            cfg.handlers = vec![HandlerSpec {
-                task_type: AGENT_TASK.into(),
-                exec: None,
-                http: Some(url.clone()),
-            }];
+            let cfg = bridge_config(&app, &req, &url);
             let nats = app.client.nats().clone();
             let node = app
                 .timed("node", Node::new(cfg).start(nats, app.shutdown.child()))
@@ -116,6 +91,37 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
         "agent_id": req.agent_id,
         "registered_at": registered_at,
     }))
+}
+
+/// The in-process node that bridges a registered agent.
+fn bridge_config(app: &App, req: &RegisterRequest, url: &str) -> NodeConfig {
+    let mut cfg = NodeConfig::new(req.agent_id.clone());
+    cfg.prefix = app.cfg.prefix.clone();
+    cfg.queues = vec![agent_queue(&req.agent_id)];
+    cfg.capabilities = req.capabilities.clone();
+    cfg.url = Some(url.to_string());
+    cfg.concurrency = 16;
+    cfg.metadata.insert("agent".into(), "true".into());
+    cfg.metadata.insert(
+        "agent_type".into(),
+        req.agent_type.clone().unwrap_or_else(|| "worker".into()),
+    );
+    cfg.metadata
+        .insert("services".into(), req.services.join(","));
+    for (k, v) in &req.metadata {
+        cfg.metadata.insert(
+            format!("agent.{k}"),
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string()),
+        );
+    }
+    cfg.handlers = vec![HandlerSpec {
+        task_type: AGENT_TASK.into(),
+        exec: None,
+        http: Some(url.to_string()),
+    }];
+    cfg
 }
 
 #[utoipa::path(post, path = "/agents/{id}/heartbeat", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "{status: success}"), (status = 404, description = "agent not registered here"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
