@@ -28,9 +28,10 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::wire::protocol::{
-    ClusterStatus, NodeInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult,
+    ClusterStatus, NodeInfo, PoolStatus, ScaleReply, SubmitReply, SubmitRequest, TaskInfo,
+    TaskResult,
 };
-use crate::wire::subjects::{validate_task_id, Subjects};
+use crate::wire::subjects::{micro_ping, validate_id, validate_task_id, Subjects, POOL_SERVICE};
 
 /// How long API requests wait for an answer.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -279,5 +280,50 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The live worker pools (contract §10): every `weave-pool` service
+    /// answering a ping within `wait`, then each pool's `status`.
+    pub async fn pools(&self, wait: Duration) -> Result<Vec<PoolStatus>, Error> {
+        let inbox = self.nats.new_inbox();
+        let mut sub = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(Error::nats_source)?;
+        self.nats
+            .publish_with_reply(micro_ping(POOL_SERVICE), inbox, "".into())
+            .await
+            .map_err(Error::nats_source)?;
+        let mut ids = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if let Some(id) = v["metadata"]["pool_id"].as_str() {
+                ids.insert(id.to_string());
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(self.pool_status(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// A pool's `status` (`P.ctl.<pool_id>.status`).
+    pub async fn pool_status(&self, pool_id: &str) -> Result<PoolStatus, Error> {
+        validate_id("pool id", pool_id)?;
+        self.request(self.subjects.ctl(pool_id, "status"), &json!({}))
+            .await
+    }
+
+    /// Sets a pool's worker count (`P.ctl.<pool_id>.scale`).
+    pub async fn scale(&self, pool_id: &str, workers: u32) -> Result<ScaleReply, Error> {
+        validate_id("pool id", pool_id)?;
+        self.request(
+            self.subjects.ctl(pool_id, "scale"),
+            &json!({"workers": workers}),
+        )
+        .await
     }
 }

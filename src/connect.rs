@@ -166,6 +166,13 @@ impl NatsOptions {
     }
 }
 
+/// Flushes what `client` has buffered, waiting at most 2 s: at shutdown a
+/// client whose server is gone would otherwise wait for a reconnection that
+/// never comes (a process must still exit when NATS is down).
+pub async fn flush_briefly(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
 /// An nkey seed read from a file: the first word that starts with `SU`
 /// (a user seed); lines starting with `#` are comments.
 #[derive(Clone)]

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     AlreadyFinished,
     /// The operation is refused while the node drains.
     Draining,
+    /// A number outside the allowed range (a pool's `[min, max]`).
+    OutOfRange,
     /// NATS or JetStream failed or could not be reached.
     Nats,
     /// Nobody answered in time.
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::ProcessStopped => "process_stopped",
             ErrorCode::AlreadyFinished => "already_finished",
             ErrorCode::Draining => "draining",
+            ErrorCode::OutOfRange => "out_of_range",
             ErrorCode::Nats => "nats",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PermissionDenied => "permission_denied",
@@ -77,7 +80,8 @@ impl ErrorCode {
             ErrorCode::InvalidJson
             | ErrorCode::InvalidValue
             | ErrorCode::InvalidId
-            | ErrorCode::UnknownVerb => ErrorKind::Invalid,
+            | ErrorCode::UnknownVerb
+            | ErrorCode::OutOfRange => ErrorKind::Invalid,
             ErrorCode::UnknownNode
             | ErrorCode::UnknownProcess
             | ErrorCode::UnknownTask

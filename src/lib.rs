@@ -5,7 +5,7 @@
 //!
 //! ## The parts, bottom up
 //! Each layer imports only its own and those below (`tests/layers.rs`
-//! checks it); [`worker`] and [`coordinator`] never import each other.
+//! checks it); [`worker`], [`coordinator`] and [`pool`] never import each other.
 //! - **base**: [`error`] (typed errors with a code), [`shutdown`] (the one
 //!   stop signal), [`connect`].
 //! - **wire** ([`wire`]): [`wire::ids`] (what may be a subject token),
@@ -22,7 +22,9 @@
 //!   service (control, event injection into named processes), the
 //!   dispatcher that pulls tasks on free slots and one attempt's life;
 //!   [`coordinator`] — the `weave-api` service and, while it holds the
-//!   lease, runs split into shards that move when nodes die, drain or join.
+//!   lease, runs split into shards that move when nodes die, drain or join;
+//!   [`pool`] — worker processes kept between `min` and `max`, scaled on
+//!   the backlog of their queues. The three never import each other.
 //! - **top**: [`client`] (submit, wait, get, cancel) and [`sidecar`] (HTTP
 //!   to NATS). The binary adds `cli` and `up`.
 //!
@@ -45,6 +47,7 @@ pub mod connect;
 pub mod coordinator;
 pub mod error;
 pub mod handler;
+pub mod pool;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;

@@ -116,7 +116,7 @@ async fn run_coordinator(
     tracing::info!("signal received: shutting down");
     shutdown.trigger();
     c.wait().await;
-    let _ = client.flush().await;
+    jetweave::connect::flush_briefly(&client).await;
     Ok(())
 }
 
@@ -132,6 +132,27 @@ async fn run_sidecar(cli: &Cli, args: &SidecarArgs, signals: &mut Signals) -> an
     signals.recv().await;
     shutdown.trigger();
     handle.wait().await;
+    Ok(())
+}
+
+async fn run_pool(
+    cli: &Cli,
+    args: &cli::pool::PoolArgs,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    let cfg = args.to_config(&cli.global)?;
+    let client = cli
+        .global
+        .nats()?
+        .connect(&format!("jetweave pool {}", cfg.pool_id))
+        .await?;
+    let shutdown = Shutdown::new();
+    let pool = jetweave::pool::start(client.clone(), cfg, shutdown.clone()).await?;
+    signals.recv().await;
+    tracing::info!("signal received: draining every worker");
+    shutdown.trigger();
+    pool.wait().await;
+    jetweave::connect::flush_briefly(&client).await;
     Ok(())
 }
 
@@ -177,6 +198,8 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
         Command::Events(a) => ops::events(&c, a).await?,
         Command::Checkpoints(a) => ops::checkpoints(&c, a).await?,
         Command::Status(a) => ops::status(&c, a).await?,
+        Command::Pools(a) => cli::pool::pools(&c, a.json).await?,
+        Command::Scale(a) => cli::pool::scale(&c, a).await?,
         _ => unreachable!("process commands are handled in main"),
     }
     Ok(())
@@ -194,7 +217,7 @@ async fn main() {
     let cli = Cli::parse();
     let process = matches!(
         cli.command,
-        Command::Node(_) | Command::Coordinator(_) | Command::Sidecar(_)
+        Command::Node(_) | Command::Coordinator(_) | Command::Sidecar(_) | Command::Pool(_)
     );
     init_tracing(!process);
     let result = match &cli.command {
@@ -202,6 +225,7 @@ async fn main() {
         Command::Coordinator(args) => run_coordinator(&cli, args, &mut signals).await,
         Command::Sidecar(args) => run_sidecar(&cli, args, &mut signals).await,
         Command::Up(args) => run_up(&cli, args, &mut signals).await,
+        Command::Pool(args) => run_pool(&cli, args, &mut signals).await,
         Command::Auth(AuthCommand::Init(args)) => run_auth_init(&cli, args),
         _ => run_ops(&cli).await,
     };

@@ -264,8 +264,8 @@ pub async fn run(
     shutdown.trigger();
     coordinator.wait().await;
     sidecar.wait().await;
-    let _ = client.flush().await;
-    let _ = node_client.flush().await;
+    jetweave::connect::flush_briefly(&client).await;
+    jetweave::connect::flush_briefly(&node_client).await;
     drop(client);
     drop(server);
     println!("stopped.");

@@ -690,3 +690,26 @@ async fn malformed_control_bodies_change_nothing() {
     }
     node.handle.shutdown(Duration::from_secs(2)).await;
 }
+
+/// SIGTERM to a node whose NATS server is gone still ends it (exit 0),
+/// within the NATS timeouts of its drain: it used to wait forever for a
+/// reconnection to flush its last messages.
+#[tokio::test]
+async fn a_node_stops_on_sigterm_while_nats_is_down() {
+    let mut server = NatsServer::start();
+    let mut node = spawn_node_proc_with(&server, "orphan", &["--shutdown-deadline", "2"]).await;
+    let client = server.client().await;
+    wait_for("orphan started", Duration::from_secs(10), || async {
+        let joined = audit_events(&client, "node.joined").await;
+        joined.iter().any(|e| e["node_id"] == "orphan").then_some(())
+    })
+    .await;
+    server.kill();
+    let t0 = std::time::Instant::now();
+    node.signal(libc::SIGTERM);
+    let status = node
+        .wait_exit(Duration::from_secs(25))
+        .expect("the node exits without its server");
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after SIGTERM", t0.elapsed());
+}

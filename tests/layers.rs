@@ -6,7 +6,7 @@
 //! ```text
 //! binary   main.rs, cli/, up.rs            (not in the library)
 //! top      client, sidecar
-//! roles    worker/, coordinator/           (never each other)
+//! roles    worker/, coordinator/, pool/    (never each other)
 //! handler  handler
 //! store    store/, config
 //! wire     wire/ (ids, subjects, protocol)
@@ -30,6 +30,7 @@ fn layer_of_module(first: &str) -> Option<(u8, &'static str)> {
         "handler" => (3, "handler"),
         "worker" => (4, "worker"),
         "coordinator" => (4, "coordinator"),
+        "pool" => (4, "pool"),
         "client" | "sidecar" => (5, "top"),
         "cli" | "up" => (6, "binary"),
         _ => return None,

@@ -1,7 +1,8 @@
 //! `jetweave auth init`: one NATS user per role, authenticated by an nkey,
 //! with the least permissions that role needs ([`jetweave::wire::permissions`]),
 //! written as `DIR/auth.conf` for `include` in nats-server.conf, and one
-//! seed file per user (`DIR/<user>.nk`, mode 0600).
+//! seed file per user (`DIR/<user>.nk`, mode 0600). A pool `--pools p:max`
+//! gets `pool-p` (the pool process) and `node-p-1..max` (its workers).
 //!
 //! A seed file already in DIR is kept (its user keeps its key), so running
 //! it again with more nodes adds users; `--rotate USER` (or `all`) makes a
@@ -58,6 +59,7 @@ pub fn roles(nodes: &[String], pools: &[String]) -> Result<Vec<Role>, Error> {
             .ok()
             .filter(|m| (1..=1000).contains(m))
             .ok_or_else(|| Error::Config(format!("--pools {p:?}: max must be 1..1000")))?;
+        roles.push(Role::Pool(id.to_string()));
         roles.extend((1..=max).map(|k| Role::Node(format!("{id}-{k}"))));
     }
     Ok(roles)

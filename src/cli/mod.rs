@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod ops;
+pub mod pool;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -151,6 +152,19 @@ pub enum Command {
     ///
     /// Example: jetweave status --json
     Status(ops::JsonArgs),
+    /// Run a worker pool: min..max `jetweave node` processes (or
+    /// --worker-cmd), scaled on the backlog of their queues.
+    ///
+    /// Example: jetweave pool --pool-id p1 --min 1 --max 6 --concurrency 4
+    Pool(pool::PoolArgs),
+    /// List the live worker pools (table, or --json).
+    ///
+    /// Example: jetweave pools --json
+    Pools(ops::JsonArgs),
+    /// Set a pool's worker count (held 60 s before auto-scaling resumes).
+    ///
+    /// Example: jetweave scale p1 4
+    Scale(pool::ScaleArgs),
     /// Least privilege: NATS users, keys and permissions per role.
     #[command(subcommand)]
     Auth(AuthCommand),

@@ -8,7 +8,12 @@ pub(super) struct Metrics {
     pub(super) nats_latency: HistogramVec,
     pub(super) nodes: IntGaugeVec,
     pub(super) pending: IntGaugeVec,
+    pub(super) pool_workers: IntGaugeVec,
+    pub(super) pool_desired: IntGaugeVec,
 }
+
+/// How long a scrape waits for pools to answer their service ping.
+const POOL_PING_WAIT: Duration = Duration::from_millis(250);
 
 impl Metrics {
     pub(super) fn new() -> Result<Self, prometheus::Error> {
@@ -38,6 +43,16 @@ impl Metrics {
             Opts::new("jetweave_queue_pending", "Tasks waiting per queue"),
             &["queue"],
         )?;
+        let pool_workers = IntGaugeVec::new(
+            Opts::new("jetweave_pool_workers", "Serving workers per pool"),
+            &["pool"],
+        )?;
+        let pool_desired = IntGaugeVec::new(
+            Opts::new("jetweave_pool_desired", "Desired workers per pool"),
+            &["pool"],
+        )?;
+        registry.register(Box::new(pool_workers.clone()))?;
+        registry.register(Box::new(pool_desired.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(nats_latency.clone()))?;
         registry.register(Box::new(nodes.clone()))?;
@@ -48,6 +63,8 @@ impl Metrics {
             nats_latency,
             nodes,
             pending,
+            pool_workers,
+            pool_desired,
         })
     }
 }
@@ -73,6 +90,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
                 .set(s.pending as i64);
         }
     }
+    pool_gauges(&app).await;
     let mut buf = Vec::new();
     let enc = prometheus::TextEncoder::new();
     let _ = enc.encode(&app.metrics.registry.gather(), &mut buf);
@@ -84,4 +102,26 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         buf,
     )
         .into_response()
+}
+
+/// The pools' gauges, from their `status` (a pool gone is dropped).
+async fn pool_gauges(app: &App) {
+    let Ok(Ok(pools)) =
+        tokio::time::timeout(app.cfg.request_timeout, app.client.pools(POOL_PING_WAIT)).await
+    else {
+        return;
+    };
+    app.metrics.pool_workers.reset();
+    app.metrics.pool_desired.reset();
+    for p in pools {
+        let id = [p.pool_id.as_str()];
+        app.metrics
+            .pool_workers
+            .with_label_values(&id)
+            .set(i64::from(p.worker_count));
+        app.metrics
+            .pool_desired
+            .with_label_values(&id)
+            .set(i64::from(p.desired));
+    }
 }

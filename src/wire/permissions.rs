@@ -31,7 +31,7 @@
 use super::protocol::Priority;
 use super::subjects::{
     js_ack, js_api, js_flow_control, kv_key, kv_stream, micro_service, object_stream,
-    object_subjects, Subjects, API_SERVICE, NODE_SERVICE,
+    object_subjects, Subjects, API_SERVICE, NODE_SERVICE, POOL_SERVICE,
 };
 
 /// Who connects.
@@ -47,6 +47,8 @@ pub enum Role {
     Operator,
     /// The worker node with this id.
     Node(String),
+    /// The worker pool with this id (its workers are nodes).
+    Pool(String),
 }
 
 impl Role {
@@ -59,6 +61,7 @@ impl Role {
             Role::Submitter => "submitter".into(),
             Role::Operator => "operator".into(),
             Role::Node(id) => format!("node-{id}"),
+            Role::Pool(id) => format!("pool-{id}"),
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct Permissions {
 pub fn permissions(s: &Subjects, role: &Role, inbox: &str) -> Permissions {
     let mut p = match role {
         Role::Node(id) => node(s, id),
+        Role::Pool(id) => pool(s, id),
         Role::Submitter => submitter(s),
         Role::Coordinator => coordinator(s),
         Role::Operator | Role::Sidecar => admin(s),
@@ -209,6 +213,24 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         s.shards(id),
     ];
     subscribe.extend(micro_service(NODE_SERVICE));
+    Permissions {
+        publish,
+        subscribe,
+        allow_responses: true,
+    }
+}
+
+/// A pool answers its own control subjects, reads its workers' heartbeats
+/// and its queues' backlog (consumer info); it steers its workers by
+/// signals, not by NATS.
+fn pool(s: &Subjects, id: &str) -> Permissions {
+    let tasks = s.tasks_stream();
+    let publish = vec![
+        js_api(&format!("STREAM.INFO.{tasks}")),
+        js_api(&format!("CONSUMER.INFO.{tasks}.*")),
+    ];
+    let mut subscribe = vec![s.ctl_node_wildcard(id), s.heartbeat_all()];
+    subscribe.extend(micro_service(POOL_SERVICE));
     Permissions {
         publish,
         subscribe,

@@ -22,6 +22,8 @@ pub const DEFAULT_PREFIX: &str = "weave";
 
 /// Name of the NATS micro service every node registers.
 pub const NODE_SERVICE: &str = "weave-node";
+/// Name of the NATS micro service every worker pool registers.
+pub const POOL_SERVICE: &str = "weave-pool";
 /// Name of the NATS micro service every coordinator registers.
 pub const API_SERVICE: &str = "weave-api";
 
@@ -313,6 +315,10 @@ pub fn js_ack(stream: &str, consumer: &str) -> String {
 /// `$JS.FC.<stream>.>`: flow-control replies of push consumers (watches).
 pub fn js_flow_control(stream: &str) -> String {
     format!("$JS.FC.{stream}.>")
+}
+/// `$SRV.PING.<service>`: every instance of a micro service answers.
+pub fn micro_ping(service: &str) -> String {
+    format!("$SRV.PING.{service}")
 }
 /// `$SRV.<verb>[.<service>[.<id>]]` for every verb and id of a micro
 /// service named `service`: what it subscribes to.

@@ -488,6 +488,14 @@ async fn lifecycle(s: Arc<NodeState>, outer: Shutdown, done: watch::Sender<bool>
     tracing::info!(node_id = %s.cfg.node_id, ?deadline, "shutting down: draining");
     drain(&s).await;
     finish_work(&s, deadline).await;
+    // A last beat with the final counts (a pool sums its workers' counts).
+    let _ = s
+        .client
+        .publish(
+            s.subjects.heartbeat(&s.cfg.node_id),
+            json_body(&s.heartbeat()),
+        )
+        .await;
     // Stop every loop, and wait for them, before deleting the entry: a
     // heartbeat in flight would re-create it.
     s.shutdown.trigger();
@@ -498,11 +506,17 @@ async fn lifecycle(s: Arc<NodeState>, outer: Shutdown, done: watch::Sender<bool>
     {
         tracing::warn!("node loops did not stop within 5 s");
     }
-    if let Err(e) = s.discovery.delete(&s.cfg.node_id).await {
-        tracing::warn!(error = %e, "could not delete discovery entry");
+    if s.client.connection_state() == async_nats::connection::State::Connected {
+        if let Err(e) = s.discovery.delete(&s.cfg.node_id).await {
+            tracing::warn!(error = %e, "could not delete discovery entry");
+        }
+        s.audit("node.left", json!({"reason": "shutdown"})).await;
+    } else {
+        // Waiting on a server that is gone would only delay the exit; the
+        // entry expires with its TTL.
+        tracing::warn!("NATS unreachable: leaving without deleting the discovery entry");
     }
-    s.audit("node.left", json!({"reason": "shutdown"})).await;
-    let _ = s.client.flush().await;
+    crate::connect::flush_briefly(&s.client).await;
     tracing::info!(node_id = %s.cfg.node_id, "node stopped");
     let _ = done.send(true);
 }

@@ -6,8 +6,10 @@
 //! take their documented defaults.
 
 mod control;
+mod pool;
 mod run;
 pub use control::*;
+pub use pool::*;
 pub use run::*;
 
 use std::collections::BTreeMap;
