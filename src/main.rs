@@ -66,10 +66,16 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     };
     let node_id = cfg.node_id.clone();
     let prefix = cfg.prefix.clone();
-    let node = Node::new(cfg)
-        .start(client.clone(), shutdown.clone())
-        .await
-        .context("node failed to start")?;
+    // A signal while starting (NATS may be gone, and a start waits for
+    // its consumers) ends the process: nothing runs yet to drain.
+    let node = tokio::select! {
+        n = Node::new(cfg).start(client.clone(), shutdown.clone()) => n.context("node failed to start")?,
+        _ = signals.recv() => {
+            tracing::warn!("signal received while starting: exiting");
+            shutdown.trigger();
+            return Ok(());
+        }
+    };
     let sidecar = match &args.http {
         Some(listen) => {
             let sc = jetweave::sidecar::SidecarConfig {

@@ -701,7 +701,10 @@ async fn a_node_stops_on_sigterm_while_nats_is_down() {
     let client = server.client().await;
     wait_for("orphan started", Duration::from_secs(10), || async {
         let joined = audit_events(&client, "node.joined").await;
-        joined.iter().any(|e| e["node_id"] == "orphan").then_some(())
+        joined
+            .iter()
+            .any(|e| e["node_id"] == "orphan")
+            .then_some(())
     })
     .await;
     server.kill();

@@ -263,7 +263,15 @@ async fn scaling_down_never_kills_a_running_task() {
     let _p = pool_proc(
         &server,
         "d",
-        &["--min", "1", "--max", "2", "--no-auto-scale"],
+        &[
+            "--min",
+            "1",
+            "--max",
+            "2",
+            "--no-auto-scale",
+            "--concurrency",
+            "1",
+        ],
     );
     workers(&c, "d", 1, Duration::from_secs(15)).await;
     c.scale("d", 2).await.unwrap();
@@ -347,4 +355,36 @@ async fn a_pool_runs_any_worker_command_and_shows_in_metrics() {
         text.contains("jetweave_pool_desired{pool=\"py\"} 1"),
         "{text}"
     );
+}
+
+/// The pool's control service and its view of the workers survive a
+/// restart of the NATS server under it: afterwards `status` answers and
+/// `scale` still works.
+#[tokio::test]
+async fn a_pool_survives_a_server_restart() {
+    let mut server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let c = api_client(&server).await;
+    let _p = pool_proc(
+        &server,
+        "f",
+        &["--min", "1", "--max", "2", "--no-auto-scale"],
+    );
+    workers(&c, "f", 1, Duration::from_secs(15)).await;
+    server.restart();
+    let t0 = Instant::now();
+    wait_for(
+        "status after the restart",
+        Duration::from_secs(15),
+        || async { c.pool_status("f").await.ok() },
+    )
+    .await;
+    eprintln!("pool answered {:?} after the restart", t0.elapsed());
+    c.scale("f", 2).await.expect("scale after the restart");
+    let ids = workers(&c, "f", 2, Duration::from_secs(10)).await;
+    assert_eq!(ids, ["f-1", "f-2"]);
+    wait_for("f-2 registered", Duration::from_secs(15), || async {
+        (registered(&c, "f-").await.len() == 2).then_some(())
+    })
+    .await;
 }

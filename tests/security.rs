@@ -664,3 +664,72 @@ async fn a_rotated_key_replaces_the_old_one_after_a_reload() {
     connect_as(&server, dir, "node-n1").await;
     connect_as(&server, dir, "operator").await;
 }
+
+/// A pool with its own key (`pool-<id>`) starts its workers with theirs
+/// (`node-<id>-<k>`, next to it): they serve tasks, `status` and `scale`
+/// work for the operator, and the server refuses nothing.
+#[tokio::test]
+async fn a_pool_and_its_workers_run_with_their_keys() {
+    let auth = auth_init("n1");
+    let dir = auth.path();
+    let server = NatsServer::start_secured(dir);
+    let url = server.url();
+    let ck = key(dir, "coordinator");
+    let _c = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "--nkey",
+        &ck,
+        "coordinator",
+        "--id",
+        "c1",
+    ]);
+    let pk = key(dir, "pool-p");
+    let _pool = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "--nkey",
+        &pk,
+        "pool",
+        "--pool-id",
+        "p",
+        "--min",
+        "1",
+        "--max",
+        "2",
+        "--no-auto-scale",
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+    ]);
+    let op = jetweave::Client::new(connect_as(&server, dir, "operator").await, "weave").unwrap();
+    wait_for("p-1 serving", Duration::from_secs(20), || async {
+        (op.pool_status("p").await.ok()?.worker_count == 1).then_some(())
+    })
+    .await;
+    op.scale("p", 2).await.expect("scale as operator");
+    wait_for("p-2 registered", Duration::from_secs(15), || async {
+        let nodes = op.nodes().await.ok()?;
+        nodes.iter().any(|n| n.node_id == "p-2").then_some(())
+    })
+    .await;
+    let sub = jetweave::Client::new(connect_as(&server, dir, "submitter").await, "weave").unwrap();
+    publish_task(
+        sub.nats(),
+        "weave.tasks.default.normal",
+        Some("pt"),
+        json!({"type": "echo", "payload": 3}),
+    )
+    .await;
+    let r = sub.wait("pt", Duration::from_secs(15)).await.unwrap();
+    assert!(
+        r.node_id.as_deref().is_some_and(|n| n.starts_with("p-")),
+        "{r:?}"
+    );
+    assert_eq!(
+        NatsServer::violations(dir),
+        vec![],
+        "refusals the server logged"
+    );
+}
