@@ -115,7 +115,12 @@ async fn three_server_cluster_script_serves_a_node_and_a_coordinator() {
 #[test]
 fn deploy_files_are_well_formed() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    for f in ["k8s/node.yaml", "k8s/coordinator.yaml", "k8s/sidecar.yaml"] {
+    for f in [
+        "k8s/node.yaml",
+        "k8s/coordinator.yaml",
+        "k8s/sidecar.yaml",
+        "k8s/autoscale.yaml",
+    ] {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         for doc in text.split("\n---\n") {
             let v: serde_json::Value =
@@ -134,6 +139,29 @@ fn deploy_files_are_well_formed() {
     )
     .unwrap();
     assert_eq!(coord["spec"]["replicas"], 2);
+    let scaled: serde_json::Value = serde_yaml_ng::from_str(
+        std::fs::read_to_string(root.join("k8s/autoscale.yaml"))
+            .unwrap()
+            .split("\n---\n")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let triggers = scaled["spec"]["triggers"].as_array().unwrap();
+    let consumers: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["metadata"]["consumer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        consumers,
+        [
+            "tasks_default_critical",
+            "tasks_default_high",
+            "tasks_default_normal",
+            "tasks_default_low"
+        ],
+        "one KEDA trigger per priority consumer"
+    );
     for unit in ["jetweave-node", "jetweave-coordinator", "jetweave-sidecar"] {
         let text = std::fs::read_to_string(root.join(format!("systemd/{unit}.service"))).unwrap();
         for key in [
