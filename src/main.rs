@@ -66,15 +66,13 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     };
     let node_id = cfg.node_id.clone();
     let prefix = cfg.prefix.clone();
-    // A signal while starting (NATS may be gone, and a start waits for
-    // its consumers) ends the process: nothing runs yet to drain.
-    let node = tokio::select! {
-        n = Node::new(cfg).start(client.clone(), shutdown.clone()) => n.context("node failed to start")?,
-        _ = signals.recv() => {
-            tracing::warn!("signal received while starting: exiting");
-            shutdown.trigger();
-            return Ok(());
+    let start = start_node(cfg, &client, &shutdown, signals, deadline).await;
+    let Some(node) = start? else {
+        shutdown.trigger();
+        if let Some(c) = coordinator {
+            c.wait().await;
         }
+        return Ok(());
     };
     let sidecar = match &args.http {
         Some(listen) => {
@@ -103,6 +101,31 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
         s.wait().await;
     }
     Ok(())
+}
+
+/// Starts the node. A signal during the start lets it finish starting (at
+/// most 10 s: a start may wait for NATS) and then stops it the usual way,
+/// so what it registered is removed; `None` then.
+async fn start_node(
+    cfg: jetweave::NodeConfig,
+    client: &async_nats::Client,
+    shutdown: &Shutdown,
+    signals: &mut Signals,
+    deadline: std::time::Duration,
+) -> anyhow::Result<Option<jetweave::NodeHandle>> {
+    let start = Node::new(cfg).start(client.clone(), shutdown.clone());
+    tokio::pin!(start);
+    tokio::select! {
+        n = &mut start => Ok(Some(n.context("node failed to start")?)),
+        _ = signals.recv() => {
+            tracing::info!("signal received while starting");
+            match tokio::time::timeout(std::time::Duration::from_secs(10), &mut start).await {
+                Ok(n) => n.context("node failed to start")?.shutdown(deadline).await,
+                Err(_) => tracing::warn!("the start did not finish within 10 s: exiting"),
+            }
+            Ok(None)
+        }
+    }
 }
 
 async fn run_coordinator(
