@@ -251,16 +251,42 @@ impl Client {
     /// Sends a control verb to every live node and gathers the replies
     /// that arrive within `wait`.
     pub async fn broadcast(&self, verb: &str, wait: Duration) -> Result<Vec<Value>, Error> {
+        self.scatter(self.subjects.ctl_all(verb), "{}", wait).await
+    }
+
+    /// The live worker pools (contract §10): every `weave-pool` service
+    /// answering a ping within `wait`, then each pool's `status`.
+    pub async fn pools(&self, wait: Duration) -> Result<Vec<PoolStatus>, Error> {
+        let pings = self.scatter(micro_ping(POOL_SERVICE), "", wait).await?;
+        let ids: std::collections::BTreeSet<&str> = pings
+            .iter()
+            .filter_map(|v| v["metadata"]["pool_id"].as_str())
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(self.pool_status(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Publishes `body` on `subject` and gathers the JSON replies that
+    /// arrive within `wait` (any number of responders); a publish the
+    /// server refuses is [`Error::forbidden`] at once.
+    async fn scatter(
+        &self,
+        subject: String,
+        body: &str,
+        wait: Duration,
+    ) -> Result<Vec<Value>, Error> {
         let inbox = self.nats.new_inbox();
         let mut sub = self
             .nats
             .subscribe(inbox.clone())
             .await
             .map_err(Error::nats_source)?;
-        let subject = self.subjects.ctl_all(verb);
         let since = std::time::Instant::now();
         self.nats
-            .publish_with_reply(subject.clone(), inbox, "{}".into())
+            .publish_with_reply(subject.clone(), inbox, body.to_string().into())
             .await
             .map_err(Error::nats_source)?;
         let mut out = Vec::new();
@@ -280,34 +306,6 @@ impl Client {
                 }
             }
         }
-    }
-
-    /// The live worker pools (contract §10): every `weave-pool` service
-    /// answering a ping within `wait`, then each pool's `status`.
-    pub async fn pools(&self, wait: Duration) -> Result<Vec<PoolStatus>, Error> {
-        let inbox = self.nats.new_inbox();
-        let mut sub = self
-            .nats
-            .subscribe(inbox.clone())
-            .await
-            .map_err(Error::nats_source)?;
-        self.nats
-            .publish_with_reply(micro_ping(POOL_SERVICE), inbox, "".into())
-            .await
-            .map_err(Error::nats_source)?;
-        let mut ids = std::collections::BTreeSet::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-            if let Some(id) = v["metadata"]["pool_id"].as_str() {
-                ids.insert(id.to_string());
-            }
-        }
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(self.pool_status(&id).await?);
-        }
-        Ok(out)
     }
 
     /// A pool's `status` (`P.ctl.<pool_id>.status`).

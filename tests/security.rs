@@ -58,6 +58,27 @@ fn auth_init(nodes: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A server running the config of `auth_init(nodes)` and a coordinator
+/// with its key.
+fn secured(nodes: &str) -> (tempfile::TempDir, NatsServer, Proc) {
+    let auth = auth_init(nodes);
+    let server = NatsServer::start_secured(auth.path());
+    let url = server.url();
+    let ck = key(auth.path(), "coordinator");
+    let coordinator = Proc::spawn(&[
+        "--nats-url",
+        &url,
+        "--nkey",
+        &ck,
+        "coordinator",
+        "--id",
+        "c1",
+        "--lease-ttl",
+        "2",
+    ]);
+    (auth, server, coordinator)
+}
+
 /// A `jetweave node` with its own key, returned once it is in discovery.
 async fn secure_node(server: &NatsServer, dir: &Path, id: &str, op: &jetweave::Client) -> Proc {
     let k = key(dir, &format!("node-{id}"));
@@ -91,9 +112,8 @@ async fn secure_node(server: &NatsServer, dir: &Path, id: &str, op: &jetweave::C
 
 #[tokio::test]
 async fn each_role_does_its_work_and_nothing_more() {
-    let auth = auth_init("n1,n2");
+    let (auth, server, _coordinator) = secured("n1,n2");
     let dir = auth.path();
-    let server = NatsServer::start_secured(dir);
     let url = server.url();
 
     // Anonymous: refused, by the library and by the CLI.
@@ -102,18 +122,6 @@ async fn each_role_does_its_work_and_nothing_more() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("refused the credentials"));
 
-    let coordinator_key = key(dir, "coordinator");
-    let _coordinator = Proc::spawn(&[
-        "--nats-url",
-        &url,
-        "--nkey",
-        &coordinator_key,
-        "coordinator",
-        "--id",
-        "c1",
-        "--lease-ttl",
-        "2",
-    ]);
     let op = jetweave::Client::new(connect_as(&server, dir, "operator").await, "weave").unwrap();
     let _n1 = secure_node(&server, dir, "n1", &op).await;
     let _n2 = secure_node(&server, dir, "n2", &op).await;
@@ -458,22 +466,9 @@ fn interrupt(pid: u32) {
 /// mid-task (its task and shards move). The server logs no refusal.
 #[tokio::test]
 async fn failure_paths_need_no_more_permissions() {
-    let auth = auth_init("n1,n2");
+    let (auth, server, _c) = secured("n1,n2");
     let dir = auth.path();
-    let server = NatsServer::start_secured(dir);
     let url = server.url();
-    let ck = key(dir, "coordinator");
-    let _c = Proc::spawn(&[
-        "--nats-url",
-        &url,
-        "--nkey",
-        &ck,
-        "coordinator",
-        "--id",
-        "c1",
-        "--lease-ttl",
-        "2",
-    ]);
     let op = jetweave::Client::new(connect_as(&server, dir, "operator").await, "weave").unwrap();
     let conf = dir.join("n1.toml");
     std::fs::write(
@@ -670,20 +665,9 @@ async fn a_rotated_key_replaces_the_old_one_after_a_reload() {
 /// work for the operator, and the server refuses nothing.
 #[tokio::test]
 async fn a_pool_and_its_workers_run_with_their_keys() {
-    let auth = auth_init("n1");
+    let (auth, server, _c) = secured("n1");
     let dir = auth.path();
-    let server = NatsServer::start_secured(dir);
     let url = server.url();
-    let ck = key(dir, "coordinator");
-    let _c = Proc::spawn(&[
-        "--nats-url",
-        &url,
-        "--nkey",
-        &ck,
-        "coordinator",
-        "--id",
-        "c1",
-    ]);
     let pk = key(dir, "pool-p");
     let _pool = Proc::spawn(&[
         "--nats-url",
