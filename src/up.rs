@@ -176,9 +176,12 @@ impl Server {
         .stderr(std::fs::File::create(
             opts.data_dir.join("nats-server.log"),
         )?);
-        // Die with us even if we are killed.
+        // Its own process group: Ctrl-C in the terminal reaches only us,
+        // and we stop the server after the node has drained through it.
+        // It still dies with us if we are killed.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
         unsafe {
-            use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
