@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::wire::protocol::{
-    ClusterStatus, NodeInfo, PoolStatus, ScaleReply, SubmitReply, SubmitRequest, TaskInfo,
+    ClusterStatus, DlqList, NodeInfo, PoolStatus, ScaleReply, SubmitReply, SubmitRequest, TaskInfo,
     TaskResult,
 };
 use crate::wire::subjects::{micro_ping, validate_id, validate_task_id, Subjects, POOL_SERVICE};
@@ -323,5 +323,32 @@ impl Client {
             &json!({"workers": workers}),
         )
         .await
+    }
+
+    /// Dead letters, oldest first (contract §11, `dlq.list`).
+    pub async fn dlq_list(
+        &self,
+        queue: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<DlqList, Error> {
+        self.api("dlq.list", &json!({"queue": queue, "limit": limit}))
+            .await
+    }
+
+    /// Runs a dead task again as a new task (`dlq.requeue`); the reply
+    /// names the new id and the old.
+    pub async fn dlq_requeue(&self, task_id: &str) -> Result<Value, Error> {
+        self.api("dlq.requeue", &json!({"task_id": task_id})).await
+    }
+
+    /// Requeues every dead letter of `queue` (`dlq.requeue` with `all`).
+    pub async fn dlq_requeue_all(&self, queue: &str) -> Result<Value, Error> {
+        self.api("dlq.requeue", &json!({"queue": queue, "all": true}))
+            .await
+    }
+
+    /// Deletes the dead letters of `queue` (all when `None`).
+    pub async fn dlq_purge(&self, queue: Option<&str>) -> Result<Value, Error> {
+        self.api("dlq.purge", &json!({"queue": queue})).await
     }
 }

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     UnknownTask,
     /// No such run.
     UnknownRun,
+    /// No such entry (a dead letter to requeue).
+    NotFound,
     /// The process exists but is not running.
     ProcessStopped,
     /// The task already has a terminal result.
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::UnknownProcess => "unknown_process",
             ErrorCode::UnknownTask => "unknown_task",
             ErrorCode::UnknownRun => "unknown_run",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::ProcessStopped => "process_stopped",
             ErrorCode::AlreadyFinished => "already_finished",
             ErrorCode::Draining => "draining",
@@ -85,7 +88,8 @@ impl ErrorCode {
             ErrorCode::UnknownNode
             | ErrorCode::UnknownProcess
             | ErrorCode::UnknownTask
-            | ErrorCode::UnknownRun => ErrorKind::NotFound,
+            | ErrorCode::UnknownRun
+            | ErrorCode::NotFound => ErrorKind::NotFound,
             ErrorCode::ProcessStopped | ErrorCode::AlreadyFinished | ErrorCode::Draining => {
                 ErrorKind::Conflict
             }

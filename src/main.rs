@@ -229,6 +229,7 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
         Command::Status(a) => ops::status(&c, a).await?,
         Command::Pools(a) => cli::pool::pools(&c, a.json).await?,
         Command::Scale(a) => cli::pool::scale(&c, a).await?,
+        Command::Dlq(cmd) => cli::dlq::run(&c, cmd).await?,
         _ => unreachable!("process commands are handled in main"),
     }
     Ok(())

@@ -511,6 +511,13 @@ async fn failure_paths_need_no_more_permissions() {
     .await;
     let r = sub.wait(&t, Duration::from_secs(20)).await.unwrap();
     assert_eq!((r.status.as_str(), r.attempts), ("dead", 2));
+    // The operator acts on it: list and requeue (the coordinator reads the
+    // DLQ, publishes the new task and deletes the letter).
+    assert_eq!(op.dlq_list(None, None).await.unwrap().total, 1);
+    let v = op.dlq_requeue(&t).await.expect("requeue as operator");
+    let again = v["task_id"].as_str().unwrap().to_string();
+    let r = sub.wait(&again, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(r.status.as_str(), "dead");
     // A delayed task.
     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
     let at = at

@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 failure, 2 usage.
 
 pub mod auth;
+pub mod dlq;
 pub mod ops;
 pub mod pool;
 
@@ -165,6 +166,9 @@ pub enum Command {
     ///
     /// Example: jetweave scale p1 4
     Scale(pool::ScaleArgs),
+    /// Dead letters: list, requeue, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Least privilege: NATS users, keys and permissions per role.
     #[command(subcommand)]
     Auth(AuthCommand),

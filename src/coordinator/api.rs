@@ -35,7 +35,7 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(200);
 const SCAN_LIMIT: u64 = 100_000;
 
 /// Every endpoint: (name, subject suffix).
-const ENDPOINTS: [(&str, &str); 7] = [
+const ENDPOINTS: [(&str, &str); 10] = [
     ("tasks-submit", "tasks.submit"),
     ("tasks-get", "tasks.get"),
     ("tasks-cancel", "tasks.cancel"),
@@ -43,6 +43,9 @@ const ENDPOINTS: [(&str, &str); 7] = [
     ("cluster-status", "cluster.status"),
     ("runs-create", "runs.create"),
     ("runs-get", "runs.get"),
+    ("dlq-list", "dlq.list"),
+    ("dlq-requeue", "dlq.requeue"),
+    ("dlq-purge", "dlq.purge"),
 ];
 
 pub(super) async fn start(s: &Arc<CoordinatorState>) -> Result<(), Error> {
@@ -111,6 +114,7 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
         }
         "runs.create" => super::runs::create(s, body).await,
         "runs.get" => super::runs::get(s, body).await,
+        e if e.starts_with("dlq.") => super::dlq::route(s, e, body).await,
         other => Err(Error::invalid(
             ErrorCode::UnknownVerb,
             format!("unknown endpoint {other}"),

@@ -11,6 +11,7 @@
 //! Any number of coordinators can run; they share nothing but NATS.
 
 mod api;
+mod dlq;
 mod leader;
 mod planner;
 mod runs;

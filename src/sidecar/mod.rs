@@ -254,6 +254,8 @@ fn router(app: AppState) -> Router {
         )
         .route("/runs", post(runs_create))
         .route("/runs/{id}", get(runs_get))
+        .route("/dlq", get(dlq_list))
+        .route("/dlq/{id}/requeue", post(dlq_requeue))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi));
     if app.cfg.node.is_some() {
@@ -350,6 +352,8 @@ fn this_node(app: &App) -> Result<String, ApiError> {
         node_resume,
         runs_create,
         runs_get,
+        dlq_list,
+        dlq_requeue,
         metrics,
         agent_register,
         agent_heartbeat,

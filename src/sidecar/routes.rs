@@ -244,3 +244,32 @@ pub(super) async fn runs_create(State(app): State<AppState>, body: Bytes) -> Api
 pub(super) async fn runs_get(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("runs.get", json!({"run_id": id})).await?)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DlqQuery {
+    queue: Option<String>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/dlq", tag = "tasks", params(("queue" = Option<String>, Query, description = "only this queue"), ("limit" = Option<usize>, Query, description = "at most this many (default 100)")), responses((status = 200, description = "{total, entries: [{task_id, queue, type, error, attempts, dead_at}]} oldest first"), (status = 400, description = "invalid query"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn dlq_list(
+    State(app): State<AppState>,
+    q: Result<Query<DlqQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            format!("invalid query: {e}"),
+        )
+    })?;
+    ok(app
+        .api("dlq.list", json!({"queue": q.queue, "limit": q.limit}))
+        .await?)
+}
+
+#[utoipa::path(post, path = "/dlq/{id}/requeue", tag = "tasks", params(("id" = String, Path, description = "the dead task's id")), responses((status = 200, description = "{ok, task_id: NEW, requeued_from: OLD}"), (status = 404, description = "no dead letter for that task"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn dlq_requeue(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    ok(app.api("dlq.requeue", json!({"task_id": id})).await?)
+}

@@ -723,6 +723,12 @@ async fn dead_end(
         attempts,
         node_id: s.cfg.node_id.clone(),
         dead_at: now_rfc3339(),
+        priority: d
+            .msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|p| p.parse().ok()),
     };
     // A retried dead-lettering (after a NAK) must not file it twice.
     let msg_id = format!("dlq-{task_id}-{attempts}");

@@ -6,9 +6,11 @@
 //! take their documented defaults.
 
 mod control;
+mod dlq;
 mod pool;
 mod run;
 pub use control::*;
+pub use dlq::*;
 pub use pool::*;
 pub use run::*;
 
@@ -648,6 +650,10 @@ pub struct DeadLetter {
     pub node_id: String,
     /// When.
     pub dead_at: String,
+    /// The priority it was queued at (absent in dead letters filed before
+    /// it was recorded: `normal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// `P.api.tasks.get` / `tasks.cancel` request (unknown fields rejected).
