@@ -331,55 +331,55 @@ mod tests {
 
     #[test]
     fn a_node_cannot_steer_others() {
-        let s = Subjects::new("weave").unwrap();
+        let s = Subjects::new("acme").unwrap();
         let p = permissions(&s, &Role::Node("n1".into()), "_INBOX_X");
         for denied in [
-            "weave.ctl.n2.drain",
-            "weave.ctl.all.drain",
-            "weave.ctl.n1.drain",
-            "$KV.weave-nodes.n2",
-            "weave.api.runs.create",
-            "weave.api.tasks.submit",
-            "$JS.API.CONSUMER.CREATE.WEAVE_SHARDS.shards_n2.weave.shards.n2",
-            "$JS.API.STREAM.DELETE.WEAVE_TASKS",
-            "$JS.API.STREAM.UPDATE.WEAVE_TASKS",
+            "acme.ctl.n2.drain",
+            "acme.ctl.all.drain",
+            "acme.ctl.n1.drain",
+            "$KV.acme-nodes.n2",
+            "acme.api.runs.create",
+            "acme.api.tasks.submit",
+            "$JS.API.CONSUMER.CREATE.ACME_SHARDS.shards_n2.weave.shards.n2",
+            "$JS.API.STREAM.DELETE.ACME_TASKS",
+            "$JS.API.STREAM.UPDATE.ACME_TASKS",
         ] {
             assert!(!allows(&p.publish, denied), "node may publish {denied}");
         }
         for allowed in [
-            "weave.node.n1.heartbeat",
-            "$KV.weave-nodes.n1",
-            "weave.results.t1",
-            "$JS.API.CONSUMER.MSG.NEXT.WEAVE_TASKS.tasks_default_normal",
-            "$JS.ACK.WEAVE_SHARDS.shards_n1.1.2.3.4.5",
+            "acme.node.n1.heartbeat",
+            "$KV.acme-nodes.n1",
+            "acme.results.t1",
+            "$JS.API.CONSUMER.MSG.NEXT.ACME_TASKS.tasks_default_normal",
+            "$JS.ACK.ACME_SHARDS.shards_n1.1.2.3.4.5",
         ] {
             assert!(
                 allows(&p.publish, allowed),
                 "node may not publish {allowed}"
             );
         }
-        assert!(!allows(&p.subscribe, "weave.ctl.n2.drain"));
+        assert!(!allows(&p.subscribe, "acme.ctl.n2.drain"));
         assert!(!allows(&p.subscribe, "_INBOX.abc"));
         assert!(allows(&p.subscribe, "_INBOX_X.abc"));
     }
 
     #[test]
     fn only_operator_and_sidecar_send_control_verbs() {
-        let s = Subjects::new("weave").unwrap();
+        let s = Subjects::new("acme").unwrap();
         for role in [Role::Operator, Role::Sidecar] {
             let p = permissions(&s, &role, "_INBOX_X");
-            assert!(allows(&p.publish, "weave.ctl.n2.drain"));
-            assert!(allows(&p.publish, "weave.ctl.all.shutdown"));
+            assert!(allows(&p.publish, "acme.ctl.n2.drain"));
+            assert!(allows(&p.publish, "acme.ctl.all.shutdown"));
         }
         for role in [Role::Submitter, Role::Coordinator, Role::Node("n1".into())] {
             let p = permissions(&s, &role, "_INBOX_X");
-            assert!(!allows(&p.publish, "weave.ctl.n2.drain"), "{role:?}");
-            assert!(!allows(&p.publish, "weave.ctl.all.resume"), "{role:?}");
+            assert!(!allows(&p.publish, "acme.ctl.n2.drain"), "{role:?}");
+            assert!(!allows(&p.publish, "acme.ctl.all.resume"), "{role:?}");
         }
         let sub = permissions(&s, &Role::Submitter, "_INBOX_X");
-        assert!(allows(&sub.publish, "weave.tasks.default.high"));
-        assert!(allows(&sub.publish, "weave.api.tasks.cancel"));
-        assert!(!allows(&sub.publish, "weave.api.runs.create"));
-        assert!(!allows(&sub.publish, "$KV.weave-nodes.n1"));
+        assert!(allows(&sub.publish, "acme.tasks.default.high"));
+        assert!(allows(&sub.publish, "acme.api.tasks.cancel"));
+        assert!(!allows(&sub.publish, "acme.api.runs.create"));
+        assert!(!allows(&sub.publish, "$KV.acme-nodes.n1"));
     }
 }
