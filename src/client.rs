@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::wire::protocol::{
-    ClusterStatus, DlqList, NodeInfo, PoolStatus, ScaleReply, SubmitReply, SubmitRequest, TaskInfo,
-    TaskResult,
+    ClusterStatus, DlqList, NodeInfo, PoolStatus, ScaleReply, ScheduleCreate, ScheduleInfo,
+    SubmitReply, SubmitRequest, TaskInfo, TaskResult,
 };
 use crate::wire::subjects::{micro_ping, validate_id, validate_task_id, Subjects, POOL_SERVICE};
 
@@ -350,5 +350,28 @@ impl Client {
     /// Deletes the dead letters of `queue` (all when `None`).
     pub async fn dlq_purge(&self, queue: Option<&str>) -> Result<Value, Error> {
         self.api("dlq.purge", &json!({"queue": queue})).await
+    }
+
+    /// Creates (or replaces) a periodic task (contract §12,
+    /// `schedules.create`); the reply has `next_at`.
+    pub async fn schedule_create(&self, spec: &ScheduleCreate) -> Result<Value, Error> {
+        self.api("schedules.create", &serde_json::to_value(spec)?)
+            .await
+    }
+
+    /// Every schedule (`schedules.list`).
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            schedules: Vec<ScheduleInfo>,
+        }
+        let l: List = self.api("schedules.list", &json!({})).await?;
+        Ok(l.schedules)
+    }
+
+    /// Deletes a schedule (`schedules.delete`): no firing after it returns.
+    pub async fn schedule_delete(&self, schedule_id: &str) -> Result<Value, Error> {
+        self.api("schedules.delete", &json!({"schedule_id": schedule_id}))
+            .await
     }
 }

@@ -230,6 +230,7 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
         Command::Pools(a) => cli::pool::pools(&c, a.json).await?,
         Command::Scale(a) => cli::pool::scale(&c, a).await?,
         Command::Dlq(cmd) => cli::dlq::run(&c, cmd).await?,
+        Command::Schedule(cmd) => cli::schedule::run(&c, cmd).await?,
         _ => unreachable!("process commands are handled in main"),
     }
     Ok(())

@@ -511,6 +511,15 @@ async fn failure_paths_need_no_more_permissions() {
     .await;
     let r = sub.wait(&t, Duration::from_secs(20)).await.unwrap();
     assert_eq!((r.status.as_str(), r.attempts), ("dead", 2));
+    // The operator keeps a schedule (the coordinator stores and purges it).
+    let spec = serde_json::from_value(json!({"schedule_id": "sec", "every_s": 60,
+        "type": "echo"}))
+    .unwrap();
+    op.schedule_create(&spec)
+        .await
+        .expect("schedule as operator");
+    assert_eq!(op.schedules().await.unwrap().len(), 1);
+    op.schedule_delete("sec").await.expect("delete as operator");
     // The operator acts on it: list and requeue (the coordinator reads the
     // DLQ, publishes the new task and deletes the letter).
     assert_eq!(op.dlq_list(None, None).await.unwrap().total, 1);

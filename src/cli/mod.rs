@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dlq;
 pub mod ops;
 pub mod pool;
+pub mod schedule;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -166,6 +167,9 @@ pub enum Command {
     ///
     /// Example: jetweave scale p1 4
     Scale(pool::ScaleArgs),
+    /// Periodic tasks kept by the NATS server: create, ls, rm.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Dead letters: list, requeue, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),

@@ -35,7 +35,7 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(200);
 const SCAN_LIMIT: u64 = 100_000;
 
 /// Every endpoint: (name, subject suffix).
-const ENDPOINTS: [(&str, &str); 10] = [
+const ENDPOINTS: [(&str, &str); 13] = [
     ("tasks-submit", "tasks.submit"),
     ("tasks-get", "tasks.get"),
     ("tasks-cancel", "tasks.cancel"),
@@ -46,6 +46,9 @@ const ENDPOINTS: [(&str, &str); 10] = [
     ("dlq-list", "dlq.list"),
     ("dlq-requeue", "dlq.requeue"),
     ("dlq-purge", "dlq.purge"),
+    ("schedules-create", "schedules.create"),
+    ("schedules-list", "schedules.list"),
+    ("schedules-delete", "schedules.delete"),
 ];
 
 pub(super) async fn start(s: &Arc<CoordinatorState>) -> Result<(), Error> {
@@ -115,6 +118,7 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
         "runs.create" => super::runs::create(s, body).await,
         "runs.get" => super::runs::get(s, body).await,
         e if e.starts_with("dlq.") => super::dlq::route(s, e, body).await,
+        e if e.starts_with("schedules.") => super::schedules::route(s, e, body).await,
         other => Err(Error::invalid(
             ErrorCode::UnknownVerb,
             format!("unknown endpoint {other}"),

@@ -15,6 +15,7 @@ mod dlq;
 mod leader;
 mod planner;
 mod runs;
+mod schedules;
 
 use std::sync::Arc;
 use std::time::Duration;

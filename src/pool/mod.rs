@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, ErrorCode};
 use crate::shutdown::Shutdown;
 use crate::wire::protocol::{
-    error_body, json_body, parse_object, Heartbeat, PoolStatus, Priority, ScaleReply, ScaleRequest,
+    error_body, json_body, parse_object, Heartbeat, NoFields, PoolStatus, Priority, ScaleReply,
+    ScaleRequest,
 };
 use crate::wire::subjects::{validate_id, Subjects, POOL_SERVICE};
 
@@ -513,8 +514,3 @@ impl PoolLoop {
         }
     }
 }
-
-/// A body that must be empty or `{}`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoFields {}

@@ -175,8 +175,9 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         s.event_outcome(id, "*"),
         s.result("*"),
         s.dlq("*"),
-        // A retry after its backoff waits as a message schedule.
-        s.delayed_wildcard(),
+        // A task that came before its time waits as a message schedule
+        // (delayed tasks only: a node creates no periodic schedules).
+        s.delayed_tasks_wildcard(),
         s.shard_done(),
         kv_key(&s.nodes_bucket(), id),
         kv_key(&s.attempts_bucket(), "*"),
@@ -240,7 +241,7 @@ fn pool(s: &Subjects, id: &str) -> Permissions {
 
 fn submitter(s: &Subjects) -> Permissions {
     let mut publish: Vec<String> = Priority::ALL.iter().map(|&q| s.task("*", q)).collect();
-    publish.push(s.delayed_wildcard());
+    publish.push(s.delayed_tasks_wildcard());
     publish.push(s.api("tasks.*"));
     publish.push(js_api(&format!("STREAM.INFO.{}", s.tasks_stream())));
     publish.extend(stream_read(&s.results_stream()));
@@ -340,6 +341,8 @@ mod tests {
             "$KV.acme-nodes.n2",
             "acme.api.runs.create",
             "acme.api.tasks.submit",
+            "acme.api.schedules.create",
+            "acme.delayed.schedule.s1",
             "$JS.API.CONSUMER.CREATE.ACME_SHARDS.shards_n2.weave.shards.n2",
             "$JS.API.STREAM.DELETE.ACME_TASKS",
             "$JS.API.STREAM.UPDATE.ACME_TASKS",
@@ -380,6 +383,8 @@ mod tests {
         assert!(allows(&sub.publish, "acme.tasks.default.high"));
         assert!(allows(&sub.publish, "acme.api.tasks.cancel"));
         assert!(!allows(&sub.publish, "acme.api.runs.create"));
+        assert!(!allows(&sub.publish, "acme.delayed.schedule.s1"));
+        assert!(allows(&sub.publish, "acme.delayed.default.normal.t1"));
         assert!(!allows(&sub.publish, "$KV.acme-nodes.n1"));
     }
 }

@@ -164,6 +164,19 @@ impl Subjects {
             encode_key(task_id)
         )
     }
+    /// `P.delayed.schedule.<schedule_id>`: where a periodic task's message
+    /// schedule is kept (one token fewer than a delayed task's subject).
+    pub fn schedule(&self, schedule_id: &str) -> String {
+        format!("{}.delayed.schedule.{}", self.prefix, schedule_id)
+    }
+    /// `P.delayed.schedule.*`: every periodic task's schedule.
+    pub fn schedules_wildcard(&self) -> String {
+        format!("{}.delayed.schedule.*", self.prefix)
+    }
+    /// `P.delayed.*.*.*`: delayed tasks only (not schedules).
+    pub fn delayed_tasks_wildcard(&self) -> String {
+        format!("{}.delayed.*.*.*", self.prefix)
+    }
     /// Durable consumer shared by every node serving `queue` at `priority`.
     pub fn task_consumer(&self, queue: &str, priority: Priority) -> String {
         format!("tasks_{}_{}", queue, priority.as_str())

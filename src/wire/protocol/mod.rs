@@ -9,10 +9,12 @@ mod control;
 mod dlq;
 mod pool;
 mod run;
+mod schedule;
 pub use control::*;
 pub use dlq::*;
 pub use pool::*;
 pub use run::*;
+pub use schedule::*;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
