@@ -276,12 +276,34 @@ async fn scaling_down_never_kills_a_running_task() {
     workers(&c, "d", 1, Duration::from_secs(15)).await;
     c.scale("d", 2).await.unwrap();
     workers(&c, "d", 2, Duration::from_secs(10)).await;
-    // Occupy d-1 so the long task lands on d-2.
-    run_sleep_task(c.nats(), "d-1", "hold", 6000).await;
-    run_sleep_task(c.nats(), "d-2", "long", 3000).await;
+    // One 3 s task on each worker (one slot each); whichever runs on d-2
+    // is the one scaling down must let finish.
+    for id in ["t1", "t2"] {
+        publish_task(
+            c.nats(),
+            "weave.tasks.default.normal",
+            Some(id),
+            json!({"type": "sleep", "payload": {"ms": 3000}}),
+        )
+        .await;
+    }
+    let on_d2 = wait_for("a task running on d-2", Duration::from_secs(10), || async {
+        let m = c
+            .nats()
+            .request("weave.ctl.d-2.status", "".into())
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&m.payload).ok()?;
+        v["running_tasks"]
+            .as_array()?
+            .first()?
+            .as_str()
+            .map(String::from)
+    })
+    .await;
     c.scale("d", 1).await.unwrap();
     assert_eq!(workers(&c, "d", 1, Duration::from_secs(5)).await, ["d-1"]);
-    let r = c.wait("long", Duration::from_secs(15)).await.unwrap();
+    let r = c.wait(&on_d2, Duration::from_secs(15)).await.unwrap();
     assert_eq!(r.status.as_str(), "completed");
     assert_eq!(r.node_id.as_deref(), Some("d-2"));
     assert_eq!((r.attempts, r.lost_leases), (1, 0));
