@@ -3,25 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// Runs the CLI off the runtime's thread (the coordinator and node of the
-/// test run on it and must answer meanwhile).
-async fn jw(args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_jetweave"))
-            .args(&args)
-            .output()
-            .expect("run jetweave")
-    })
-    .await
-    .expect("CLI thread")
-}
 
 /// A task that fails both of its attempts on `queue` at `priority`.
 async fn doomed(c: &jetweave::Client, id: &str, queue: &str, priority: &str) {
@@ -38,15 +23,6 @@ async fn doomed(c: &jetweave::Client, id: &str, queue: &str, priority: &str) {
         .await
         .expect("dead result");
     assert_eq!(r.status.as_str(), "dead", "{id}");
-}
-
-async fn api(c: &jetweave::Client, endpoint: &str, body: Value) -> Value {
-    let m = c
-        .nats()
-        .request(format!("weave.api.{endpoint}"), body.to_string().into())
-        .await
-        .expect("reply");
-    serde_json::from_slice(&m.payload).expect("JSON reply")
 }
 
 #[tokio::test]
@@ -105,7 +81,7 @@ async fn dead_letters_are_listed_requeued_and_purged() {
     );
 
     // errors
-    let v = api(&c, "dlq.requeue", json!({"task_id": "nope"})).await;
+    let v = api_raw(&c, "dlq.requeue", json!({"task_id": "nope"})).await;
     assert_eq!(v["code"], "not_found", "{v}");
     for bad in [
         json!({}),
@@ -113,10 +89,10 @@ async fn dead_letters_are_listed_requeued_and_purged() {
         json!({"task_id": "d2", "x": 1}),
         json!({"queue": "bad.queue", "all": true}),
     ] {
-        let v = api(&c, "dlq.requeue", bad.clone()).await;
+        let v = api_raw(&c, "dlq.requeue", bad.clone()).await;
         assert_eq!(v["ok"], false, "{bad}: {v}");
     }
-    let v = api(&c, "dlq.list", json!({"limit": 0})).await;
+    let v = api_raw(&c, "dlq.list", json!({"limit": 0})).await;
     assert_eq!(v["code"], "invalid_value");
 
     // requeue all of a queue, then purge.
@@ -137,13 +113,13 @@ async fn dlq_from_the_cli_and_the_sidecar() {
     doomed(&c, "x1", "default", "normal").await;
     doomed(&c, "x2", "default", "normal").await;
     let url = server.url();
-    let o = jw(&["--nats-url", &url, "dlq", "ls", "--json"]).await;
+    let o = jw_async(&["--nats-url", &url, "dlq", "ls", "--json"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["total"], 2);
-    let o = jw(&["--nats-url", &url, "dlq", "requeue", "x1"]).await;
+    let o = jw_async(&["--nats-url", &url, "dlq", "requeue", "x1"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = jw(&["--nats-url", &url, "dlq", "requeue", "nope"]).await;
+    let o = jw_async(&["--nats-url", &url, "dlq", "requeue", "nope"]).await;
     assert_eq!(o.status.code(), Some(1));
 
     let port = free_port();
@@ -179,6 +155,6 @@ async fn dlq_from_the_cli_and_the_sidecar() {
     assert_eq!(r.status().as_u16(), 404, "already requeued");
     let r = reqwest::get(format!("{base}/dlq?limit=x")).await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let o = jw(&["--nats-url", &url, "dlq", "purge"]).await;
+    let o = jw_async(&["--nats-url", &url, "dlq", "purge"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -3,20 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-async fn api(c: &jetweave::Client, endpoint: &str, body: Value) -> Value {
-    let m = c
-        .nats()
-        .request(format!("weave.api.{endpoint}"), body.to_string().into())
-        .await
-        .expect("reply");
-    serde_json::from_slice(&m.payload).expect("JSON reply")
-}
 
 /// Results whose echoed payload carries `mark`.
 async fn fired(c: &jetweave::Client, mark: &str) -> usize {
@@ -46,17 +36,6 @@ async fn queued(c: &jetweave::Client, queue: &str) -> Vec<Value> {
     out
 }
 
-async fn jw(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_jetweave"))
-            .args(&args)
-            .output()
-            .expect("run jetweave")
-    })
-    .await
-    .expect("CLI thread")
-}
-
 #[tokio::test]
 async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
     let server = NatsServer::start();
@@ -66,7 +45,7 @@ async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
     let c = api_client(&server).await;
 
     let t0 = Instant::now();
-    let v = api(
+    let v = api_raw(
         &c,
         "schedules.create",
         json!({"schedule_id": "a", "every_s": 1,
@@ -80,7 +59,7 @@ async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
     );
     assert!(v["next_at"].is_string(), "{v}");
     let url = server.url();
-    let o = jw([
+    let o = jw_async(&[
         "--nats-url",
         &url,
         "schedule",
@@ -94,9 +73,7 @@ async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
         "idle",
         "--payload",
         r#"{"mark": "b"}"#,
-    ]
-    .map(String::from)
-    .to_vec())
+    ])
     .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -145,14 +122,11 @@ async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
         fired(&c, "a").await <= after + 1,
         "a fired after its deletion"
     );
-    let o = jw(["--nats-url", &url, "schedule", "rm", "b"]
-        .map(String::from)
-        .to_vec())
-    .await;
+    let o = jw_async(&["--nats-url", &url, "schedule", "rm", "b"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(c.schedules().await.unwrap().is_empty());
 
-    let v = api(&c, "schedules.delete", json!({"schedule_id": "a"})).await;
+    let v = api_raw(&c, "schedules.delete", json!({"schedule_id": "a"})).await;
     assert_eq!(v["code"], "not_found", "{v}");
     for bad in [
         json!({"schedule_id": "x", "every_s": 0, "type": "echo"}),
@@ -164,7 +138,7 @@ async fn schedules_fire_once_per_tick_and_stop_when_deleted() {
         json!({"schedule_id": "x.y", "every_s": 1, "type": "echo"}),
         json!({"schedule_id": "x", "every_s": 1, "type": "echo", "extra": 1}),
     ] {
-        let v = api(&c, "schedules.create", bad.clone()).await;
+        let v = api_raw(&c, "schedules.create", bad.clone()).await;
         assert_eq!(v["ok"], false, "{bad}: {v}");
     }
     assert!(
@@ -180,7 +154,7 @@ async fn a_schedule_survives_a_server_restart() {
     let mut server = NatsServer::start();
     let _c = start_coordinator(&server, "c1").await;
     let c = api_client(&server).await;
-    let v = api(
+    let v = api_raw(
         &c,
         "schedules.create",
         json!({"schedule_id": "r", "cron": "* * * * * *",

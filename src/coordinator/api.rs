@@ -117,8 +117,15 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
         }
         "runs.create" => super::runs::create(s, body).await,
         "runs.get" => super::runs::get(s, body).await,
-        e if e.starts_with("dlq.") => super::dlq::route(s, e, body).await,
-        e if e.starts_with("schedules.") => super::schedules::route(s, e, body).await,
+        "dlq.list" => super::dlq::list(s, parse_object(body)?).await,
+        "dlq.requeue" => super::dlq::requeue(s, parse_object(body)?).await,
+        "dlq.purge" => super::dlq::purge(s, parse_object(body)?).await,
+        "schedules.create" => super::schedules::create(s, parse_object(body)?).await,
+        "schedules.list" => {
+            parse_object::<NoFields>(body)?;
+            super::schedules::list(s).await
+        }
+        "schedules.delete" => super::schedules::delete(s, parse_object(body)?).await,
         other => Err(Error::invalid(
             ErrorCode::UnknownVerb,
             format!("unknown endpoint {other}"),

@@ -14,8 +14,8 @@ use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::store::tasks::publish_task;
 use crate::wire::protocol::{
-    parse_object, DeadLetter, DlqEntry, DlqList, DlqListRequest, DlqPurgeRequest,
-    DlqRequeueRequest, Priority, TaskEnvelope,
+    DeadLetter, DlqEntry, DlqList, DlqListRequest, DlqPurgeRequest, DlqRequeueRequest, Priority,
+    TaskEnvelope,
 };
 use crate::wire::subjects::validate_id;
 
@@ -26,22 +26,6 @@ const DEFAULT_LIMIT: usize = 100;
 struct Stored {
     seq: u64,
     dl: DeadLetter,
-}
-
-pub(super) async fn route(
-    s: &CoordinatorState,
-    endpoint: &str,
-    body: &[u8],
-) -> Result<Value, Error> {
-    match endpoint {
-        "dlq.list" => list(s, parse_object(body)?).await,
-        "dlq.requeue" => requeue(s, parse_object(body)?).await,
-        "dlq.purge" => purge(s, parse_object(body)?).await,
-        other => Err(Error::invalid(
-            ErrorCode::UnknownVerb,
-            format!("unknown endpoint {other}"),
-        )),
-    }
 }
 
 async fn dlq_stream(s: &CoordinatorState) -> Result<stream::Stream, Error> {
@@ -91,7 +75,7 @@ fn entry(st: &Stored) -> DlqEntry {
     }
 }
 
-async fn list(s: &CoordinatorState, r: DlqListRequest) -> Result<Value, Error> {
+pub(super) async fn list(s: &CoordinatorState, r: DlqListRequest) -> Result<Value, Error> {
     let limit = r.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 {
         return Err(Error::invalid(
@@ -108,7 +92,7 @@ async fn list(s: &CoordinatorState, r: DlqListRequest) -> Result<Value, Error> {
     serde_json::to_value(out).map_err(Error::from)
 }
 
-async fn requeue(s: &CoordinatorState, r: DlqRequeueRequest) -> Result<Value, Error> {
+pub(super) async fn requeue(s: &CoordinatorState, r: DlqRequeueRequest) -> Result<Value, Error> {
     let dlq = dlq_stream(s).await?;
     match (r.task_id, r.queue, r.all) {
         (Some(id), None, false) => {
@@ -166,7 +150,7 @@ async fn requeue_one(
     Ok(new)
 }
 
-async fn purge(s: &CoordinatorState, r: DlqPurgeRequest) -> Result<Value, Error> {
+pub(super) async fn purge(s: &CoordinatorState, r: DlqPurgeRequest) -> Result<Value, Error> {
     let subject = filter(s, r.queue.as_deref())?;
     let purged = dlq_stream(s)
         .await?

@@ -17,32 +17,12 @@ use time::OffsetDateTime;
 use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::wire::protocol::{
-    format_rfc3339, json_body, parse_object, NoFields, ScheduleCreate, ScheduleInfo, ScheduleRef,
-    TaskEnvelope,
+    format_rfc3339, json_body, ScheduleCreate, ScheduleInfo, ScheduleRef, TaskEnvelope,
 };
 use crate::wire::subjects::validate_id;
 
 const SCHEDULE: &str = "Nats-Schedule";
 const TARGET: &str = "Nats-Schedule-Target";
-
-pub(super) async fn route(
-    s: &CoordinatorState,
-    endpoint: &str,
-    body: &[u8],
-) -> Result<Value, Error> {
-    match endpoint {
-        "schedules.create" => create(s, parse_object(body)?).await,
-        "schedules.list" => {
-            parse_object::<NoFields>(body)?;
-            Ok(json!({"schedules": list(&s.tasks, s).await}))
-        }
-        "schedules.delete" => delete(s, parse_object(body)?).await,
-        other => Err(Error::invalid(
-            ErrorCode::UnknownVerb,
-            format!("unknown endpoint {other}"),
-        )),
-    }
-}
 
 fn invalid(m: impl Into<String>) -> Error {
     Error::invalid(ErrorCode::InvalidValue, m)
@@ -60,7 +40,7 @@ fn spec(r: &ScheduleCreate) -> Result<String, Error> {
     }
 }
 
-async fn create(s: &CoordinatorState, r: ScheduleCreate) -> Result<Value, Error> {
+pub(super) async fn create(s: &CoordinatorState, r: ScheduleCreate) -> Result<Value, Error> {
     validate_id("schedule_id", &r.schedule_id)?;
     let queue = r.queue.clone().unwrap_or_else(|| "default".into());
     validate_id("queue", &queue)?;
@@ -133,8 +113,12 @@ fn next_at(spec: &str, since: OffsetDateTime) -> Option<String> {
         .map(format_rfc3339)
 }
 
-/// Every stored schedule, oldest first.
-async fn list(tasks: &stream::Stream, s: &CoordinatorState) -> Vec<ScheduleInfo> {
+/// `{"schedules": [...]}`: every stored schedule, oldest first.
+pub(super) async fn list(s: &CoordinatorState) -> Result<Value, Error> {
+    Ok(json!({"schedules": read_all(&s.tasks, s).await}))
+}
+
+async fn read_all(tasks: &stream::Stream, s: &CoordinatorState) -> Vec<ScheduleInfo> {
     let mut out = Vec::new();
     let mut seq = 1;
     let filter = s.subjects.schedules_wildcard();
@@ -173,7 +157,7 @@ async fn list(tasks: &stream::Stream, s: &CoordinatorState) -> Vec<ScheduleInfo>
     out
 }
 
-async fn delete(s: &CoordinatorState, r: ScheduleRef) -> Result<Value, Error> {
+pub(super) async fn delete(s: &CoordinatorState, r: ScheduleRef) -> Result<Value, Error> {
     validate_id("schedule_id", &r.schedule_id)?;
     let purged = s
         .tasks

@@ -216,13 +216,7 @@ impl Proc {
 
     /// Like `spawn`, with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        // Tests and benches get the path from cargo; examples use the
-        // release build.
-        let bin = option_env!("CARGO_BIN_EXE_jetweave").unwrap_or(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/target/release/jetweave"
-        ));
-        let child = Command::new(bin)
+        let child = Command::new(jetweave_bin())
             .args(args)
             // JETWEAVE_CHILD_LOG sets the children's log filter (debugging).
             .env(
@@ -750,4 +744,41 @@ async fn pipe(
             return;
         }
     }
+}
+
+/// Runs the `jetweave` CLI off the runtime's thread (a coordinator or node
+/// of the test running on that thread must answer meanwhile).
+pub async fn jw_async(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(jetweave_bin())
+            .args(&args)
+            .output()
+            .expect("run jetweave")
+    })
+    .await
+    .expect("CLI thread")
+}
+
+/// A raw request to `weave.api.<endpoint>`, its reply as JSON (errors too).
+pub async fn api_raw(
+    c: &jetweave::Client,
+    endpoint: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let m = c
+        .nats()
+        .request(format!("weave.api.{endpoint}"), body.to_string().into())
+        .await
+        .expect("reply");
+    serde_json::from_slice(&m.payload).expect("JSON reply")
+}
+
+/// The built `jetweave`: tests and benches get the path from cargo;
+/// examples use the release build.
+pub fn jetweave_bin() -> &'static str {
+    option_env!("CARGO_BIN_EXE_jetweave").unwrap_or(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/release/jetweave"
+    ))
 }
