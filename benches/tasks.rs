@@ -12,124 +12,14 @@
 //! (c) submit-to-result latency at a steady 200 tasks/s, open loop.
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use common::*;
 use futures::StreamExt;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[0], v[v.len() / 2], v[v.len() - 1])
-}
-
-async fn publish_all(
-    js: &jetstream::Context,
-    subject: &str,
-    n: usize,
-    body: &bytes::Bytes,
-    id_prefix: &str,
-) {
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for i in 0..n {
-        let m = jetstream::message::PublishMessage::build()
-            .payload(body.clone())
-            .message_id(format!("{id_prefix}{i}"));
-        acks.push(std::future::IntoFuture::into_future(
-            js.send_publish(subject.to_string(), m)
-                .await
-                .expect("publish"),
-        ));
-        while acks.len() >= 4096 {
-            acks.next().await.expect("ack").expect("ack ok");
-        }
-    }
-    while let Some(a) = acks.next().await {
-        a.expect("ack ok");
-    }
-}
-
-/// (a) raw JetStream work queue: msgs/s end to end.
-async fn raw(server: &NatsServer, n: usize, pass: usize) -> f64 {
-    let client = server.client().await;
-    let js = jetstream::new(client.clone());
-    let name = format!("RAW{pass}");
-    let s = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("raw{pass}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let c: consumer::PullConsumer = s
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("w".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
-    let t0 = Instant::now();
-    let consumer_task = tokio::spawn(async move {
-        let mut got = 0;
-        let mut msgs = c.messages().await.unwrap();
-        while got < n {
-            let m = msgs.next().await.unwrap().unwrap();
-            m.ack().await.unwrap();
-            got += 1;
-        }
-    });
-    let pjs = jetstream::new(server.client().await);
-    publish_all(
-        &pjs,
-        &format!("raw{pass}.q"),
-        n,
-        &body,
-        &format!("raw{pass}-"),
-    )
-    .await;
-    consumer_task.await.unwrap();
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    js.delete_stream(&name).await.unwrap();
-    rate
-}
-
-/// (b) jetweave echo tasks: tasks/s from first submit until every result
-/// is stored in `WEAVE_RESULTS` (read from the stream state, so the
-/// measurement adds no subscriber traffic).
-async fn weave(server: &NatsServer, n: usize, pass: usize) -> f64 {
-    let client = server.client().await;
-    let js = jetstream::new(client.clone());
-    let mut results = js.get_stream("WEAVE_RESULTS").await.unwrap();
-    let before = results.info().await.unwrap().state.messages;
-    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
-    let t0 = Instant::now();
-    let pjs = jetstream::new(server.client().await);
-    let prefix = format!("w{pass}-");
-    let publish = publish_all(&pjs, "weave.tasks.default.normal", n, &body, &prefix);
-    let wait = async {
-        loop {
-            let now = results.info().await.unwrap().state.messages;
-            if now >= before + n as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::join!(publish, wait);
-    n as f64 / t0.elapsed().as_secs_f64()
-}
+use shared::*;
 
 /// (c) latency at a steady offered load, open loop: send times are fixed
 /// by the schedule, not by completions.
@@ -202,52 +92,6 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     (q(0.5), q(0.99), q(0.999))
-}
-
-/// `k` nodes as separate `jetweave node` processes (256 slots each),
-/// returned once every one is in discovery.
-async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<Proc> {
-    let d = jetweave::discovery::KvDiscovery::open(
-        server.client().await,
-        &jetweave::subjects::Subjects::new("weave").unwrap(),
-        Duration::from_secs(5),
-        1,
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    let mut ids = Vec::new();
-    for i in 0..k {
-        let id = format!("bench{pass}-{i}");
-        out.push(Proc::spawn(&[
-            "--nats-url",
-            &server.url(),
-            "node",
-            "--node-id",
-            &id,
-            "--concurrency",
-            "256",
-            "--ack-wait",
-            "30",
-        ]));
-        ids.push(id);
-    }
-    wait_for("bench nodes up", Duration::from_secs(30), || async {
-        let live = d.nodes().await.ok()?;
-        ids.iter()
-            .all(|id| live.iter().any(|n| &n.node_id == id))
-            .then_some(())
-    })
-    .await;
-    out
-}
-
-/// SIGTERM each node and wait for it to exit (it drains and unregisters).
-async fn stop(nodes: Vec<Proc>) {
-    for mut n in nodes {
-        n.signal(libc::SIGTERM);
-        let _ = tokio::task::spawn_blocking(move || n.wait_exit(Duration::from_secs(10))).await;
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

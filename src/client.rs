@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::wire::protocol::{
-    ClusterStatus, DlqList, NodeInfo, PoolStatus, ScaleReply, ScheduleCreate, ScheduleInfo,
-    SubmitReply, SubmitRequest, TaskInfo, TaskResult,
+    ClusterStatus, DlqList, LimitInfo, LimitList, LimitSpec, NodeInfo, PoolStatus, ScaleReply,
+    ScheduleCreate, ScheduleInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult,
 };
 use crate::wire::subjects::{micro_ping, validate_id, validate_task_id, Subjects, POOL_SERVICE};
 
@@ -372,6 +372,23 @@ impl Client {
     /// Deletes a schedule (`schedules.delete`): no firing after it returns.
     pub async fn schedule_delete(&self, schedule_id: &str) -> Result<Value, Error> {
         self.api("schedules.delete", &json!({"schedule_id": schedule_id}))
+            .await
+    }
+
+    /// Sets (or changes) a flow-control limit (contract §15, `limits.set`).
+    pub async fn limit_set(&self, spec: &LimitSpec) -> Result<Value, Error> {
+        self.api("limits.set", &serde_json::to_value(spec)?).await
+    }
+
+    /// Every limit with its running tasks by key (`limits.list`).
+    pub async fn limits(&self) -> Result<Vec<LimitInfo>, Error> {
+        let l: LimitList = self.api("limits.list", &json!({})).await?;
+        Ok(l.limits)
+    }
+
+    /// Deletes a limit (`limits.delete`); its waiting tasks start within 1 s.
+    pub async fn limit_delete(&self, limit_id: &str) -> Result<Value, Error> {
+        self.api("limits.delete", &json!({"limit_id": limit_id}))
             .await
     }
 }

@@ -13,14 +13,16 @@
 //!   built from the prefix) and [`wire::protocol`] (every JSON payload).
 //! - **store** ([`store`]): the JetStream resources and their reads and
 //!   writes: task publishing and schedules, terminal results, the audit
-//!   log, [`store::checkpoint`] (the `P-checkpoints` object store) and
+//!   log, [`store::limits`] (flow-control limits, running slots and token
+//!   buckets), [`store::checkpoint`] (the `P-checkpoints` object store) and
 //!   [`store::discovery`] (the `P-nodes` KV bucket with per-key TTLs, and
 //!   [`store::discovery::ClusterView`], the live copy everyone reads);
 //!   [`config`] (node configuration).
 //! - **handler** ([`handler`]): built-in, exec and http task handlers.
 //! - **roles**: [`worker`] — a node: heartbeats, the `weave-node` micro
 //!   service (control, event injection into named processes), the
-//!   dispatcher that pulls tasks on free slots and one attempt's life;
+//!   dispatcher that pulls tasks on free slots, one attempt's life, and the
+//!   keyed concurrency and rate limits a task passes before it starts;
 //!   [`coordinator`] — the `weave-api` service and, while it holds the
 //!   lease, runs split into shards that move when nodes die, drain or join;
 //!   [`pool`] — worker processes kept between `min` and `max`, scaled on

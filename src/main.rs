@@ -231,6 +231,7 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
         Command::Scale(a) => cli::pool::scale(&c, a).await?,
         Command::Dlq(cmd) => cli::dlq::run(&c, cmd).await?,
         Command::Schedule(cmd) => cli::schedule::run(&c, cmd).await?,
+        Command::Limit(cmd) => cli::limit::run(&c, cmd).await?,
         _ => unreachable!("process commands are handled in main"),
     }
     Ok(())

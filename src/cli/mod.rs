@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod dlq;
+pub mod limit;
 pub mod ops;
 pub mod pool;
 pub mod schedule;
@@ -173,6 +174,9 @@ pub enum Command {
     /// Dead letters: list, requeue, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Keyed concurrency and rate limits, cluster-wide: set, ls, rm.
+    #[command(subcommand)]
+    Limit(limit::LimitCommand),
     /// Least privilege: NATS users, keys and permissions per role.
     #[command(subcommand)]
     Auth(AuthCommand),

@@ -72,6 +72,10 @@ pub struct SubmitArgs {
     /// Per-attempt timeout in seconds.
     #[arg(long)]
     pub task_timeout: Option<f64>,
+    /// The key flow-control limits count this task under (a tenant, a
+    /// customer); see `jetweave limit`.
+    #[arg(long)]
+    pub limit_key: Option<String>,
     /// Wait for the result and print it.
     #[arg(long)]
     pub wait: bool,
@@ -338,6 +342,7 @@ pub async fn submit(c: &Client, a: &SubmitArgs) -> Result<(), Error> {
     env.id = a.id.clone();
     env.max_attempts = a.max_attempts;
     env.timeout_s = a.task_timeout;
+    env.limit_key = a.limit_key.clone();
     let req = SubmitRequest {
         envelope: env,
         queue: Some(a.queue.clone()),

@@ -35,7 +35,7 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(200);
 const SCAN_LIMIT: u64 = 100_000;
 
 /// Every endpoint: (name, subject suffix).
-const ENDPOINTS: [(&str, &str); 13] = [
+const ENDPOINTS: [(&str, &str); 16] = [
     ("tasks-submit", "tasks.submit"),
     ("tasks-get", "tasks.get"),
     ("tasks-cancel", "tasks.cancel"),
@@ -49,6 +49,9 @@ const ENDPOINTS: [(&str, &str); 13] = [
     ("schedules-create", "schedules.create"),
     ("schedules-list", "schedules.list"),
     ("schedules-delete", "schedules.delete"),
+    ("limits-set", "limits.set"),
+    ("limits-list", "limits.list"),
+    ("limits-delete", "limits.delete"),
 ];
 
 pub(super) async fn start(s: &Arc<CoordinatorState>) -> Result<(), Error> {
@@ -126,6 +129,12 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
             super::schedules::list(s).await
         }
         "schedules.delete" => super::schedules::delete(s, parse_object(body)?).await,
+        "limits.set" => super::limits::set(s, parse_object(body)?).await,
+        "limits.list" => {
+            parse_object::<NoFields>(body)?;
+            super::limits::list(s).await
+        }
+        "limits.delete" => super::limits::delete(s, parse_object(body)?).await,
         other => Err(Error::invalid(
             ErrorCode::UnknownVerb,
             format!("unknown endpoint {other}"),
@@ -166,6 +175,7 @@ pub(super) async fn get_task(s: &CoordinatorState, task_id: &str) -> Result<Task
         result,
         node_id,
         queue,
+        throttled_by: None,
     };
     if let Some(r) = read_result(&s.results, &s.subjects, task_id).await {
         return Ok(info(r.status, Some(r), None, None));
@@ -173,6 +183,12 @@ pub(super) async fn get_task(s: &CoordinatorState, task_id: &str) -> Result<Task
     if let Some(v) = lookup_running(s, task_id).await {
         let node = v["node_id"].as_str().map(str::to_string);
         let queue = v["queue"].as_str().map(str::to_string);
+        // A node that holds the task back on a limit says so (§15).
+        if let Some(limit) = v["throttled_by"].as_str() {
+            let mut i = info(TaskStatus::Queued, None, None, queue);
+            i.throttled_by = Some(limit.to_string());
+            return Ok(i);
+        }
         return Ok(info(TaskStatus::Running, None, node, queue));
     }
     if let Some((_, queue)) = find_queued(s, task_id).await? {

@@ -13,6 +13,7 @@
 mod api;
 mod dlq;
 mod leader;
+mod limits;
 mod planner;
 mod runs;
 mod schedules;

@@ -10,6 +10,8 @@ pub(super) struct Metrics {
     pub(super) pending: IntGaugeVec,
     pub(super) pool_workers: IntGaugeVec,
     pub(super) pool_desired: IntGaugeVec,
+    pub(super) limit_running: IntGaugeVec,
+    pub(super) limit_throttled: IntCounterVec,
 }
 
 /// How long a scrape waits for pools to answer their service ping.
@@ -51,6 +53,22 @@ impl Metrics {
             Opts::new("jetweave_pool_desired", "Desired workers per pool"),
             &["pool"],
         )?;
+        let limit_running = IntGaugeVec::new(
+            Opts::new(
+                "jetweave_limit_running",
+                "Tasks whose handler runs now under each flow-control limit (all keys)",
+            ),
+            &["limit"],
+        )?;
+        let limit_throttled = IntCounterVec::new(
+            Opts::new(
+                "jetweave_limit_throttled_total",
+                "Tasks held back by each limit, summed over the live nodes' counters",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(limit_running.clone()))?;
+        registry.register(Box::new(limit_throttled.clone()))?;
         registry.register(Box::new(pool_workers.clone()))?;
         registry.register(Box::new(pool_desired.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -65,6 +83,8 @@ impl Metrics {
             pending,
             pool_workers,
             pool_desired,
+            limit_running,
+            limit_throttled,
         })
     }
 }
@@ -91,6 +111,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         }
     }
     pool_gauges(&app).await;
+    limit_gauges(&app).await;
     let mut buf = Vec::new();
     let enc = prometheus::TextEncoder::new();
     let _ = enc.encode(&app.metrics.registry.gather(), &mut buf);
@@ -123,5 +144,38 @@ async fn pool_gauges(app: &App) {
             .pool_desired
             .with_label_values(&id)
             .set(i64::from(p.desired));
+    }
+}
+
+/// The limits' running slots (from `weave-limit-state`) and hold-backs
+/// (the live nodes' counters in their discovery entries).
+async fn limit_gauges(app: &App) {
+    let wait = app.cfg.request_timeout;
+    if let Ok(Ok(limits)) = tokio::time::timeout(wait, app.client.limits()).await {
+        app.metrics.limit_running.reset();
+        for l in limits {
+            let n: u32 = l.running.values().sum();
+            app.metrics
+                .limit_running
+                .with_label_values(&[l.limit_id.as_str()])
+                .set(i64::from(n));
+        }
+    }
+    if let Ok(Ok(nodes)) = tokio::time::timeout(wait, app.client.nodes()).await {
+        let mut total: std::collections::BTreeMap<String, u64> = Default::default();
+        for n in nodes {
+            if let Some(t) = n.metadata.get("throttled").and_then(Value::as_object) {
+                for (limit, v) in t {
+                    *total.entry(limit.clone()).or_default() += v.as_u64().unwrap_or(0);
+                }
+            }
+        }
+        app.metrics.limit_throttled.reset();
+        for (limit, n) in total {
+            app.metrics
+                .limit_throttled
+                .with_label_values(&[limit.as_str()])
+                .inc_by(n);
+        }
     }
 }

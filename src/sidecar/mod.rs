@@ -26,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use prometheus::{Encoder, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -256,6 +256,8 @@ fn router(app: AppState) -> Router {
         .route("/runs/{id}", get(runs_get))
         .route("/dlq", get(dlq_list))
         .route("/dlq/{id}/requeue", post(dlq_requeue))
+        .route("/limits", get(limits_list))
+        .route("/limits/{id}", put(limits_put).delete(limits_delete))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi));
     if app.cfg.node.is_some() {
@@ -354,6 +356,9 @@ fn this_node(app: &App) -> Result<String, ApiError> {
         runs_get,
         dlq_list,
         dlq_requeue,
+        limits_list,
+        limits_put,
+        limits_delete,
         metrics,
         agent_register,
         agent_heartbeat,

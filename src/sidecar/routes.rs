@@ -273,3 +273,41 @@ pub(super) async fn dlq_list(
 pub(super) async fn dlq_requeue(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     ok(app.api("dlq.requeue", json!({"task_id": id})).await?)
 }
+
+#[utoipa::path(get, path = "/limits", tag = "limits", responses((status = 200, description = "{limits: [{limit_id, queue, type, max_running, per_second, burst, running: {limit_key: n}}]}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn limits_list(State(app): State<AppState>) -> ApiResult {
+    ok(app.api("limits.list", json!({})).await?)
+}
+
+#[utoipa::path(put, path = "/limits/{id}", tag = "limits", params(("id" = String, Path, description = "limit id")), request_body(content = Object, content_type = "application/json", description = "{queue?, type?, max_running?, per_second?, burst?}"), responses((status = 200, description = "{ok, limit_id}"), (status = 400, description = "invalid limit (code invalid_value)"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn limits_put(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let mut v: Value = parse_body(&body)?;
+    let Some(fields) = v.as_object_mut() else {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "body must be a JSON object",
+        ));
+    };
+    if fields.get("limit_id").is_some_and(|b| b != &json!(id)) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            "limit_id in the body differs from the path",
+        ));
+    }
+    fields.insert("limit_id".into(), json!(id));
+    ok(app.api("limits.set", v).await?)
+}
+
+#[utoipa::path(delete, path = "/limits/{id}", tag = "limits", params(("id" = String, Path, description = "limit id")), responses((status = 200, description = "{ok, limit_id}"), (status = 404, description = "no such limit"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+pub(super) async fn limits_delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    ok(app.api("limits.delete", json!({"limit_id": id})).await?)
+}

@@ -14,6 +14,7 @@ use crate::wire::subjects::Subjects;
 pub mod audit;
 pub mod checkpoint;
 pub mod discovery;
+pub mod limits;
 pub mod results;
 pub mod tasks;
 

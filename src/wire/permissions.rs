@@ -181,6 +181,9 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         s.shard_done(),
         kv_key(&s.nodes_bucket(), id),
         kv_key(&s.attempts_bucket(), "*"),
+        // Running slots and token buckets are shared by every node (a node
+        // takes and gives back slots by compare-and-set); limits are read.
+        kv_key(&s.limit_state_bucket(), ">"),
         object_subjects(&s.checkpoints_store()),
     ];
     // Resources a node creates when it starts first, and reads.
@@ -193,6 +196,8 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         kv_stream(&s.nodes_bucket()),
         kv_stream(&s.attempts_bucket()),
         kv_stream(&s.cancels_bucket()),
+        kv_stream(&s.limits_bucket()),
+        kv_stream(&s.limit_state_bucket()),
         checkpoints.clone(),
     ] {
         publish.extend(stream_create(&stream));
@@ -200,6 +205,8 @@ fn node(s: &Subjects, id: &str) -> Permissions {
     }
     publish.extend(stream_watch(&kv_stream(&s.cancels_bucket())));
     publish.extend(stream_watch(&kv_stream(&s.nodes_bucket())));
+    publish.extend(stream_watch(&kv_stream(&s.limits_bucket())));
+    publish.extend(stream_watch(&kv_stream(&s.limit_state_bucket())));
     publish.extend(stream_full(&checkpoints));
     let any_task = format!("{p}.tasks.*.*");
     publish.extend(pull_consumer(&tasks, "*", &any_task));

@@ -213,6 +213,16 @@ impl Subjects {
     pub fn cancels_bucket(&self) -> String {
         format!("{}-cancels", self.prefix)
     }
+    /// KV bucket `P-limits`: flow-control limits by id, watched by every
+    /// node (contract §15).
+    pub fn limits_bucket(&self) -> String {
+        format!("{}-limits", self.prefix)
+    }
+    /// KV bucket `P-limit-state`: running slots and token buckets of the
+    /// limits, per key, with per-key TTLs (see [`limit_slot_key`]).
+    pub fn limit_state_bucket(&self) -> String {
+        format!("{}-limit-state", self.prefix)
+    }
 
     // ---- API ----------------------------------------------------------
 
@@ -295,9 +305,30 @@ impl Subjects {
             self.nodes_bucket(),
             self.attempts_bucket(),
             self.cancels_bucket(),
+            self.limits_bucket(),
+            self.limit_state_bucket(),
             self.runs_bucket(),
             self.leader_bucket(),
         ]
+    }
+}
+
+/// Key of running slot `index` of a limit and limit key in
+/// `P-limit-state`: `run.<limit_id>.<limit_key>.<index>`.
+pub fn limit_slot_key(limit_id: &str, limit_key: &str, index: u32) -> String {
+    format!("run.{limit_id}.{limit_key}.{index}")
+}
+/// Key of the token bucket of a limit and limit key in `P-limit-state`:
+/// `rate.<limit_id>.<limit_key>`.
+pub fn limit_rate_key(limit_id: &str, limit_key: &str) -> String {
+    format!("rate.{limit_id}.{limit_key}")
+}
+/// The limit id and limit key of a slot key (inverse of [`limit_slot_key`]).
+pub fn parse_limit_slot_key(key: &str) -> Option<(&str, &str)> {
+    let mut t = key.split('.');
+    match (t.next(), t.next(), t.next(), t.next(), t.next()) {
+        (Some("run"), Some(l), Some(k), Some(_), None) => Some((l, k)),
+        _ => None,
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Source;
+use super::limits::{Admission, Taken};
 use super::{CancelReason, NodeState, Running};
 use crate::error::Error;
 use crate::handler::{invoke, HandlerError, HandlerFn, ShardInfo, TaskContext};
@@ -76,13 +77,15 @@ pub(super) async fn run_task(
     msg: jetstream::Message,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Some((d, handler)) = admit(&s, &source, msg).await else {
+    let Some((d, handler, taken)) = admit(&s, &source, msg).await else {
         return;
     };
     let started_at = now_rfc3339();
     let t0 = Instant::now();
     let outcome = execute(&s, &d, handler, &started_at).await;
     let duration = t0.elapsed().as_secs_f64();
+    // The limits count running handlers: the slots go back now.
+    s.limits.give_back(taken).await;
     let verdict = classify(outcome, d.attempt, d.env.max_attempts());
     let failed_attempt = match &verdict {
         Verdict::Retry => true,
@@ -234,7 +237,7 @@ async fn admit(
     s: &NodeState,
     source: &Source,
     msg: jetstream::Message,
-) -> Option<(Delivery, HandlerFn)> {
+) -> Option<(Delivery, HandlerFn, Taken)> {
     let Ok(info) = msg.info() else {
         settle(&msg, AckKind::Term).await;
         return None;
@@ -283,13 +286,62 @@ async fn admit(
         term_or_return(&d.msg, buried).await;
         return None;
     }
-    match s.handlers.get(&d.env.task_type) {
-        Some(h) => Some((d, h)),
-        None => {
-            no_handler(s, &d).await;
+    let Some(h) = s.handlers.get(&d.env.task_type) else {
+        no_handler(s, &d).await;
+        return None;
+    };
+    if d.shard.is_some() {
+        return Some((d, h, Taken::default()));
+    }
+    let key = d.env.limit_key.as_deref();
+    match s
+        .limits
+        .admit(&d.queue, &d.env.task_type, key, &d.task_id)
+        .await
+    {
+        Admission::Go(taken) => Some((d, h, taken)),
+        Admission::Wait { limit_id, wait } => {
+            hold_back(s, &d, &limit_id, wait).await;
             None
         }
     }
+}
+
+/// Deliveries of one message a limit may hold back with a NAK before the
+/// task is re-published as a new message: a NAK counts as a delivery, and
+/// deliveries are bounded (see [`max_deliveries`]), so waiting on a limit
+/// must not use them up; and a NAKed message stays pending on its consumer,
+/// so a long throttled backlog is moved out of the way.
+const NAKS_PER_HOLD: u32 = 2;
+
+/// A task a limit holds back goes back to its queue without using an
+/// attempt: NAKed with a short delay at first, then re-published as a
+/// message schedule that fires after `wait` (a fresh message, at the tail
+/// of its queue, so it holds back nothing behind it).
+async fn hold_back(s: &NodeState, d: &Delivery, limit_id: &str, wait: Duration) {
+    tracing::debug!(task_id = %d.task_id, limit_id, ?wait, "held back by a limit");
+    if d.deliveries <= NAKS_PER_HOLD {
+        return settle(&d.msg, AckKind::Nak(Some(wait))).await;
+    }
+    let mut env = d.env.clone();
+    env.id = Some(d.task_id.clone());
+    let at = time::OffsetDateTime::now_utc() + wait;
+    env.not_before = Some(crate::wire::protocol::format_rfc3339(at));
+    match schedule(&s.js, &s.subjects, &d.queue, priority_of(&d.msg), &env).await {
+        Ok(()) => settle(&d.msg, AckKind::Ack).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-queue a held-back task; NAK instead");
+            settle(&d.msg, AckKind::Nak(Some(wait))).await
+        }
+    }
+}
+
+fn priority_of(msg: &jetstream::Message) -> Priority {
+    msg.subject
+        .rsplit('.')
+        .next()
+        .and_then(|p| p.parse::<Priority>().ok())
+        .unwrap_or_default()
 }
 
 /// Deliveries allowed per task: attempts plus lost leases. A task whose
@@ -386,13 +438,7 @@ async fn defer_delayed(s: &NodeState, d: &Delivery) -> bool {
     if wait <= time::Duration::milliseconds(5) {
         return false;
     }
-    let priority = d
-        .msg
-        .subject
-        .rsplit('.')
-        .next()
-        .and_then(|p| p.parse::<Priority>().ok())
-        .unwrap_or_default();
+    let priority = priority_of(&d.msg);
     let mut env = d.env.clone();
     env.id = Some(d.task_id.clone());
     match schedule(&s.js, &s.subjects, &d.queue, priority, &env).await {

@@ -23,6 +23,7 @@
 
 mod attempt;
 mod dispatch;
+mod limits;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -119,6 +120,8 @@ pub(crate) struct NodeState {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Replicas of the JetStream resources it creates.
     pub replicas: usize,
+    /// Flow-control limits and the slots this node holds (contract §15).
+    pub limits: Arc<limits::Limits>,
 }
 
 impl NodeState {
@@ -170,6 +173,10 @@ impl NodeState {
             json!(self.completed.load(Ordering::Relaxed)),
         );
         metadata.insert("failed".into(), json!(self.failed.load(Ordering::Relaxed)));
+        let throttled = self.limits.throttled_counts();
+        if !throttled.is_empty() {
+            metadata.insert("throttled".into(), json!(throttled));
+        }
         NodeInfo {
             node_id: self.cfg.node_id.clone(),
             role: self.cfg.role,
@@ -292,6 +299,8 @@ impl Node {
         let loops = TaskTracker::new();
         let view = ClusterView::start(&discovery, node_shutdown.clone(), &loops).await?;
         let attempts = crate::store::attempts_bucket(&js, &subjects, self.replicas).await?;
+        let limits =
+            limits::Limits::open(&js, &subjects, self.replicas, &cfg.node_id, cfg.node_ttl).await?;
         let checkpoints = Checkpoints::open(
             client.clone(),
             &subjects,
@@ -327,6 +336,7 @@ impl Node {
             attempts,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
             replicas: self.replicas,
+            limits,
             cfg,
         });
 
@@ -350,6 +360,7 @@ async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
     s.discovery.put_info(&s.node_info()).await?;
     start_service(s).await?;
     dispatch::start_cancel_watch(s).await?;
+    s.limits.start(&s.shutdown, &s.loops);
     let mut dispatchers = Vec::new();
     if s.cfg.role != crate::wire::protocol::Role::Supervisor {
         for q in s.cfg.queues.clone() {
@@ -565,6 +576,8 @@ async fn heartbeat_loop(s: Arc<NodeState>) {
         if let Err(e) = s.discovery.put_info(&info).await {
             tracing::warn!(error = %e, "discovery entry not refreshed");
         }
+        // The running slots of limits live as long as the node's entry.
+        s.limits.refresh().await;
     }
 }
 
@@ -792,7 +805,16 @@ struct LookupRequest {
 fn lookup_task(s: &NodeState, body: &[u8]) -> Option<Value> {
     let req: LookupRequest = parse_object(body).ok()?;
     let r = s.running.lock().expect("lock poisoned");
-    let t = r.get(&req.task_id)?;
+    let Some(t) = r.get(&req.task_id) else {
+        let limit = s.limits.throttled_by(&req.task_id)?;
+        return Some(json!({
+            "ok": true,
+            "task_id": req.task_id,
+            "node_id": s.cfg.node_id,
+            "status": "queued",
+            "throttled_by": limit,
+        }));
+    };
     Some(json!({
         "ok": true,
         "task_id": req.task_id,

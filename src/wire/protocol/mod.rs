@@ -7,11 +7,13 @@
 
 mod control;
 mod dlq;
+mod limit;
 mod pool;
 mod run;
 mod schedule;
 pub use control::*;
 pub use dlq::*;
+pub use limit::*;
 pub use pool::*;
 pub use run::*;
 pub use schedule::*;
@@ -413,6 +415,10 @@ pub struct TaskEnvelope {
     /// Not to start before this RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
+    /// The key flow-control limits count this task under (contract §15;
+    /// absent: `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
 }
 
 impl TaskEnvelope {
@@ -452,6 +458,9 @@ impl TaskEnvelope {
         }
         if let Some(nb) = &self.not_before {
             parse_rfc3339(nb)?;
+        }
+        if let Some(k) = &self.limit_key {
+            validate_limit_name("limit_key", k)?;
         }
         Ok(())
     }
@@ -682,6 +691,9 @@ pub struct TaskInfo {
     /// Queue, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// The limit holding a queued task back, while one does (contract §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_by: Option<String>,
 }
 
 /// Per-queue counts in the cluster status.
@@ -824,9 +836,11 @@ mod tests {
                 max_attempts: Some(2),
                 backoff_s: Some(vec![0.5]),
                 not_before: Some(at.clone()),
+                limit_key: Some("tenant-1".into()),
             },
             json!({"type": "echo", "id": "a:b", "payload": {"x": 1}, "metadata": {"k": "v"},
-                "timeout_s": 1.5, "max_attempts": 2, "backoff_s": [0.5], "not_before": at}),
+                "timeout_s": 1.5, "max_attempts": 2, "backoff_s": [0.5], "not_before": at,
+                "limit_key": "tenant-1"}),
         );
         assert_wire(
             SubmitRequest {

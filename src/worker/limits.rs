@@ -1,0 +1,433 @@
+//! Flow control on the node (contract §15; design in docs/flow-control.md).
+//!
+//! Before a task's handler starts, the node finds the limits that match
+//! its queue and type (a local copy of `P-limits`, kept by a watch) and, for
+//! the task's `limit_key`:
+//! - takes a running slot: one of the keys `run.<limit>.<key>.<i>`,
+//!   `i < max_running`, in `P-limit-state`, written by compare-and-set on
+//!   the key's revision (so one slot has one holder) with a per-key TTL of
+//!   `node_ttl` that the heartbeat refreshes (a dead node's slots come back
+//!   when their TTL runs out);
+//! - takes a token: the key `rate.<limit>.<key>` holds the bucket's GCRA
+//!   "theoretical arrival time", advanced by `1 / per_second` per start,
+//!   by compare-and-set; a start is allowed while it stays within
+//!   `burst / per_second` of now.
+//!
+//! A local copy of `P-limit-state` (another watch) tells which slot is free
+//! and the bucket's revision, so a take is one round trip when the copy is
+//! current, none when the limit is known to be full. A task that matches
+//! no limit costs nothing. A task held back goes back to its queue (see
+//! `attempt::hold_back`) and says `throttled_by` to `tasks.get`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::shutdown::Shutdown;
+use crate::store::limits::{
+    limit_state_bucket, limits_bucket, parse_spec, put_if, read_key, release,
+};
+use crate::wire::protocol::{now_rfc3339, LimitSpec, DEFAULT_LIMIT_KEY};
+use crate::wire::subjects::{limit_rate_key, limit_slot_key, Subjects};
+
+/// How long a task held back by a full running limit waits before it is
+/// looked at again (plus up to as much jitter). Short, so that a slot given
+/// back or a limit deleted frees waiting tasks within 1 s.
+const RUNNING_RETRY: Duration = Duration::from_millis(250);
+/// Bound on any hold-back wait (limit changes apply within 1 s).
+const MAX_WAIT: Duration = Duration::from_millis(750);
+/// Held-back tasks are reported as throttled for this long.
+const THROTTLED_FOR: Duration = Duration::from_secs(2);
+/// Slots above `max_running` still counted (a limit that was lowered).
+const LOWERED_SLOTS: u32 = 64;
+
+/// The slots one admitted task holds; give them back with
+/// [`Limits::give_back`] when its handler ends.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    slots: Vec<String>,
+}
+
+/// Whether a task may start now.
+pub(crate) enum Admission {
+    Go(Taken),
+    /// Held back by `limit_id`; look again after `wait`.
+    Wait {
+        limit_id: String,
+        wait: Duration,
+    },
+}
+
+/// A slot this node holds: its revision and task.
+struct Held {
+    rev: u64,
+    value: Bytes,
+}
+
+/// The node's view of the limits and the slots it holds.
+pub(crate) struct Limits {
+    js: jetstream::Context,
+    specs_store: kv::Store,
+    state: kv::Store,
+    node_id: String,
+    ttl: Duration,
+    specs: RwLock<BTreeMap<String, LimitSpec>>,
+    /// Last known revision and value (`None`: marker) of state keys.
+    cache: Mutex<HashMap<String, (u64, Option<Bytes>)>>,
+    held: Mutex<HashMap<String, Held>>,
+    throttled: Mutex<HashMap<String, (String, Instant)>>,
+    throttled_total: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Limits {
+    /// Opens both buckets and reads every limit (so the node starts with
+    /// them applied); [`Limits::start`] then keeps both copies current.
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        replicas: usize,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, Error> {
+        let specs_store = limits_bucket(js, subjects, replicas).await?;
+        let state = limit_state_bucket(js, subjects, replicas).await?;
+        let limits = Arc::new(Limits {
+            js: js.clone(),
+            specs_store,
+            state,
+            node_id: node_id.to_string(),
+            ttl: Duration::from_secs(ttl.as_secs().max(1)),
+            specs: RwLock::new(BTreeMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            throttled: Mutex::new(HashMap::new()),
+            throttled_total: Mutex::new(BTreeMap::new()),
+        });
+        let mut keys = limits
+            .specs_store
+            .keys()
+            .await
+            .map_err(Error::nats_source)?;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(Error::nats_source)?;
+            if let Ok(Some(v)) = limits.specs_store.get(&k).await {
+                limits.apply_spec(&k, Some(&v));
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Starts the two watches (owned by `loops`, ended by `shutdown`).
+    pub(crate) fn start(self: &Arc<Self>, shutdown: &Shutdown, loops: &TaskTracker) {
+        let me = self.clone();
+        loops.spawn(watch_loop(
+            self.specs_store.clone(),
+            shutdown.clone(),
+            move |e| {
+                me.apply_spec(
+                    &e.key,
+                    (e.operation == kv::Operation::Put).then_some(&e.value),
+                )
+            },
+        ));
+        let me = self.clone();
+        loops.spawn(watch_loop(self.state.clone(), shutdown.clone(), move |e| {
+            let v = (e.operation == kv::Operation::Put).then_some(e.value);
+            me.remember(&e.key, e.revision, v);
+        }));
+    }
+
+    fn apply_spec(&self, limit_id: &str, value: Option<&Bytes>) {
+        let mut specs = self.specs.write().expect("limits poisoned");
+        match value.and_then(|v| parse_spec(v)) {
+            Some(spec) => specs.insert(limit_id.to_string(), spec),
+            None => specs.remove(limit_id),
+        };
+    }
+
+    fn remember(&self, key: &str, rev: u64, value: Option<Bytes>) {
+        let mut c = self.cache.lock().expect("limit cache poisoned");
+        let newer = c.get(key).is_none_or(|(r, _)| *r <= rev || rev == 0);
+        if newer {
+            c.insert(key.to_string(), (rev, value));
+        }
+    }
+
+    fn cached(&self, key: &str) -> (u64, Option<Bytes>) {
+        self.cache
+            .lock()
+            .expect("limit cache poisoned")
+            .get(key)
+            .cloned()
+            .unwrap_or((0, None))
+    }
+
+    /// The limits a task of `queue` and `task_type` counts against.
+    fn matching(&self, queue: &str, task_type: &str) -> Vec<LimitSpec> {
+        let specs = self.specs.read().expect("limits poisoned");
+        if specs.is_empty() {
+            return Vec::new();
+        }
+        specs
+            .values()
+            .filter(|s| s.matches(queue, task_type))
+            .cloned()
+            .collect()
+    }
+
+    /// Takes what the task needs to start now, or says why it waits.
+    pub(crate) async fn admit(
+        &self,
+        queue: &str,
+        task_type: &str,
+        limit_key: Option<&str>,
+        task_id: &str,
+    ) -> Admission {
+        let specs = self.matching(queue, task_type);
+        if specs.is_empty() {
+            return Admission::Go(Taken::default());
+        }
+        let key = limit_key.unwrap_or(DEFAULT_LIMIT_KEY);
+        let mut taken = Taken::default();
+        for spec in specs.iter().filter(|s| s.max_running.is_some()) {
+            let max = spec.max_running.unwrap_or(1);
+            match self.take_slot(&spec.limit_id, key, max, task_id).await {
+                Some(slot) => taken.slots.push(slot),
+                None => {
+                    self.give_back(taken).await;
+                    let jitter = RUNNING_RETRY.mul_f64(fastrand::f64());
+                    return self.held_back(task_id, &spec.limit_id, RUNNING_RETRY + jitter);
+                }
+            }
+        }
+        for spec in &specs {
+            let (Some(rate), Some(burst)) = (spec.per_second, spec.burst) else {
+                continue;
+            };
+            if let Err(wait) = self.take_token(&spec.limit_id, key, rate, burst).await {
+                self.give_back(taken).await;
+                return self.held_back(task_id, &spec.limit_id, wait);
+            }
+        }
+        self.throttled
+            .lock()
+            .expect("throttled poisoned")
+            .remove(task_id);
+        Admission::Go(taken)
+    }
+
+    fn held_back(&self, task_id: &str, limit_id: &str, wait: Duration) -> Admission {
+        {
+            let mut t = self.throttled.lock().expect("throttled poisoned");
+            if t.len() > 10_000 {
+                t.retain(|_, (_, at)| at.elapsed() < THROTTLED_FOR);
+            }
+            t.insert(task_id.to_string(), (limit_id.to_string(), Instant::now()));
+        }
+        *self
+            .throttled_total
+            .lock()
+            .expect("throttled poisoned")
+            .entry(limit_id.to_string())
+            .or_default() += 1;
+        Admission::Wait {
+            limit_id: limit_id.to_string(),
+            wait: wait.clamp(Duration::from_millis(10), MAX_WAIT),
+        }
+    }
+
+    /// One free slot of `limit`/`key` taken by compare-and-set, or `None`
+    /// when every slot is held (or NATS fails: waiting is the safe side).
+    async fn take_slot(&self, limit: &str, key: &str, max: u32, task_id: &str) -> Option<String> {
+        let value: Bytes = serde_json::to_vec(&json!({
+            "node_id": self.node_id, "task_id": task_id, "at": now_rfc3339(),
+        }))
+        .ok()?
+        .into();
+        for _ in 0..3 {
+            let mut free = None;
+            let mut held = 0;
+            for i in 0..max + LOWERED_SLOTS {
+                let k = limit_slot_key(limit, key, i);
+                match self.cached(&k) {
+                    (_, Some(_)) => held += 1,
+                    (rev, None) if i < max && free.is_none() => free = Some((k, rev)),
+                    _ => {}
+                }
+            }
+            let (k, rev) = free.filter(|_| held < max)?;
+            match put_if(&self.js, &self.state, &k, value.clone(), self.ttl, rev).await {
+                Ok(Some(new)) => {
+                    self.remember(&k, new, Some(value.clone()));
+                    let h = Held { rev: new, value };
+                    self.held
+                        .lock()
+                        .expect("held poisoned")
+                        .insert(k.clone(), h);
+                    return Some(k);
+                }
+                Ok(None) => self.reread(&k).await?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a limit slot; the task waits");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    async fn reread(&self, key: &str) -> Option<()> {
+        let (rev, v) = read_key(&self.state, key).await.ok()?;
+        self.cache
+            .lock()
+            .expect("limit cache poisoned")
+            .insert(key.to_string(), (rev, v));
+        Some(())
+    }
+
+    /// A token of `limit`/`key`'s bucket, or how long until there is one.
+    async fn take_token(
+        &self,
+        limit: &str,
+        key: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<(), Duration> {
+        let k = limit_rate_key(limit, key);
+        let interval = 1.0 / rate;
+        let tolerance = burst as f64 * interval;
+        let ttl = Duration::from_secs(tolerance.ceil() as u64 + 1);
+        for _ in 0..3 {
+            let (rev, v) = self.cached(&k);
+            let tat: f64 = v
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                .unwrap_or(0.0);
+            let now = unix_now();
+            let next = tat.max(now) + interval;
+            if next - now > tolerance + 1e-6 {
+                return Err(Duration::from_secs_f64(next - tolerance - now));
+            }
+            let body = Bytes::from(format!("{next:.6}"));
+            match put_if(&self.js, &self.state, &k, body.clone(), ttl, rev).await {
+                Ok(Some(new)) => {
+                    self.remember(&k, new, Some(body));
+                    return Ok(());
+                }
+                Ok(None) => {
+                    self.reread(&k).await.ok_or(MAX_WAIT)?;
+                }
+                Err(_) => return Err(MAX_WAIT),
+            }
+        }
+        Err(Duration::from_millis(20))
+    }
+
+    /// Gives back the slots an admitted task held (its handler ended).
+    pub(crate) async fn give_back(&self, taken: Taken) {
+        for k in taken.slots {
+            let Some(h) = self.held.lock().expect("held poisoned").remove(&k) else {
+                continue;
+            };
+            match release(&self.state, &k, h.rev).await {
+                Ok(()) => self.remember(&k, 0, None),
+                Err(e) => {
+                    tracing::warn!(key = %k, error = %e, "limit slot not given back; it expires with its TTL")
+                }
+            }
+        }
+    }
+
+    /// Refreshes the TTL of every slot this node holds (with the heartbeat).
+    pub(crate) async fn refresh(&self) {
+        let held: Vec<(String, u64, Bytes)> = {
+            let h = self.held.lock().expect("held poisoned");
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.rev, v.value.clone()))
+                .collect()
+        };
+        for (k, rev, value) in held {
+            match put_if(&self.js, &self.state, &k, value.clone(), self.ttl, rev).await {
+                Ok(Some(new)) => {
+                    if let Some(h) = self.held.lock().expect("held poisoned").get_mut(&k) {
+                        h.rev = new;
+                    }
+                    self.remember(&k, new, Some(value));
+                }
+                Ok(None) => {
+                    // It expired (the node was paused or cut off longer than
+                    // its TTL) and may be someone else's now.
+                    tracing::warn!(key = %k, "limit slot lost (expired); not refreshed");
+                    self.held.lock().expect("held poisoned").remove(&k);
+                }
+                Err(e) => tracing::debug!(key = %k, error = %e, "limit slot not refreshed"),
+            }
+        }
+    }
+
+    /// The limit that held `task_id` back here lately, if one did.
+    pub(crate) fn throttled_by(&self, task_id: &str) -> Option<String> {
+        let t = self.throttled.lock().expect("throttled poisoned");
+        t.get(task_id)
+            .filter(|(_, at)| at.elapsed() < THROTTLED_FOR)
+            .map(|(l, _)| l.clone())
+    }
+
+    /// Hold-backs so far, by limit (for the heartbeat's metadata).
+    pub(crate) fn throttled_counts(&self) -> BTreeMap<String, u64> {
+        self.throttled_total
+            .lock()
+            .expect("throttled poisoned")
+            .clone()
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Applies every entry of a bucket (its current keys first), watching again
+/// with backoff when the watch's consumer is lost (a server died, it was
+/// deleted, the node was paused), until `shutdown`.
+async fn watch_loop(store: kv::Store, shutdown: Shutdown, apply: impl Fn(kv::Entry)) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let watch = tokio::select! {
+            _ = shutdown.wait() => return,
+            w = store.watch_with_history(">") => w,
+        };
+        match watch {
+            Ok(mut w) => loop {
+                let next = tokio::select! {
+                    _ = shutdown.wait() => return,
+                    e = w.next() => e,
+                };
+                match next {
+                    Some(Ok(e)) => {
+                        delay = Duration::from_millis(100);
+                        apply(e)
+                    }
+                    other => {
+                        tracing::warn!(ended = other.is_none(), bucket = %store.name, "limit watch lost; watching again");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "limit watch not started"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
