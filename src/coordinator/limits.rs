@@ -62,7 +62,7 @@ pub(crate) async fn running_by_limit(
     let mut keys = state.keys().await.map_err(Error::nats_source)?;
     while let Some(k) = keys.next().await {
         let k = k.map_err(Error::nats_source)?;
-        if let Some((limit, key)) = parse_limit_slot_key(&k) {
+        if let Some((limit, key, _)) = parse_limit_slot_key(&k) {
             *out.entry(limit.to_string())
                 .or_default()
                 .entry(key.to_string())

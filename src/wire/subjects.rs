@@ -323,11 +323,12 @@ pub fn limit_slot_key(limit_id: &str, limit_key: &str, index: u32) -> String {
 pub fn limit_rate_key(limit_id: &str, limit_key: &str) -> String {
     format!("rate.{limit_id}.{limit_key}")
 }
-/// The limit id and limit key of a slot key (inverse of [`limit_slot_key`]).
-pub fn parse_limit_slot_key(key: &str) -> Option<(&str, &str)> {
+/// The limit id, limit key and index of a slot key (inverse of
+/// [`limit_slot_key`]).
+pub fn parse_limit_slot_key(key: &str) -> Option<(&str, &str, u32)> {
     let mut t = key.split('.');
     match (t.next(), t.next(), t.next(), t.next(), t.next()) {
-        (Some("run"), Some(l), Some(k), Some(_), None) => Some((l, k)),
+        (Some("run"), Some(l), Some(k), Some(i), None) => Some((l, k, i.parse().ok()?)),
         _ => None,
     }
 }

@@ -19,7 +19,7 @@
 //! no limit costs nothing. A task held back goes back to its queue (see
 //! `attempt::hold_back`) and says `throttled_by` to `tasks.get`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use crate::store::limits::{
     limit_state_bucket, limits_bucket, parse_spec, put_if, read_key, release,
 };
 use crate::wire::protocol::{now_rfc3339, LimitSpec, DEFAULT_LIMIT_KEY};
-use crate::wire::subjects::{limit_rate_key, limit_slot_key, Subjects};
+use crate::wire::subjects::{limit_rate_key, limit_slot_key, parse_limit_slot_key, Subjects};
 
 /// How long a task held back by a full running limit waits before it is
 /// looked at again (plus up to as much jitter). Short, so that a slot given
@@ -45,8 +45,6 @@ const RUNNING_RETRY: Duration = Duration::from_millis(250);
 const MAX_WAIT: Duration = Duration::from_millis(750);
 /// Held-back tasks are reported as throttled for this long.
 const THROTTLED_FOR: Duration = Duration::from_secs(2);
-/// Slots above `max_running` still counted (a limit that was lowered).
-const LOWERED_SLOTS: u32 = 64;
 
 /// The slots one admitted task holds; give them back with
 /// [`Limits::give_back`] when its handler ends.
@@ -71,6 +69,72 @@ struct Held {
     value: Bytes,
 }
 
+/// The node's copy of `P-limit-state`.
+#[derive(Default)]
+struct StateCopy {
+    /// Last known revision and value (`None`: a marker) of each key.
+    keys: HashMap<String, (u64, Option<Bytes>)>,
+    /// Held slot indices by (limit id, limit key).
+    held: HashMap<(String, String), BTreeSet<u32>>,
+    /// Slot indices this node is taking right now (so that its concurrent
+    /// takers try different slots instead of racing for one).
+    taking: HashMap<(String, String), BTreeSet<u32>>,
+}
+
+impl StateCopy {
+    /// Records a key's revision and value, unless an older revision.
+    fn set(&mut self, key: &str, rev: u64, value: Option<Bytes>) {
+        let newer = self
+            .keys
+            .get(key)
+            .is_none_or(|(r, _)| *r <= rev || rev == 0);
+        if !newer {
+            return;
+        }
+        if let Some((limit, k, i)) = parse_limit_slot_key(key) {
+            let set = self.held.entry((limit.into(), k.into())).or_default();
+            if value.is_some() {
+                set.insert(i);
+            } else {
+                set.remove(&i);
+            }
+        }
+        self.keys.insert(key.to_string(), (rev, value));
+    }
+
+    fn get(&self, key: &str) -> (u64, Option<Bytes>) {
+        self.keys.get(key).cloned().unwrap_or((0, None))
+    }
+
+    /// Slots of `limit`/`key` held or being taken now (any index: slots
+    /// above a lowered `max_running` count too), and the lowest index below
+    /// `max` that is neither.
+    fn free_slot(&self, limit: &str, key: &str, max: u32) -> (usize, Option<u32>) {
+        let id = (limit.to_string(), key.to_string());
+        let (held, taking) = (self.held.get(&id), self.taking.get(&id));
+        let n = held.map_or(0, BTreeSet::len) + taking.map_or(0, BTreeSet::len);
+        let used =
+            |i: &u32| held.is_some_and(|h| h.contains(i)) || taking.is_some_and(|t| t.contains(i));
+        (n, (0..max).find(|i| !used(i)))
+    }
+
+    /// Marks the lowest free slot below `max` as being taken, if the limit
+    /// is not full; returns its index and last known revision.
+    fn start_taking(&mut self, limit: &str, key: &str, max: u32) -> Option<(u32, u64)> {
+        let (n, free) = self.free_slot(limit, key, max);
+        let i = free.filter(|_| n < max as usize)?;
+        let id = (limit.to_string(), key.to_string());
+        self.taking.entry(id).or_default().insert(i);
+        Some((i, self.get(&limit_slot_key(limit, key, i)).0))
+    }
+
+    fn done_taking(&mut self, limit: &str, key: &str, i: u32) {
+        if let Some(t) = self.taking.get_mut(&(limit.to_string(), key.to_string())) {
+            t.remove(&i);
+        }
+    }
+}
+
 /// The node's view of the limits and the slots it holds.
 pub(crate) struct Limits {
     js: jetstream::Context,
@@ -79,11 +143,13 @@ pub(crate) struct Limits {
     node_id: String,
     ttl: Duration,
     specs: RwLock<BTreeMap<String, LimitSpec>>,
-    /// Last known revision and value (`None`: marker) of state keys.
-    cache: Mutex<HashMap<String, (u64, Option<Bytes>)>>,
+    cache: Mutex<StateCopy>,
     held: Mutex<HashMap<String, Held>>,
     throttled: Mutex<HashMap<String, (String, Instant)>>,
     throttled_total: Mutex<BTreeMap<String, u64>>,
+    /// One token taker per bucket on this node at a time (each take needs
+    /// the revision the one before it wrote).
+    buckets: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Limits {
@@ -105,10 +171,11 @@ impl Limits {
             node_id: node_id.to_string(),
             ttl: Duration::from_secs(ttl.as_secs().max(1)),
             specs: RwLock::new(BTreeMap::new()),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(StateCopy::default()),
             held: Mutex::new(HashMap::new()),
             throttled: Mutex::new(HashMap::new()),
             throttled_total: Mutex::new(BTreeMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         });
         let mut keys = limits
             .specs_store
@@ -154,19 +221,11 @@ impl Limits {
 
     fn remember(&self, key: &str, rev: u64, value: Option<Bytes>) {
         let mut c = self.cache.lock().expect("limit cache poisoned");
-        let newer = c.get(key).is_none_or(|(r, _)| *r <= rev || rev == 0);
-        if newer {
-            c.insert(key.to_string(), (rev, value));
-        }
+        c.set(key, rev, value);
     }
 
     fn cached(&self, key: &str) -> (u64, Option<Bytes>) {
-        self.cache
-            .lock()
-            .expect("limit cache poisoned")
-            .get(key)
-            .cloned()
-            .unwrap_or((0, None))
+        self.cache.lock().expect("limit cache poisoned").get(key)
     }
 
     /// The limits a task of `queue` and `task_type` counts against.
@@ -252,18 +311,18 @@ impl Limits {
         .ok()?
         .into();
         for _ in 0..3 {
-            let mut free = None;
-            let mut held = 0;
-            for i in 0..max + LOWERED_SLOTS {
-                let k = limit_slot_key(limit, key, i);
-                match self.cached(&k) {
-                    (_, Some(_)) => held += 1,
-                    (rev, None) if i < max && free.is_none() => free = Some((k, rev)),
-                    _ => {}
-                }
-            }
-            let (k, rev) = free.filter(|_| held < max)?;
-            match put_if(&self.js, &self.state, &k, value.clone(), self.ttl, rev).await {
+            let (i, rev) = self
+                .cache
+                .lock()
+                .expect("limit cache poisoned")
+                .start_taking(limit, key, max)?;
+            let k = limit_slot_key(limit, key, i);
+            let put = put_if(&self.js, &self.state, &k, value.clone(), self.ttl, rev).await;
+            self.cache
+                .lock()
+                .expect("limit cache poisoned")
+                .done_taking(limit, key, i);
+            match put {
                 Ok(Some(new)) => {
                     self.remember(&k, new, Some(value.clone()));
                     let h = Held { rev: new, value };
@@ -285,10 +344,7 @@ impl Limits {
 
     async fn reread(&self, key: &str) -> Option<()> {
         let (rev, v) = read_key(&self.state, key).await.ok()?;
-        self.cache
-            .lock()
-            .expect("limit cache poisoned")
-            .insert(key.to_string(), (rev, v));
+        self.remember(key, rev, v);
         Some(())
     }
 
@@ -304,6 +360,14 @@ impl Limits {
         let interval = 1.0 / rate;
         let tolerance = burst as f64 * interval;
         let ttl = Duration::from_secs(tolerance.ceil() as u64 + 1);
+        let lock = {
+            let mut b = self.buckets.lock().expect("buckets poisoned");
+            if b.len() > 10_000 {
+                b.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            b.entry(k.clone()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
         for _ in 0..3 {
             let (rev, v) = self.cached(&k);
             let tat: f64 = v
@@ -429,5 +493,30 @@ async fn watch_loop(store: kv::Store, shutdown: Shutdown, apply: impl Fn(kv::Ent
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_copy_finds_the_lowest_free_slot_without_scanning_the_limit() {
+        let mut c = StateCopy::default();
+        let v = || Some(Bytes::from_static(b"{}"));
+        assert_eq!(c.free_slot("db", "A", 100_000), (0, Some(0)));
+        c.set("run.db.A.0", 1, v());
+        c.set("run.db.A.1", 2, v());
+        c.set("run.db.B.0", 3, v());
+        assert_eq!(c.free_slot("db", "A", 100_000), (2, Some(2)));
+        assert_eq!(c.free_slot("db", "A", 2), (2, None));
+        // Given back (a purge marker): free again; an older event is ignored.
+        c.set("run.db.A.0", 4, None);
+        c.set("run.db.A.0", 1, v());
+        assert_eq!(c.free_slot("db", "A", 2), (1, Some(0)));
+        // A slot above a lowered max still counts.
+        c.set("run.db.A.7", 5, v());
+        assert_eq!(c.free_slot("db", "A", 2), (2, Some(0)));
+        assert_eq!(c.get("run.db.A.0").0, 4);
     }
 }
