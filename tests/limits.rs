@@ -272,6 +272,27 @@ async fn invalid_limits_are_refused_and_a_deleted_limit_frees_its_tasks() {
     )
     .await;
     assert_eq!(v["code"], "invalid_value", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limit_key"), "{v}");
+    // A valid key is accepted by the API (and the CLI's --limit-key).
+    let v = api_raw(
+        &c,
+        "tasks.submit",
+        json!({"type": "echo", "limit_key": "tenant-1"}),
+    )
+    .await;
+    let id = v["task_id"].as_str().expect("submitted").to_string();
+    wait_done(&c, &id).await;
+    let o = jw_async(&[
+        "--nats-url",
+        &server.url(),
+        "submit",
+        "echo",
+        "--limit-key",
+        "t2",
+        "--wait",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = api_raw(&c, "limits.delete", json!({"limit_id": "nope"})).await;
     assert_eq!(v["code"], "not_found", "{v}");
     assert!(c.limits().await.unwrap().is_empty(), "nothing was stored");

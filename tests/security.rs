@@ -520,6 +520,33 @@ async fn failure_paths_need_no_more_permissions() {
         .expect("schedule as operator");
     assert_eq!(op.schedules().await.unwrap().len(), 1);
     op.schedule_delete("sec").await.expect("delete as operator");
+    // A limit set by the operator holds a submitter's task back: the nodes
+    // read the limit, take and give back slots and tokens, and answer the
+    // lookup of a throttled task with their own keys.
+    let spec = serde_json::from_value(json!({"limit_id": "sec", "type": "sleep",
+        "max_running": 1, "per_second": 50}))
+    .unwrap();
+    op.limit_set(&spec).await.expect("limit as operator");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = submit(json!({"type": "sleep", "payload": {"ms": 1500}, "limit_key": "K"})).await;
+    let second = submit(json!({"type": "sleep", "payload": {"ms": 10}, "limit_key": "K"})).await;
+    wait_for(
+        "the second task throttled",
+        Duration::from_secs(10),
+        || async {
+            (sub.get(&second).await.ok()?.throttled_by.as_deref() == Some("sec")).then_some(())
+        },
+    )
+    .await;
+    let a = sub.wait(&first, Duration::from_secs(20)).await.unwrap();
+    let b = sub.wait(&second, Duration::from_secs(20)).await.unwrap();
+    assert!(
+        ts(&json!(b.started_at)) >= ts(&json!(a.finished_at)),
+        "{a:?} {b:?}"
+    );
+    op.limit_delete("sec")
+        .await
+        .expect("limit delete as operator");
     // The operator acts on it: list and requeue (the coordinator reads the
     // DLQ, publishes the new task and deletes the letter).
     assert_eq!(op.dlq_list(None, None).await.unwrap().total, 1);

@@ -524,6 +524,7 @@ impl SubmitRequest {
         "max_attempts",
         "backoff_s",
         "not_before",
+        "limit_key",
         "queue",
         "priority",
     ];
