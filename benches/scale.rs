@@ -82,6 +82,9 @@ async fn main() {
         active_tasks: 0,
         started_at: now_rfc3339(),
         last_heartbeat_at: now_rfc3339(),
+        state: Default::default(),
+        uptime_s: 0.0,
+        available: true,
         metadata: Default::default(),
     };
     println!("scale: {count} simulated nodes, heartbeat + discovery refresh every 1 s each, one server, one coordinator");

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub metadata: BTreeMap<String, String>,
     /// Checkpoints kept per task.
     pub checkpoints_keep: usize,
+    /// Bound on one attempt of a task that sets no `timeout_s` (none by
+    /// default: such a task may run as long as it keeps its lease).
+    pub task_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -108,6 +111,7 @@ impl NodeConfig {
             processes: vec![],
             metadata: BTreeMap::new(),
             checkpoints_keep: 10,
+            task_timeout: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl NodeConfig {
             url: Option<String>,
             metadata: Option<BTreeMap<String, String>>,
             checkpoints_keep: Option<usize>,
+            task_timeout_s: Option<f64>,
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -177,6 +182,9 @@ impl NodeConfig {
         c.metadata = n.metadata.unwrap_or_default();
         if let Some(k) = n.checkpoints_keep {
             c.checkpoints_keep = k;
+        }
+        if let Some(v) = n.task_timeout_s {
+            c.task_timeout = Some(secs("task_timeout_s", v)?);
         }
         c.handlers = f.handler;
         c.processes = f.process;

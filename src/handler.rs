@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -138,11 +138,21 @@ impl TaskContext {
 
     /// Saves a checkpoint of this task (contract §8).
     pub async fn checkpoint(&self, payload: Value) -> Result<CheckpointRecord, HandlerError> {
+        self.checkpoint_with(payload, Map::new()).await
+    }
+
+    /// Saves a checkpoint with `metadata` (kept in the record's `metadata`,
+    /// e.g. `{"cursor": "2026-12-01", "model": "v3"}`) next to its payload.
+    pub async fn checkpoint_with(
+        &self,
+        payload: Value,
+        metadata: Map<String, Value>,
+    ) -> Result<CheckpointRecord, HandlerError> {
         let cp = self
             .checkpoints
             .as_ref()
             .ok_or_else(|| HandlerError::retry("checkpoints are not available here"))?;
-        cp.save(self, payload, Default::default())
+        cp.save(self, payload, metadata)
             .await
             .map_err(|e| HandlerError::retry(e.to_string()))
     }

@@ -220,3 +220,37 @@ async fn shard_checkpoints_name_their_run_and_shard() {
     assert_eq!(raw["node_id"], "n1");
     assert_eq!(raw["payload"], json!({"done": 3}));
 }
+
+/// A handler sets a checkpoint's metadata with `ctx.checkpoint_with`; it is
+/// stored in the record next to the payload (seed 002).
+#[tokio::test]
+async fn a_handler_sets_checkpoint_metadata() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let mut node = jetweave::Node::new(node_config("n1"));
+    node.handler("cursor", |ctx, _payload| async move {
+        let mut meta = serde_json::Map::new();
+        meta.insert("cursor".into(), json!("2026-12-01"));
+        ctx.checkpoint_with(json!({"done": 1}), meta).await?;
+        Ok(json!("saved"))
+    });
+    let _n = start_node_with(&server, node).await;
+    publish_task(
+        &nats,
+        "weave.tasks.default.normal",
+        Some("with-meta"),
+        json!({"type": "cursor"}),
+    )
+    .await;
+    let api = api_client(&server).await;
+    let r = api
+        .wait("with-meta", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.result, json!("saved"), "{r:?}");
+    let s = Subjects::new("weave").unwrap();
+    let cp = Checkpoints::open(nats, &s, 5, 1).await.unwrap();
+    let rec = cp.latest("with-meta").await.unwrap().expect("a checkpoint");
+    assert_eq!(rec.payload, json!({"done": 1}));
+    assert_eq!(rec.metadata.get("cursor"), Some(&json!("2026-12-01")));
+}

@@ -364,3 +364,48 @@ async fn first_audit(client: &async_nats::Client, kind: &str, d: Duration) -> se
     })
     .await
 }
+
+/// Entries and heartbeats say whether a node is idle or busy, how long it
+/// has been up, and whether it would take a task now (seed 003).
+#[tokio::test]
+async fn entries_say_idle_or_busy_uptime_and_availability() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let mut cfg = node_config("n1");
+    cfg.concurrency = 1;
+    let _n = start_node(&server, cfg).await;
+    let e = node_entry(&nats, "n1").await.expect("entry");
+    assert_eq!(
+        (e["state"].as_str(), e["available"].as_bool()),
+        (Some("idle"), Some(true)),
+        "{e}"
+    );
+    let mut beats = nats.subscribe("weave.node.n1.heartbeat").await.unwrap();
+    run_sleep_task(&nats, "n1", "busy-1", 3000).await;
+    let e = wait_for("entry busy", Duration::from_secs(5), || async {
+        let e = node_entry(&nats, "n1").await?;
+        (e["state"] == "busy").then_some(e)
+    })
+    .await;
+    assert_eq!(e["available"], false, "its only slot is taken: {e}");
+    assert!(e["uptime_s"].as_f64().unwrap() > 0.0, "{e}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let beat = loop {
+        assert!(Instant::now() < deadline, "no busy heartbeat");
+        let m = tokio::time::timeout(Duration::from_secs(2), beats.next())
+            .await
+            .expect("a heartbeat")
+            .expect("subscription open");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["state"] == "busy" {
+            break v;
+        }
+    };
+    assert_eq!(beat["available"], false, "{beat}");
+    let e = wait_for("idle again", Duration::from_secs(10), || async {
+        let e = node_entry(&nats, "n1").await?;
+        (e["state"] == "idle" && e["available"] == true).then_some(e)
+    })
+    .await;
+    assert!(e["uptime_s"].as_f64().unwrap() >= 3.0, "{e}");
+}

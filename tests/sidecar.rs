@@ -333,6 +333,14 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
     let (_c, _n) = cluster(&server).await;
     let a = sidecar(&server, &[]).await;
     let b = sidecar(&server, &["--auth-token", "s3cret"]).await;
+    // /health on a sidecar without --node: its own health and what it sees.
+    let (st, h) = call("GET", &format!("{}/health", a.base), None).await;
+    assert_eq!((st, h["status"].as_str()), (200, Some("healthy")), "{h}");
+    assert_eq!(
+        (h["node_id"].clone(), h["healthy_nodes"].as_u64()),
+        (json!(null), Some(1)),
+        "{h}"
+    );
 
     // Native task routes.
     let nats = server.client().await;

@@ -1296,3 +1296,25 @@ async fn stream_outage(nats: &async_nats::Client, name: &str, d: Duration) {
     tokio::time::sleep(d).await;
     restore_stream(nats, config).await;
 }
+
+/// `--task-timeout` bounds an attempt of a task that sets no `timeout_s`;
+/// a task's own `timeout_s` wins (seed 002).
+#[tokio::test]
+async fn a_nodes_default_task_timeout_bounds_tasks_without_their_own() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let mut cfg = node_config("n1");
+    cfg.task_timeout = Some(Duration::from_millis(500));
+    let _n = start_node(&server, cfg).await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    let body = json!({"type": "sleep", "payload": {"ms": 5000}, "max_attempts": 1});
+    publish_task(&nats, "weave.tasks.default.normal", Some("bounded"), body).await;
+    let body = json!({"type": "sleep", "payload": {"ms": 1000}, "timeout_s": 3});
+    publish_task(&nats, "weave.tasks.default.normal", Some("own"), body).await;
+    let r = api.wait("bounded", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Timeout, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("0.500"), "{r:?}");
+    let r = api.wait("own", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+}

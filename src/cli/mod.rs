@@ -344,6 +344,10 @@ pub struct NodeArgs {
     /// URL of this node's HTTP sidecar, advertised in discovery.
     #[arg(long, env = "JETWEAVE_URL")]
     pub url: Option<String>,
+    /// Default bound in seconds on one attempt of a task that sets no
+    /// `timeout_s` (default: none).
+    #[arg(long, env = "JETWEAVE_TASK_TIMEOUT")]
+    pub task_timeout: Option<f64>,
     /// TOML config file.
     #[arg(long, env = "JETWEAVE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -393,6 +397,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.ack_wait {
             c.ack_wait = whole_secs("--ack-wait", v)?;
+        }
+        if let Some(v) = self.task_timeout {
+            c.task_timeout = Some(secs("--task-timeout", v)?);
         }
         if let Some(v) = &self.url {
             c.url = Some(v.clone());

@@ -220,7 +220,6 @@ pub async fn serve(
 
 fn node_routes() -> Router<AppState> {
     Router::new()
-        .route("/health", get(health))
         .route("/status", get(status))
         .route("/processes", get(processes))
         .route("/processes/{name}/status", get(process_status))
@@ -237,6 +236,7 @@ fn router(app: AppState) -> Router {
         .route("/tasks/{id}", get(task_get))
         .route("/tasks/{id}/result", get(task_result))
         .route("/tasks/{id}/cancel", post(task_cancel))
+        .route("/health", get(health))
         .route("/cluster/status", get(cluster_status))
         .route("/nodes", get(nodes))
         .route("/nodes/{node}/drain", post(node_drain))

@@ -79,9 +79,26 @@ pub(super) async fn process_verb_impl(
     }
 }
 
-#[utoipa::path(get, path = "/health", tag = "per-node", responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+#[utoipa::path(get, path = "/health", tag = "per-node", responses((status = 200, description = "{status, node_id, process_count}; on a sidecar without --node its own health: node_id null, total_nodes, healthy_nodes, leader"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn health(State(app): State<AppState>) -> ApiResult {
-    health_impl(&app, &this_node(&app)?).await
+    match app.cfg.node.clone() {
+        Some(node) => health_impl(&app, &node).await,
+        None => cluster_health(&app).await,
+    }
+}
+
+/// `/health` of a sidecar without `--node`: the sidecar reaches NATS and
+/// the API answers (else 503); what it sees of the cluster.
+async fn cluster_health(app: &App) -> ApiResult {
+    let st = app.client.cluster_status().await.map_err(ApiError::from)?;
+    ok(json!({
+        "status": "healthy",
+        "node_id": null,
+        "process_count": st.total_processes,
+        "total_nodes": st.total_nodes,
+        "healthy_nodes": st.healthy_nodes,
+        "leader": st.leader,
+    }))
 }
 #[utoipa::path(get, path = "/status", tag = "per-node", responses((status = 200, description = "the node's full status"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn status(State(app): State<AppState>) -> ApiResult {
@@ -106,7 +123,7 @@ pub(super) async fn process_verb(
 ) -> ApiResult {
     process_verb_impl(&app, &this_node(&app)?, &name, &verb, body).await
 }
-#[utoipa::path(get, path = "/nodes/{node}/health", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{status, node_id, process_count}"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
+#[utoipa::path(get, path = "/nodes/{node}/health", tag = "per-node", params(("node" = String, Path, description = "node id")), responses((status = 200, description = "{status, node_id, process_count}; on a sidecar without --node its own health: node_id null, total_nodes, healthy_nodes, leader"), (status = 404, description = "unknown node"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn health_of(State(app): State<AppState>, Path(node): Path<String>) -> ApiResult {
     health_impl(&app, &node).await
 }

@@ -239,6 +239,9 @@ impl Discovery for KvDiscovery {
             active_tasks: 0,
             started_at: now.clone(),
             last_heartbeat_at: now,
+            state: Default::default(),
+            uptime_s: 0.0,
+            available: true,
             metadata,
         };
         self.put_info(&info).await.map(|_| ())

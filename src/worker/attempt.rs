@@ -561,7 +561,10 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
     // bookkeeping (slot, running set) down with it.
     let run = invoke(handler, ctx, d.env.payload.clone());
     tokio::pin!(run);
-    let deadline = d.env.timeout();
+    // The task's own bound, else the node's default (`--task-timeout`;
+    // not for run shards, which checkpoint and may run long).
+    let default = s.cfg.task_timeout.filter(|_| d.shard.is_none());
+    let deadline = d.env.timeout().or(default);
     let timeout = async {
         match deadline {
             Some(t) => tokio::time::sleep(t).await,

@@ -51,7 +51,7 @@ use crate::store::discovery::{ClusterView, KvDiscovery};
 use crate::wire::protocol::{error_body, json_body};
 use crate::wire::protocol::{
     now_rfc3339, parse_object, EventInjected, EventOutcome, EventRequest, Health, Heartbeat,
-    NoFields, NodeInfo,
+    NoFields, NodeInfo, WorkerState,
 };
 use crate::wire::subjects::{Subjects, NODE_SERVICE};
 use process::Processes;
@@ -100,6 +100,8 @@ pub(crate) struct NodeState {
     pub cancelled: Mutex<HashSet<String>>,
     pub processes: Processes,
     pub started_at: String,
+    /// When the node started (monotonic, for `uptime_s`).
+    pub started: std::time::Instant,
     /// Ends every loop of the node; only the lifecycle triggers it.
     pub shutdown: Shutdown,
     /// The stop request; the lifecycle task carries it out.
@@ -190,6 +192,9 @@ impl NodeState {
             active_tasks: self.active.load(Ordering::Relaxed),
             started_at: self.started_at.clone(),
             last_heartbeat_at: now_rfc3339(),
+            state: WorkerState::of(self.active.load(Ordering::Relaxed)),
+            uptime_s: self.uptime_s(),
+            available: self.available(),
             metadata,
         }
     }
@@ -209,8 +214,23 @@ impl NodeState {
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             last_heartbeat_at: now_rfc3339(),
+            state: WorkerState::of(self.active.load(Ordering::Relaxed)),
+            uptime_s: self.uptime_s(),
+            available: self.available(),
             metadata,
         }
+    }
+
+    /// Seconds since the node started, to the millisecond.
+    fn uptime_s(&self) -> f64 {
+        (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    /// Healthy with a free slot (a supervisor runs no tasks: never).
+    fn available(&self) -> bool {
+        self.health() == Health::Healthy
+            && self.cfg.role != crate::wire::protocol::Role::Supervisor
+            && self.active.load(Ordering::Relaxed) < self.cfg.concurrency
     }
 
     /// Publishes an audit event to `P.events.<kind>` (stream `P_EVENTS`).
@@ -326,6 +346,7 @@ impl Node {
             cancelled: Mutex::new(HashSet::new()),
             processes,
             started_at: now_rfc3339(),
+            started: std::time::Instant::now(),
             shutdown: node_shutdown.clone(),
             stop_requested: Shutdown::new(),
             stop_deadline: Mutex::new(DEFAULT_SHUTDOWN_DEADLINE),

@@ -162,6 +162,30 @@ impl Health {
     }
 }
 
+/// What a worker is doing (seed 003): `idle` when nothing runs on it,
+/// `busy` when something does (next to `health`, which says whether it
+/// takes work).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Nothing running.
+    #[default]
+    Idle,
+    /// At least one task, shard or event running.
+    Busy,
+}
+
+impl WorkerState {
+    /// `busy` when anything runs.
+    pub fn of(active_tasks: u32) -> Self {
+        if active_tasks > 0 {
+            WorkerState::Busy
+        } else {
+            WorkerState::Idle
+        }
+    }
+}
+
 /// The discovery entry of a node (contract §1), the value under the node id
 /// in the `P-nodes` KV bucket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,6 +214,15 @@ pub struct NodeInfo {
     pub started_at: String,
     /// When the entry was last refreshed.
     pub last_heartbeat_at: String,
+    /// `idle` or `busy` (added to the contract's fields).
+    #[serde(default)]
+    pub state: WorkerState,
+    /// Seconds since the node started (added).
+    #[serde(default)]
+    pub uptime_s: f64,
+    /// Healthy with a free slot: it would take a task now (added).
+    #[serde(default)]
+    pub available: bool,
     /// Free-form; jetweave puts `handlers` (task types) here.
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -229,6 +262,15 @@ pub struct Heartbeat {
     pub failed: u64,
     /// When this heartbeat was sent.
     pub last_heartbeat_at: String,
+    /// `idle` or `busy` (added to the contract's fields).
+    #[serde(default)]
+    pub state: WorkerState,
+    /// Seconds since the node started (added).
+    #[serde(default)]
+    pub uptime_s: f64,
+    /// Healthy with a free slot (added).
+    #[serde(default)]
+    pub available: bool,
     /// Free-form; jetweave puts `running_by_queue` here.
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -797,12 +839,16 @@ mod tests {
                 active_tasks: 2,
                 started_at: at.clone(),
                 last_heartbeat_at: at.clone(),
+                state: WorkerState::Busy,
+                uptime_s: 12.5,
+                available: false,
                 metadata: meta.clone(),
             },
             json!({"node_id": "n1", "role": "hybrid", "hostname": "h", "pid": 1,
                 "url": null, "queues": ["default"], "capabilities": ["gpu"],
                 "max_concurrency": 8, "health": "draining", "active_tasks": 2,
-                "started_at": at, "last_heartbeat_at": at, "metadata": {"k": "v"}}),
+                "started_at": at, "last_heartbeat_at": at, "state": "busy",
+                "uptime_s": 12.5, "available": false, "metadata": {"k": "v"}}),
         );
         assert_wire(
             Heartbeat {
@@ -814,11 +860,15 @@ mod tests {
                 completed: 5,
                 failed: 6,
                 last_heartbeat_at: at.clone(),
+                state: WorkerState::Busy,
+                uptime_s: 3.0,
+                available: true,
                 metadata: Map::new(),
             },
             json!({"node_id": "n1", "health": "healthy", "active_tasks": 1,
                 "max_concurrency": 4, "queues": ["q"], "completed": 5, "failed": 6,
-                "last_heartbeat_at": at, "metadata": {}}),
+                "last_heartbeat_at": at, "state": "busy", "uptime_s": 3.0,
+                "available": true, "metadata": {}}),
         );
     }
 
