@@ -138,6 +138,28 @@ async fn retries_dead_letters_and_timeouts() {
     assert_eq!(dl["task_id"], json!(id));
     assert_eq!(dl["error"], "planned failure");
     assert_eq!(dl["envelope"]["type"], "fail");
+    // The audit log has the failed attempt and the death (seed 002/003),
+    // and nothing for the tasks that completed.
+    let failed: Vec<Value> = audit_events(&nats, "task.failed")
+        .await
+        .into_iter()
+        .filter(|e| e["details"]["task_id"] == json!(id))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["details"]["attempt"], 1);
+    assert_eq!(failed[0]["details"]["error"], "planned failure");
+    let dead = wait_for("task.dead", Duration::from_secs(5), || async {
+        let v = audit_events(&nats, "task.dead").await;
+        v.into_iter().find(|e| e["details"]["task_id"] == json!(id))
+    })
+    .await;
+    assert_eq!(
+        (
+            dead["details"]["attempts"].as_u64(),
+            dead["details"]["status"].as_str()
+        ),
+        (Some(2), Some("dead"))
+    );
 
     // timeout_s cancels a sleep; the last attempt ends `timeout`.
     let mut req = submit_req("sleep", json!({"ms": 5000}));
@@ -355,6 +377,17 @@ async fn a_dead_nodes_task_is_finished_by_another_node() {
     assert_eq!(r.node_id.as_deref(), Some("survivor"));
     assert_eq!(r.attempts, 1, "a lost lease is not an attempt");
     assert_eq!(r.lost_leases, 1, "{r:?}");
+    let nats = server.client().await;
+    let ev = audit_events(&nats, "task.redelivered").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["node_id"], "survivor");
+    assert_eq!(
+        (
+            ev[0]["details"]["deliveries"].as_u64(),
+            ev[0]["details"]["failed_attempts"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
     eprintln!("finished elsewhere {took:?} after kill -9 (ack_wait 2 s + 3 s task)");
     assert!(took <= Duration::from_millis(5500), "took {took:?}");
 }

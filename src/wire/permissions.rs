@@ -172,6 +172,8 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         // Only to itself, at start: "is a node with my id alive already?"
         s.ctl(id, "ping"),
         s.audit("node.*"),
+        // task.failed, task.dead, task.redelivered.
+        s.audit("task.*"),
         s.event_outcome(id, "*"),
         s.result("*"),
         s.dlq("*"),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -59,8 +59,8 @@ pub(super) enum Verdict {
     /// The lease is gone and another delivery owns the task: settle
     /// nothing (a NAK from a stale delivery must not disturb the live one).
     Abandon,
-    /// A failed attempt with attempts left: NAK after its backoff.
-    Retry,
+    /// A failed attempt with attempts left (its error): NAK after its backoff.
+    Retry(String),
     /// The terminal result; `dead` ones also get a DLQ copy.
     Final {
         status: TaskStatus,
@@ -88,7 +88,7 @@ pub(super) async fn run_task(
     s.limits.give_back(taken).await;
     let verdict = classify(outcome, d.attempt, d.env.max_attempts());
     let failed_attempt = match &verdict {
-        Verdict::Retry => true,
+        Verdict::Retry(_) => true,
         Verdict::Final { status, .. } => {
             !matches!(status, TaskStatus::Completed | TaskStatus::Cancelled)
         }
@@ -112,7 +112,7 @@ pub(super) fn classify(outcome: Outcome, attempt: u32, max_attempts: u32) -> Ver
                 dead: true,
             }
         } else {
-            Verdict::Retry
+            Verdict::Retry(error)
         }
     };
     match outcome {
@@ -156,9 +156,17 @@ async fn conclude(
     let (status, result, error, dead) = match verdict {
         Verdict::Return => return settle(&d.msg, AckKind::Nak(None)).await,
         Verdict::Abandon => return,
-        Verdict::Retry => {
+        Verdict::Retry(error) => {
             count_failed(s, &d, false).await;
             let delay = d.env.backoff(d.attempt);
+            let details = json!({"task_id": d.task_id, "queue": d.queue, "type": d.env.task_type,
+                "attempt": d.attempt, "error": error, "retry_in_s": delay.as_secs_f64()});
+            s.audit_once(
+                "task.failed",
+                details,
+                &format!("{}:{}", d.task_id, d.attempt),
+            )
+            .await;
             tracing::debug!(task_id = %d.task_id, attempt = d.attempt, ?delay, "attempt failed; retrying");
             return settle(&d.msg, AckKind::Nak(Some(delay))).await;
         }
@@ -278,6 +286,7 @@ async fn admit(
         shard,
         msg,
     };
+    report_redelivery(s, &d).await;
     if skip_cancelled(s, &d).await || skip_finished(s, &d).await || defer_delayed(s, &d).await {
         return None;
     }
@@ -342,6 +351,24 @@ fn priority_of(msg: &jetstream::Message) -> Priority {
         .next()
         .and_then(|p| p.parse::<Priority>().ok())
         .unwrap_or_default()
+}
+
+/// Audits a delivery that is not the first and not a retry of a failed
+/// attempt: the task's lease expired (its node died, paused or was cut
+/// off) or its node stopped and handed it back. Tasks a limit may have
+/// held back (a NAK is a delivery too) are not reported: that would be a
+/// write per hold-back.
+async fn report_redelivery(s: &NodeState, d: &Delivery) {
+    if d.deliveries <= d.attempt || d.shard.is_some() {
+        return;
+    }
+    if s.limits.applies_to(&d.queue, &d.env.task_type) {
+        return;
+    }
+    let details = json!({"task_id": d.task_id, "queue": d.queue, "type": d.env.task_type,
+        "deliveries": d.deliveries, "failed_attempts": d.attempt - 1});
+    let once = format!("{}:{}", d.task_id, d.deliveries);
+    s.audit_once("task.redelivered", details, &once).await;
 }
 
 /// Deliveries allowed per task: attempts plus lost leases. A task whose
@@ -807,7 +834,13 @@ async fn dead_end(
         started_at,
         0.0,
     );
-    store_durably(s, &d.msg, &r).await.is_ok()
+    let stored = store_durably(s, &d.msg, &r).await.is_ok();
+    if stored {
+        let details = json!({"task_id": task_id, "queue": queue, "type": d.env.task_type,
+            "attempts": attempts, "status": status, "error": error});
+        s.audit_once("task.dead", details, task_id).await;
+    }
+    stored
 }
 
 /// A terminal result written by this node. Deliveries beyond the
@@ -873,7 +906,7 @@ mod tests {
         // A retryable error retries until the last attempt, then is dead.
         assert_eq!(
             classify(done(Err(HandlerError::retry("x"))), 2, 3),
-            Verdict::Retry
+            Verdict::Retry("x".into())
         );
         let v = classify(done(Err(HandlerError::retry("x"))), 3, 3);
         assert_eq!(
@@ -888,7 +921,7 @@ mod tests {
         // A timeout is a failure: retried, and `timeout` when it was the last.
         assert_eq!(
             classify(Outcome::TimedOut(Duration::from_secs(1)), 1, 2),
-            Verdict::Retry
+            Verdict::Retry("timed out after 1.000 s".into())
         );
         let v = classify(Outcome::TimedOut(Duration::from_millis(1500)), 2, 2);
         assert!(
@@ -897,7 +930,7 @@ mod tests {
         );
         assert_eq!(
             classify(Outcome::Cancelled(CancelReason::Timeout), 1, 3),
-            Verdict::Retry
+            Verdict::Retry("timed out".into())
         );
         // A user's cancel is final; a shutdown is not the task's fault.
         let v = classify(Outcome::Cancelled(CancelReason::User), 1, 3);

@@ -241,6 +241,12 @@ impl Limits {
             .collect()
     }
 
+    /// Whether any limit matches tasks of `queue` and `task_type`.
+    pub(crate) fn applies_to(&self, queue: &str, task_type: &str) -> bool {
+        let specs = self.specs.read().expect("limits poisoned");
+        specs.values().any(|s| s.matches(queue, task_type))
+    }
+
     /// Takes what the task needs to start now, or says why it waits.
     pub(crate) async fn admit(
         &self,

@@ -246,6 +246,21 @@ impl NodeState {
         .await
     }
 
+    /// Like [`Self::audit`], stored once per `once_key` (a retried report
+    /// is de-duplicated by `Nats-Msg-Id`).
+    pub(crate) async fn audit_once(&self, kind: &str, details: Value, once_key: &str) {
+        crate::store::audit::publish_audit_once(
+            &self.js,
+            &self.subjects,
+            kind,
+            Some(&self.cfg.node_id),
+            None,
+            details,
+            once_key,
+        )
+        .await
+    }
+
     fn ctl_ok(&self, mut extra: Map<String, Value>) -> Value {
         extra.insert("ok".into(), json!(true));
         extra.insert("node_id".into(), json!(self.cfg.node_id));

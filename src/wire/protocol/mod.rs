@@ -929,6 +929,7 @@ mod tests {
                 max_attempts: Some(2),
                 backoff_s: Some(vec![0.5]),
                 not_before: Some("2026-01-02T03:04:05Z".into()),
+                limit_key: Some("k".into()),
                 ..TaskEnvelope::new("echo", json!(1))
             },
             queue: Some("q".into()),
