@@ -51,6 +51,94 @@ pub struct ProcessSpec {
     /// Start with the node (default true).
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// Inject an event every this many seconds while the process runs.
+    #[serde(default)]
+    pub every_s: Option<f64>,
+    /// Or on this cron expression (five fields, minute first, as crontab;
+    /// or six, seconds first).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// The payload of the events a trigger injects (default null).
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+/// When a process's trigger fires.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// Every period.
+    Every(Duration),
+    /// On a cron schedule.
+    Cron(Box<cron::Schedule>),
+}
+
+impl Trigger {
+    /// How long from now until it fires next.
+    pub fn next_in(&self) -> Duration {
+        match self {
+            Trigger::Every(d) => *d,
+            Trigger::Cron(s) => s
+                .upcoming(chrono::Utc)
+                .next()
+                .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(60)),
+        }
+    }
+
+    /// `every` or `cron`, as the events it injects name their trigger.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Every(_) => "every",
+            Trigger::Cron(_) => "cron",
+        }
+    }
+}
+
+impl ProcessSpec {
+    /// A process bound to `handler`, started with the node, no trigger.
+    pub fn new(name: impl Into<String>, handler: impl Into<String>) -> Self {
+        ProcessSpec {
+            name: name.into(),
+            handler: handler.into(),
+            autostart: true,
+            every_s: None,
+            cron: None,
+            payload: serde_json::Value::Null,
+        }
+    }
+
+    /// Its trigger, if it has one; an error for an invalid one.
+    pub fn trigger(&self) -> Result<Option<Trigger>, Error> {
+        match (self.every_s, self.cron.as_deref()) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(Error::Config(format!(
+                "process {:?}: give every_s or cron, not both",
+                self.name
+            ))),
+            (Some(s), None) => {
+                if !(s.is_finite() && s >= 0.1) {
+                    return Err(Error::Config(format!(
+                        "process {:?}: every_s must be >= 0.1, got {s}",
+                        self.name
+                    )));
+                }
+                Ok(Some(Trigger::Every(Duration::from_secs_f64(s))))
+            }
+            (None, Some(c)) => {
+                let fields = c.split_whitespace().count();
+                // crontab's five fields (minute first) get second 0.
+                let six = if fields == 5 {
+                    format!("0 {c}")
+                } else {
+                    c.to_string()
+                };
+                let sched = <cron::Schedule as std::str::FromStr>::from_str(&six).map_err(|e| {
+                    Error::Config(format!("process {:?}: invalid cron {c:?}: {e}", self.name))
+                })?;
+                Ok(Some(Trigger::Cron(Box::new(sched))))
+            }
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -221,6 +309,10 @@ impl NodeConfig {
                 self.node_ttl, self.heartbeat_interval
             )));
         }
+        for p in &self.processes {
+            validate_id("process name", &p.name)?;
+            p.trigger()?;
+        }
         if self.ack_wait.as_secs() < 1 {
             return Err(Error::Config("ack_wait must be >= 1 s".into()));
         }
@@ -294,6 +386,34 @@ pub fn whole_secs(what: &str, v: f64) -> Result<Duration, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_triggers_are_checked() {
+        let c = NodeConfig::from_toml(
+            "[node]\nnode_id = \"n1\"\n[[process]]\nname = \"p\"\nhandler = \"echo\"\ncron = \"*/5 * * * *\"\n",
+        )
+        .expect("five-field cron");
+        assert!(matches!(
+            c.processes[0].trigger(),
+            Ok(Some(Trigger::Cron(_)))
+        ));
+        let t = c.processes[0].trigger().unwrap().unwrap();
+        assert!(t.next_in() <= Duration::from_secs(300));
+        let bad = |f: fn(&mut ProcessSpec)| {
+            let mut p = ProcessSpec::new("p", "echo");
+            f(&mut p);
+            let mut c = NodeConfig::new("n1");
+            c.processes = vec![p];
+            c.validate().is_err()
+        };
+        assert!(bad(|p| p.cron = Some("often".into())));
+        assert!(bad(|p| p.every_s = Some(0.0)));
+        assert!(bad(|p| {
+            p.every_s = Some(1.0);
+            p.cron = Some("* * * * *".into());
+        }));
+        assert!(!bad(|p| p.every_s = Some(2.0)));
+    }
 
     #[test]
     fn parses_the_contract_example() {

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     ProcessStopped,
     /// The task already has a terminal result.
     AlreadyFinished,
+    /// Something with that name exists already (a process to add).
+    AlreadyExists,
     /// The operation is refused while the node drains.
     Draining,
     /// A number outside the allowed range (a pool's `[min, max]`).
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::ProcessStopped => "process_stopped",
             ErrorCode::AlreadyFinished => "already_finished",
+            ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Draining => "draining",
             ErrorCode::OutOfRange => "out_of_range",
             ErrorCode::Nats => "nats",
@@ -90,9 +93,10 @@ impl ErrorCode {
             | ErrorCode::UnknownTask
             | ErrorCode::UnknownRun
             | ErrorCode::NotFound => ErrorKind::NotFound,
-            ErrorCode::ProcessStopped | ErrorCode::AlreadyFinished | ErrorCode::Draining => {
-                ErrorKind::Conflict
-            }
+            ErrorCode::ProcessStopped
+            | ErrorCode::AlreadyFinished
+            | ErrorCode::AlreadyExists
+            | ErrorCode::Draining => ErrorKind::Conflict,
             ErrorCode::Nats => ErrorKind::Unavailable,
             ErrorCode::Timeout => ErrorKind::Timeout,
             ErrorCode::PermissionDenied | ErrorCode::NotAllowed => ErrorKind::Forbidden,

@@ -290,11 +290,7 @@ fn local_node_config(opts: &UpOptions) -> NodeConfig {
             http: None,
         });
     }
-    cfg.processes.push(ProcessSpec {
-        name: "watcher".into(),
-        handler: "echo".into(),
-        autostart: true,
-    });
+    cfg.processes.push(ProcessSpec::new("watcher", "echo"));
     cfg
 }
 

@@ -151,21 +151,12 @@ async fn processes_start_stop_restart_and_take_events() {
     let client = server.client().await;
     let mut cfg = node_config("p1");
     cfg.processes = vec![
+        ProcessSpec::new("watcher", "echo"),
         ProcessSpec {
-            name: "watcher".into(),
-            handler: "echo".into(),
-            autostart: true,
-        },
-        ProcessSpec {
-            name: "idle".into(),
-            handler: "echo".into(),
             autostart: false,
+            ..ProcessSpec::new("idle", "echo")
         },
-        ProcessSpec {
-            name: "broken".into(),
-            handler: "nope".into(),
-            autostart: true,
-        },
+        ProcessSpec::new("broken", "nope"),
     ];
     let node = start_node(&server, cfg).await;
 
@@ -240,11 +231,7 @@ async fn bad_input_gets_error_replies_and_the_node_keeps_serving() {
     let server = NatsServer::start();
     let client = server.client().await;
     let mut cfg = node_config("b1");
-    cfg.processes = vec![ProcessSpec {
-        name: "w".into(),
-        handler: "echo".into(),
-        autostart: true,
-    }];
+    cfg.processes = vec![ProcessSpec::new("w", "echo")];
     let node = start_node(&server, cfg).await;
     let mut noise = vec![0u8; 512 * 1024];
     for (i, b) in noise.iter_mut().enumerate() {
@@ -413,11 +400,7 @@ async fn every_control_reply_names_the_node_and_its_health() {
     let server = NatsServer::start();
     let client = server.client().await;
     let mut cfg = node_config("r1");
-    cfg.processes = vec![ProcessSpec {
-        name: "w".into(),
-        handler: "echo".into(),
-        autostart: true,
-    }];
+    cfg.processes = vec![ProcessSpec::new("w", "echo")];
     let node = start_node(&server, cfg).await;
     for (verb, health) in [
         ("ping", "healthy"),
@@ -571,11 +554,7 @@ async fn a_failing_event_handler_is_stored_as_failed() {
     let server = NatsServer::start();
     let client = server.client().await;
     let mut cfg = node_config("e1");
-    cfg.processes = vec![ProcessSpec {
-        name: "bad".into(),
-        handler: "fail".into(),
-        autostart: true,
-    }];
+    cfg.processes = vec![ProcessSpec::new("bad", "fail")];
     let node = start_node(&server, cfg).await;
     let mut outcomes = client
         .subscribe("weave.events.process.e1.bad")
@@ -654,11 +633,7 @@ async fn malformed_control_bodies_change_nothing() {
     let server = NatsServer::start();
     let client = server.client().await;
     let mut cfg = node_config("strict");
-    cfg.processes = vec![ProcessSpec {
-        name: "w".into(),
-        handler: "echo".into(),
-        autostart: true,
-    }];
+    cfg.processes = vec![ProcessSpec::new("w", "echo")];
     let node = start_node(&server, cfg).await;
     let bad: [(&str, &[u8], &str); 8] = [
         ("drain", b"{not json", "invalid_json"),
@@ -715,4 +690,123 @@ async fn a_node_stops_on_sigterm_while_nats_is_down() {
         .expect("the node exits without its server");
     assert!(status.success(), "{status:?}");
     eprintln!("exited {:?} after SIGTERM", t0.elapsed());
+}
+
+/// Process triggers fire events on schedule (every_s, and a five-field
+/// crontab expression is accepted); `process.<name>.add` adds a process at
+/// run time; `start_all` / `stop_all` act on every process (seed 000).
+#[tokio::test]
+async fn process_triggers_add_and_start_stop_all() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut cfg = node_config("p1");
+    cfg.processes = vec![
+        ProcessSpec {
+            every_s: Some(0.5),
+            payload: json!({"tick": true}),
+            ..ProcessSpec::new("ticker", "echo")
+        },
+        ProcessSpec {
+            cron: Some("*/5 * * * *".into()),
+            ..ProcessSpec::new("nightly", "echo")
+        },
+    ];
+    let _node = start_node(&server, cfg).await;
+    let mut ticks = client
+        .subscribe("weave.events.process.p1.ticker")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(3), ticks.next())
+            .await
+            .expect("a tick")
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["trigger_id"].as_str()),
+            (Some("completed"), Some("every")),
+            "{v}"
+        );
+        assert_eq!(v["result"], json!({"tick": true}));
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "3 ticks of 0.5 s in {took:?}"
+    );
+
+    // Added at run time, with its own trigger; a second add is refused.
+    let add = br#"{"handler": "echo", "every_s": 0.5, "payload": {"late": 1}}"#;
+    let r = req(&client, "weave.ctl.p1.process.late.add", add).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["state"].as_str()),
+        (Some(true), Some("running")),
+        "{r}"
+    );
+    let mut late = client
+        .subscribe("weave.events.process.p1.late")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), late.next())
+        .await
+        .expect("the added process's trigger fires");
+    let r = req(&client, "weave.ctl.p1.process.late.add", add).await;
+    assert_eq!(r["code"], "already_exists", "{r}");
+    for (body, code) in [
+        (&br#"{"handler": "nope"}"#[..], "invalid_value"),
+        (
+            br#"{"handler": "echo", "cron": "not cron"}"#,
+            "invalid_value",
+        ),
+        (
+            br#"{"handler": "echo", "every_s": 1, "cron": "* * * * *"}"#,
+            "invalid_value",
+        ),
+        (br#"{"handler": "echo", "colour": 1}"#, "invalid_value"),
+        (b"{", "invalid_json"),
+    ] {
+        let r = req(&client, "weave.ctl.p1.process.other.add", body).await;
+        assert_eq!(r["code"], code, "{r}");
+    }
+    let r = req(
+        &client,
+        "weave.ctl.p1.process.a.b.add",
+        br#"{"handler": "echo"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], false, "{r}");
+
+    // stop_all: every process stopped, events refused, triggers skip.
+    let r = req(&client, "weave.ctl.p1.stop_all", b"").await;
+    let states: Vec<&str> = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["stopped"; 3], "{r}");
+    let r = req(&client, "weave.event.p1.ticker", br#"{"payload": 1}"#).await;
+    assert_eq!(r["code"], "process_stopped", "{r}");
+    while tokio::time::timeout(Duration::from_millis(100), ticks.next())
+        .await
+        .is_ok()
+    {}
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1200), ticks.next())
+            .await
+            .is_err(),
+        "a stopped process's trigger does not fire"
+    );
+    let r = req(&client, "weave.ctl.p1.start_all", b"").await;
+    let states: Vec<&str> = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running"; 3], "{r}");
+    tokio::time::timeout(Duration::from_secs(3), ticks.next())
+        .await
+        .expect("ticks again after start_all");
 }

@@ -66,11 +66,7 @@ async fn discovered(base: &str, filter: Value) -> Vec<String> {
 async fn cluster(server: &NatsServer) -> (TestCoordinator, TestNode) {
     let c = start_coordinator(server, "c1").await;
     let mut cfg = node_config("n1");
-    cfg.processes = vec![ProcessSpec {
-        name: "watcher".into(),
-        handler: "echo".into(),
-        autostart: true,
-    }];
+    cfg.processes = vec![ProcessSpec::new("watcher", "echo")];
     let n = start_node(server, cfg).await;
     (c, n)
 }

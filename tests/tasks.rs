@@ -1045,11 +1045,7 @@ async fn cluster_status_counts_nodes_processes_and_queues() {
     let _c = start_coordinator(&server, "c1").await;
     let api = api_client(&server).await;
     let nats = server.client().await;
-    let proc_spec = |n: &str| jetweave::config::ProcessSpec {
-        name: n.into(),
-        handler: "echo".into(),
-        autostart: true,
-    };
+    let proc_spec = |n: &str| jetweave::config::ProcessSpec::new(n, "echo");
     let mut c1 = node_config("n1");
     c1.concurrency = 1;
     c1.processes = vec![proc_spec("p")];

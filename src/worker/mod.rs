@@ -397,6 +397,9 @@ async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
     start_service(s).await?;
     dispatch::start_cancel_watch(s).await?;
     s.limits.start(&s.shutdown, &s.loops);
+    for spec in &s.cfg.processes {
+        process::start_trigger(s, spec);
+    }
     let mut dispatchers = Vec::new();
     if s.cfg.role != crate::wire::protocol::Role::Supervisor {
         for q in s.cfg.queues.clone() {
@@ -683,6 +686,9 @@ async fn serve_request(s: Arc<NodeState>, req: async_nats::service::Request) {
             }
         }
         ["ctl", _target, verb] => control(&s, verb, &req.message.payload).await,
+        ["ctl", _target, "process", name, "add"] => add_process(&s, name, &req.message.payload)
+            .await
+            .map(|v| s.ctl_ok(v)),
         ["ctl", _target, "process", name, verb] => parse_object::<NoFields>(&req.message.payload)
             .and_then(|_| process_verb(&s, name, verb))
             .map(|v| s.ctl_ok(v)),
@@ -745,6 +751,18 @@ async fn control(s: &Arc<NodeState>, verb: &str, body: &[u8]) -> Result<Value, E
         "processes" => {
             m.insert("processes".into(), json!(s.processes.list()));
         }
+        "start_all" | "stop_all" => {
+            for name in s.processes.names() {
+                // A process whose handler is missing stays failed.
+                let _ = if verb == "start_all" {
+                    s.processes.start(&name, &s.handlers)
+                } else {
+                    s.processes.stop(&name)
+                };
+            }
+            s.refresh.notify_one();
+            m.insert("processes".into(), json!(s.processes.list()));
+        }
         other => {
             return Err(Error::invalid(
                 ErrorCode::UnknownVerb,
@@ -783,8 +801,57 @@ fn process_verb(s: &NodeState, name: &str, verb: &str) -> Result<Map<String, Val
     Ok(m)
 }
 
+/// `P.ctl.<id>.process.<name>.add {"handler", "autostart"?, "every_s"? |
+/// "cron"?, "payload"?}`: a process added at run time (with its trigger).
+async fn add_process(
+    s: &Arc<NodeState>,
+    name: &str,
+    body: &[u8],
+) -> Result<Map<String, Value>, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Add {
+        handler: String,
+        #[serde(default)]
+        autostart: Option<bool>,
+        #[serde(default)]
+        every_s: Option<f64>,
+        #[serde(default)]
+        cron: Option<String>,
+        #[serde(default)]
+        payload: Value,
+    }
+    let a: Add = parse_object(body)?;
+    let spec = crate::config::ProcessSpec {
+        autostart: a.autostart.unwrap_or(true),
+        every_s: a.every_s,
+        cron: a.cron,
+        payload: a.payload,
+        ..crate::config::ProcessSpec::new(name, a.handler)
+    };
+    let info = s.processes.add(spec.clone(), &s.handlers)?;
+    process::start_trigger(s, &spec);
+    s.refresh.notify_one();
+    let mut m = Map::new();
+    m.insert("status".into(), json!("added"));
+    m.insert("name".into(), json!(info.name));
+    m.insert("state".into(), json!(info.state));
+    m.insert("process".into(), json!(info));
+    Ok(m)
+}
+
 async fn inject_event(s: &Arc<NodeState>, process: &str, body: &[u8]) -> Result<Value, Error> {
     let ev: EventRequest = parse_object(body)?;
+    run_event(s, process, ev)
+}
+
+/// Runs an event in a process (injected, or fired by its trigger) and
+/// publishes its outcome.
+pub(crate) fn run_event(
+    s: &Arc<NodeState>,
+    process: &str,
+    ev: EventRequest,
+) -> Result<Value, Error> {
     let (handler_type, stop) = s.processes.accept_event(process)?;
     let handler = s.handlers.get(&handler_type).ok_or_else(|| {
         Error::invalid(

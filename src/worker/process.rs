@@ -145,6 +145,56 @@ impl Processes {
         })
     }
 
+    /// Adds a process at run time (`process.<name>.add`); started at once
+    /// unless `autostart` is false. An existing name is an error.
+    pub(crate) fn add(&self, spec: ProcessSpec, handlers: &Handlers) -> Result<ProcessInfo, Error> {
+        crate::wire::subjects::validate_id("process name", &spec.name)?;
+        spec.trigger()
+            .map_err(|e| Error::invalid(ErrorCode::InvalidValue, e.to_string()))?;
+        if handlers.get(&spec.handler).is_none() {
+            return Err(Error::invalid(
+                ErrorCode::InvalidValue,
+                format!("no handler {:?} on this node", spec.handler),
+            ));
+        }
+        let name = spec.name.clone();
+        {
+            let mut t = self.table.lock().expect("process table poisoned");
+            if t.contains_key(&name) {
+                return Err(Error::invalid(
+                    ErrorCode::AlreadyExists,
+                    format!("process {name:?} exists"),
+                ));
+            }
+            let autostart = spec.autostart;
+            t.insert(
+                name.clone(),
+                Process {
+                    spec,
+                    state: if autostart {
+                        ProcessState::Running
+                    } else {
+                        ProcessState::Stopped
+                    },
+                    process_id: new_id(),
+                    events_handled: 0,
+                    stop: self.root.child(),
+                },
+            );
+        }
+        self.status(&name)
+    }
+
+    /// Every process's name.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.table
+            .lock()
+            .expect("process table poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Stops and starts with a new `process_id`.
     pub(crate) fn restart(&self, name: &str, handlers: &Handlers) -> Result<ProcessInfo, Error> {
         self.stop(name)?;
@@ -165,4 +215,32 @@ impl Processes {
             Ok((p.spec.handler.clone(), p.stop.clone()))
         })
     }
+}
+
+/// Starts the loop that fires a process's trigger (if it has one): an
+/// event with `trigger_id` `every` or `cron` and the spec's `payload`,
+/// while the process runs (a stopped process skips its ticks).
+pub(crate) fn start_trigger(s: &std::sync::Arc<super::NodeState>, spec: &ProcessSpec) {
+    let Ok(Some(trigger)) = spec.trigger() else {
+        return;
+    };
+    let (s, name, payload) = (s.clone(), spec.name.clone(), spec.payload.clone());
+    let loops = s.loops.clone();
+    loops.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = s.shutdown.wait() => return,
+                _ = tokio::time::sleep(trigger.next_in()) => {}
+            }
+            let ev = crate::wire::protocol::EventRequest {
+                trigger_id: Some(trigger.kind().to_string()),
+                trigger_type: Some("schedule".into()),
+                payload: payload.clone(),
+                metadata: Default::default(),
+            };
+            if let Err(e) = super::run_event(&s, &name, ev) {
+                tracing::debug!(process = %name, error = %e, "trigger skipped");
+            }
+        }
+    });
 }
