@@ -78,6 +78,24 @@ impl Client {
             .last_sequence)
     }
 
+    /// Task counts kept by the streams themselves (so every sidecar and
+    /// every restart agrees): tasks published, terminal results stored,
+    /// dead letters.
+    pub async fn durable_counts(&self) -> Result<DurableCounts, Error> {
+        let info = |name: String| async move {
+            let mut s = self.js.get_stream(name).await.map_err(Error::nats_source)?;
+            Ok::<_, Error>(s.info().await.map_err(Error::nats_source)?.state.clone())
+        };
+        let tasks = info(self.subjects.tasks_stream()).await?;
+        let results = info(self.subjects.results_stream()).await?;
+        let dlq = info(self.subjects.dlq_stream()).await?;
+        Ok(DurableCounts {
+            published: tasks.last_sequence,
+            results: results.messages,
+            dead: dlq.messages,
+        })
+    }
+
     /// The subject map.
     pub fn subjects(&self) -> &Subjects {
         &self.subjects
@@ -391,4 +409,16 @@ impl Client {
         self.api("limits.delete", &json!({"limit_id": limit_id}))
             .await
     }
+}
+
+/// Task counts read from the streams (see [`Client::durable_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableCounts {
+    /// Messages ever stored in `P_TASKS` (its last sequence): submits,
+    /// delayed tasks, retries re-published by hold-backs.
+    pub published: u64,
+    /// Terminal results in `P_RESULTS` (any status; 7-day retention).
+    pub results: u64,
+    /// Dead letters in `P_DLQ` (30-day retention).
+    pub dead: u64,
 }

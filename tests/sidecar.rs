@@ -301,12 +301,23 @@ async fn agent_coordinator_routes_and_an_http_agent_gets_its_task() {
     let (st, t) = call("GET", &format!("{b}/tasks/{id}"), None).await;
     assert_eq!((st, t["status"].clone()), (200, json!("completed")));
 
-    // Counts come from the nodes' discovery entries, refreshed every heartbeat.
-    let v = wait_for("completed count", Duration::from_secs(3), || async {
-        let (st, v) = call("GET", &format!("{b}/tasks/status"), None).await;
-        (st == 200 && v["stats"]["tasks_completed"].as_u64()? >= 1).then_some(v)
-    })
-    .await;
+    // Counts come from the streams: right away, and the same on another
+    // sidecar (as after a restart); the strategy is the configured one.
+    let (st, v) = call("GET", &format!("{b}/tasks/status"), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["stats"]["tasks_completed"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(
+        v["stats"]["load_balancer_stats"]["strategy"],
+        "least_connections"
+    );
+    let other = sidecar(&server, &["--agent-strategy", "round_robin"]).await;
+    let (_, w) = call("GET", &format!("{}/tasks/status", other.base), None).await;
+    for k in ["tasks_distributed", "tasks_completed", "tasks_failed"] {
+        assert_eq!(v["stats"][k], w["stats"][k], "{k}: {v} vs {w}");
+    }
+    assert_eq!(w["stats"]["load_balancer_stats"]["strategy"], "round_robin");
+    let score = &w["stats"]["load_balancer_stats"]["agent_health"]["hermes-agent"];
+    assert!(score.as_f64().unwrap() > 0.5, "{w}");
     assert_eq!(v["status"], "success");
     let stats = &v["stats"];
     assert!(stats["tasks_distributed"].as_u64().unwrap() >= 1);

@@ -232,6 +232,15 @@ pub struct SidecarArgs {
     /// loopback and private ranges only.
     #[arg(long, env = "JETWEAVE_AGENT_ALLOW", value_delimiter = ',')]
     pub agent_allow: Vec<String>,
+    /// How POST /tasks/submit picks an agent: least_connections,
+    /// round_robin, random or weighted (by capacity), each tempered by the
+    /// agent's health score.
+    #[arg(
+        long,
+        env = "JETWEAVE_AGENT_STRATEGY",
+        default_value = "least_connections"
+    )]
+    pub agent_strategy: String,
 }
 
 impl SidecarArgs {
@@ -252,6 +261,7 @@ impl SidecarArgs {
             tls_cert: self.https_cert.clone(),
             tls_key: self.https_key.clone(),
             agent_allow: jetweave::sidecar::AgentAllow::parse(&self.agent_allow)?,
+            agent_strategy: self.agent_strategy.parse()?,
         })
     }
 }

@@ -259,8 +259,8 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
         .parse()
         .map_err(ApiError::from)?;
     let nodes = app.timed("api", app.client.nodes()).await?;
-    // An agent (or node) with the capabilities, least busy first.
-    let agent = nodes
+    // The healthy agents with the capabilities; the strategy picks one.
+    let capable: Vec<&crate::wire::protocol::NodeInfo> = nodes
         .iter()
         .filter(|n| {
             n.health == Health::Healthy && n.metadata.get("agent").is_some_and(|v| v == "true")
@@ -271,7 +271,8 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
                 .iter()
                 .all(|c| n.capabilities.contains(c))
         })
-        .min_by_key(|n| (n.active_tasks, n.node_id.clone()));
+        .collect();
+    let agent = super::balance::pick(app.cfg.agent_strategy, &capable, &app.turn);
     let (queue, envelope) = match agent {
         Some(a) => (
             agent_queue(&a.node_id),
@@ -311,13 +312,7 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
 #[utoipa::path(get, path = "/tasks/status", tag = "agents", responses((status = 200, description = "{status: success, stats}"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
 pub(super) async fn tasks_status(State(app): State<AppState>) -> ApiResult {
     let nodes = app.timed("api", app.client.nodes()).await?;
-    let sum = |k: &str| -> u64 {
-        nodes
-            .iter()
-            .filter_map(|n| n.metadata.get(k).and_then(Value::as_u64))
-            .sum()
-    };
-    let distributed = app.timed("api", app.client.tasks_published()).await?;
+    let counts = app.timed("api", app.client.durable_counts()).await?;
     let active: Vec<_> = nodes
         .iter()
         .filter(|n| n.health == Health::Healthy)
@@ -334,14 +329,15 @@ pub(super) async fn tasks_status(State(app): State<AppState>) -> ApiResult {
     ok(json!({
         "status": "success",
         "stats": {
-            "tasks_distributed": distributed,
-            "tasks_completed": sum("completed"),
-            "tasks_failed": sum("failed"),
+            "tasks_distributed": counts.published,
+            "tasks_completed": counts.results,
+            "tasks_failed": counts.dead,
             "load_balancer_stats": {
-                "strategy": "least_loaded",
+                "strategy": app.cfg.agent_strategy.as_str(),
                 "active_agents": active.len(),
-                "total_assignments": distributed,
+                "total_assignments": counts.published,
                 "avg_agent_load": avg,
+                "agent_health": active.iter().map(|n| (n.node_id.clone(), json!(super::balance::health_score(n)))).collect::<Map<String, Value>>(),
             }
         }
     }))

@@ -45,6 +45,7 @@ use crate::wire::subjects::validate_id;
 use crate::worker::{Node, NodeHandle};
 
 mod agents;
+pub mod balance;
 mod egress;
 mod error;
 mod listen;
@@ -82,6 +83,8 @@ pub struct SidecarConfig {
     pub tls_key: Option<std::path::PathBuf>,
     /// Where registered agents' endpoints may point (see [`AgentAllow`]).
     pub agent_allow: AgentAllow,
+    /// How `POST /tasks/submit` picks an agent (see [`balance`]).
+    pub agent_strategy: balance::Strategy,
 }
 
 impl Default for SidecarConfig {
@@ -98,6 +101,7 @@ impl Default for SidecarConfig {
             tls_cert: None,
             tls_key: None,
             agent_allow: AgentAllow::default(),
+            agent_strategy: balance::Strategy::default(),
         }
     }
 }
@@ -129,6 +133,8 @@ struct App {
     client: Client,
     metrics: Metrics,
     agents: Mutex<HashMap<String, Bridge>>,
+    /// The round-robin strategy's turn.
+    turn: std::sync::atomic::AtomicUsize,
     shutdown: Shutdown,
 }
 
@@ -190,6 +196,7 @@ pub async fn serve(
         client: Client::new(nats, &cfg.prefix)?.with_timeout(cfg.request_timeout),
         metrics: Metrics::new().map_err(|e| Error::Config(e.to_string()))?,
         agents: Mutex::new(HashMap::new()),
+        turn: std::sync::atomic::AtomicUsize::new(0),
         shutdown: shutdown.clone(),
         cfg,
     });
