@@ -97,6 +97,7 @@ pub struct TaskContext {
     pub metadata: serde_json::Map<String, Value>,
     cancel: CancellationToken,
     checkpoints: Option<Checkpoints>,
+    extend: Option<tokio::sync::mpsc::UnboundedSender<std::time::Duration>>,
 }
 
 impl TaskContext {
@@ -111,6 +112,27 @@ impl TaskContext {
             metadata: Default::default(),
             cancel: CancellationToken::new(),
             checkpoints: None,
+            extend: None,
+        }
+    }
+
+    /// Where [`TaskContext::extend`] requests go (the attempt's runner).
+    pub(crate) fn with_extend(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<std::time::Duration>,
+    ) -> Self {
+        self.extend = Some(tx);
+        self
+    }
+
+    /// Says the handler is alive and needs `by` more: the attempt's
+    /// timeout (the task's `timeout_s` or the node's `--task-timeout`) is
+    /// pushed to at least `by` from now. An exec handler does the same by
+    /// writing the line `jetweave:extend <seconds>` on stderr. (The lease
+    /// itself is kept by the node while the handler runs.)
+    pub fn extend(&self, by: std::time::Duration) {
+        if let Some(tx) = &self.extend {
+            let _ = tx.send(by);
         }
     }
 
@@ -351,13 +373,14 @@ async fn exec_handler(cmd: &[String], ctx: TaskContext, payload: Value) -> Handl
         let _ = stdin.write_all(&input).await;
         drop(stdin);
     }
+    let stderr = tokio::spawn(read_stderr(child.stderr.take(), ctx.clone()));
     let out = tokio::select! {
         out = child.wait_with_output() => out.map_err(|e| HandlerError::retry(e.to_string()))?,
         // Dropping the future drops the child, which kills it.
         _ = ctx.cancelled() => return Err(HandlerError::retry("cancelled")),
     };
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let err = stderr.await.unwrap_or_default().trim().to_string();
         return Err(HandlerError::retry(if err.is_empty() {
             format!("{prog} exited with {}", out.status)
         } else {
@@ -370,6 +393,30 @@ async fn exec_handler(cmd: &[String], ctx: TaskContext, payload: Value) -> Handl
         return Ok(Value::Null);
     }
     Ok(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())))
+}
+
+/// An exec handler's stderr: `jetweave:extend <seconds>` lines extend the
+/// attempt ([`TaskContext::extend`]); the rest is kept as the error text.
+async fn read_stderr(stderr: Option<tokio::process::ChildStderr>, ctx: TaskContext) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut text = String::new();
+    let Some(e) = stderr else { return text };
+    let mut lines = tokio::io::BufReader::new(e).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let secs = line
+            .strip_prefix("jetweave:extend ")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9);
+        match secs {
+            Some(s) => ctx.extend(std::time::Duration::from_secs_f64(s)),
+            None if text.len() < 64 * 1024 => {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    text
 }
 
 /// POSTs the envelope to a URL: a 2xx JSON body is the result; anything

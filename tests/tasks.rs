@@ -1347,3 +1347,68 @@ async fn a_nodes_default_task_timeout_bounds_tasks_without_their_own() {
     let r = api.wait("own", Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
 }
+
+/// A handler that knows it is alive extends its attempt past the timeout:
+/// `ctx.extend` in Rust, a `jetweave:extend <s>` stderr line from an exec
+/// handler (seed 003); without it the same work times out.
+#[tokio::test]
+async fn handlers_extend_their_attempt() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let mut cfg = node_config("n1");
+    let script = "import sys, time\nfor _ in range(3):\n    sys.stderr.write('jetweave:extend 1\\n'); sys.stderr.flush(); time.sleep(0.4)\nprint('{\"ok\": true}')\n";
+    cfg.handlers.push(HandlerSpec {
+        task_type: "slow-exec".into(),
+        exec: Some(vec!["python3".into(), "-c".into(), script.into()]),
+        http: None,
+    });
+    let mut node = Node::new(cfg);
+    node.handler("slow", |ctx, p: Value| async move {
+        for _ in 0..3 {
+            if p["extend"] == true {
+                ctx.extend(Duration::from_secs(1));
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        Ok(json!("done"))
+    });
+    let _n = start_node_with(&server, node).await;
+    let api = api_client(&server).await;
+    let nats = server.client().await;
+    for (id, body) in [
+        (
+            "extended",
+            json!({"type": "slow", "payload": {"extend": true}, "timeout_s": 0.6, "max_attempts": 1}),
+        ),
+        (
+            "not-extended",
+            json!({"type": "slow", "payload": {"extend": false}, "timeout_s": 0.6, "max_attempts": 1}),
+        ),
+        (
+            "exec-extended",
+            json!({"type": "slow-exec", "timeout_s": 0.6, "max_attempts": 1}),
+        ),
+    ] {
+        publish_task(&nats, "weave.tasks.default.normal", Some(id), body).await;
+    }
+    let r = api.wait("extended", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        (r.status, r.result.clone()),
+        (TaskStatus::Completed, json!("done")),
+        "{r:?}"
+    );
+    let r = api
+        .wait("not-extended", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.status, TaskStatus::Timeout, "{r:?}");
+    let r = api
+        .wait("exec-extended", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.result.clone()),
+        (TaskStatus::Completed, json!({"ok": true})),
+        "{r:?}"
+    );
+}

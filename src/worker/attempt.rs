@@ -580,8 +580,10 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
             .get_or_insert(CancelReason::User);
         cancel.cancel();
     }
+    let (extend_tx, mut extend_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut ctx = TaskContext::new(d.task_id.clone(), d.env.task_type.clone(), d.attempt)
-        .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone());
+        .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone())
+        .with_extend(extend_tx);
     ctx.metadata = d.env.metadata.clone();
     ctx.shard = d.shard.clone();
     // A handler that panics fails its attempt; it never takes the node's
@@ -592,12 +594,10 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
     // not for run shards, which checkpoint and may run long).
     let default = s.cfg.task_timeout.filter(|_| d.shard.is_none());
     let deadline = d.env.timeout().or(default);
-    let timeout = async {
-        match deadline {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let started = tokio::time::Instant::now();
+    // No bound: a deadline so far away it never comes.
+    let far = started + Duration::from_secs(100 * 365 * 86_400);
+    let timeout = tokio::time::sleep_until(deadline.map_or(far, |t| started + t));
     tokio::pin!(timeout);
     let every = (s.cfg.ack_wait / 4).max(Duration::from_millis(150));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -623,7 +623,14 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
             _ = &mut timeout => {
                 reason.lock().expect("cancel reason poisoned").get_or_insert(CancelReason::Timeout);
                 cancel.cancel();
-                return Outcome::TimedOut(deadline.unwrap_or_default());
+                return Outcome::TimedOut(timeout.deadline() - started);
+            }
+            Some(by) = extend_rx.recv() => {
+                // The handler needs longer: push a bounded attempt's end.
+                let until = tokio::time::Instant::now() + by;
+                if deadline.is_some() && until > timeout.deadline() {
+                    timeout.as_mut().reset(until);
+                }
             }
             _ = ticker.tick() => {
                 if lease.lost() {
