@@ -34,6 +34,8 @@ pub enum ErrorCode {
     AlreadyFinished,
     /// Something with that name exists already (a process to add).
     AlreadyExists,
+    /// The queue holds `max_pending` tasks already: try again later.
+    QueueFull,
     /// The operation is refused while the node drains.
     Draining,
     /// A number outside the allowed range (a pool's `[min, max]`).
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::ProcessStopped => "process_stopped",
             ErrorCode::AlreadyFinished => "already_finished",
             ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::QueueFull => "queue_full",
             ErrorCode::Draining => "draining",
             ErrorCode::OutOfRange => "out_of_range",
             ErrorCode::Nats => "nats",
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::Nats => ErrorKind::Unavailable,
             ErrorCode::Timeout => ErrorKind::Timeout,
             ErrorCode::PermissionDenied | ErrorCode::NotAllowed => ErrorKind::Forbidden,
+            ErrorCode::QueueFull => ErrorKind::Overloaded,
             ErrorCode::Internal => ErrorKind::Internal,
         }
     }
@@ -128,6 +132,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The NATS server refused it: not allowed for this user.
     Forbidden,
+    /// Too much work waiting (a full queue): back off and retry.
+    Overloaded,
     /// The configuration is wrong.
     Config,
     /// Local I/O failed, or a bug.

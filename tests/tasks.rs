@@ -1412,3 +1412,47 @@ async fn handlers_extend_their_attempt() {
         "{r:?}"
     );
 }
+
+/// A queue bounded by the coordinator's `--max-pending` refuses submits
+/// past it with `queue_full` (seed 002); other queues are not bounded.
+#[tokio::test]
+async fn a_full_queue_refuses_submits() {
+    let server = NatsServer::start();
+    let mut cfg = jetweave::CoordinatorConfig::new();
+    cfg.max_pending.insert("capped".into(), 3);
+    let _c = jetweave::Coordinator::start(server.client().await, cfg, jetweave::Shutdown::new())
+        .await
+        .unwrap();
+    let api = api_client(&server).await;
+    let mut req = submit_req("echo", json!(1));
+    req.queue = Some("capped".into());
+    for _ in 0..3 {
+        req.envelope.id = None;
+        api.submit(&req).await.expect("room left");
+    }
+    let e = api.submit(&req).await.expect_err("full");
+    assert_eq!(
+        (e.code(), e.kind()),
+        (
+            "queue_full".to_string(),
+            jetweave::error::ErrorKind::Overloaded
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("max_pending is 3"), "{e}");
+    req.queue = Some("default".into());
+    for _ in 0..5 {
+        req.envelope.id = None;
+        api.submit(&req).await.expect("unbounded queue");
+    }
+    // A node drains the capped queue: room again.
+    let mut n = node_config("n1");
+    n.queues = vec!["capped".into()];
+    let _n = start_node(&server, n).await;
+    req.queue = Some("capped".into());
+    req.envelope.id = None;
+    wait_for("room in capped", Duration::from_secs(10), || async {
+        api.submit(&req).await.ok()
+    })
+    .await;
+}

@@ -302,6 +302,10 @@ pub struct CoordinatorArgs {
     /// Most shards one run may have.
     #[arg(long, default_value = "100000")]
     pub max_shards: u64,
+    /// Bound queues: QUEUE=N,... — tasks.submit answers queue_full while
+    /// the queue holds N tasks (waiting or running).
+    #[arg(long, env = "JETWEAVE_MAX_PENDING", value_delimiter = ',')]
+    pub max_pending: Vec<String>,
 }
 
 impl CoordinatorArgs {
@@ -318,6 +322,16 @@ impl CoordinatorArgs {
         c.lease_ttl = whole_secs("--lease-ttl", self.lease_ttl)?;
         c.strategy = self.assign.parse()?;
         c.max_shards = self.max_shards;
+        for item in self.max_pending.iter().filter(|s| !s.is_empty()) {
+            let (q, n) = item
+                .split_once('=')
+                .and_then(|(q, n)| Some((q, n.parse::<u64>().ok()?)))
+                .ok_or_else(|| {
+                    Error::Config(format!("--max-pending wants QUEUE=N, got {item:?}"))
+                })?;
+            jetweave::wire::subjects::validate_id("queue", q)?;
+            c.max_pending.insert(q.to_string(), n);
+        }
         jetweave::wire::subjects::validate_id("coordinator id", &c.id)?;
         Ok(c)
     }

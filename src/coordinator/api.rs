@@ -157,6 +157,7 @@ async fn submit(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
     req.envelope.id = Some(id.clone());
     let queue = req.queue().to_string();
     let priority = req.priority.unwrap_or_default();
+    check_room(s, &queue).await?;
     let duplicate = publish_task(&s.js, &s.subjects, &queue, priority, &req.envelope).await?;
     to_value(SubmitReply {
         task_id: id,
@@ -164,6 +165,33 @@ async fn submit(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
         priority,
         duplicate,
     })
+}
+
+/// Refuses a submit to a queue that holds its `max_pending` tasks already
+/// (waiting or running: a work queue keeps a task until it is acked). One
+/// stream-info request per submit, and only for bounded queues.
+async fn check_room(s: &CoordinatorState, queue: &str) -> Result<(), Error> {
+    let Some(&max) = s.cfg.max_pending.get(queue) else {
+        return Ok(());
+    };
+    let filter = format!("{}.tasks.{queue}.*", s.subjects.prefix());
+    let mut info = s
+        .tasks
+        .info_with_subjects(&filter)
+        .await
+        .map_err(Error::nats_source)?;
+    let mut held = 0u64;
+    while let Some(entry) = info.next().await {
+        let (_, n) = entry.map_err(Error::nats_source)?;
+        held += n as u64;
+    }
+    if held >= max {
+        return Err(Error::invalid(
+            ErrorCode::QueueFull,
+            format!("queue {queue:?} holds {held} tasks, its max_pending is {max}; retry later"),
+        ));
+    }
+    Ok(())
 }
 
 /// Where a task is now.

@@ -50,6 +50,9 @@ pub struct CoordinatorConfig {
     pub replicas: usize,
     /// Node TTL used when it opens the discovery bucket.
     pub node_ttl: Duration,
+    /// Most tasks waiting in a queue before `tasks.submit` refuses more
+    /// with `queue_full` (queues not named: no bound).
+    pub max_pending: std::collections::BTreeMap<String, u64>,
 }
 
 impl CoordinatorConfig {
@@ -63,6 +66,7 @@ impl CoordinatorConfig {
             max_shards: 100_000,
             replicas: 0,
             node_ttl: Duration::from_secs(5),
+            max_pending: Default::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub(super) fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::NoResponders | ErrorKind::Timeout | ErrorKind::Unavailable => {
             StatusCode::SERVICE_UNAVAILABLE
         }
