@@ -181,6 +181,27 @@ pub struct NodeConfig {
     pub task_timeout: Option<Duration>,
 }
 
+/// The `[[static_node]]` tables of a config file (`node_id`, `url`): hosts
+/// that run no jetweave node, listed in discovery by the coordinator and
+/// the sidecar that read the file. Other tables are ignored here.
+pub fn static_nodes_from_file(
+    path: &Path,
+) -> Result<Vec<crate::store::discovery::StaticNode>, Error> {
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        static_node: Vec<crate::store::discovery::StaticNode>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let f: File =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    for n in &f.static_node {
+        validate_id("static_node node_id", &n.node_id)?;
+    }
+    Ok(f.static_node)
+}
+
 impl NodeConfig {
     /// Defaults for `node_id`.
     pub fn new(node_id: impl Into<String>) -> Self {
@@ -238,6 +259,10 @@ impl NodeConfig {
             handler: Vec<HandlerSpec>,
             #[serde(default)]
             process: Vec<ProcessSpec>,
+            /// Read by the coordinator and sidecar (see [`static_nodes_from_file`]).
+            #[serde(default)]
+            #[allow(dead_code)]
+            static_node: Vec<crate::store::discovery::StaticNode>,
         }
         let f: File = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         let n = f.node;

@@ -8,6 +8,7 @@ use common::*;
 use futures::StreamExt;
 use jetweave::discovery::{Discovery, DiscoveryEvent, KvDiscovery, LeaveReason, StaticDiscovery};
 use jetweave::subjects::Subjects;
+use serde_json::json;
 
 async fn discovery(server: &NatsServer) -> KvDiscovery {
     let s = Subjects::new("weave").unwrap();
@@ -408,4 +409,120 @@ async fn entries_say_idle_or_busy_uptime_and_availability() {
     })
     .await;
     assert!(e["uptime_s"].as_f64().unwrap() >= 3.0, "{e}");
+}
+
+/// Static discovery (contract §1, seed 000): `[[static_node]]` in the
+/// coordinator's and the sidecar's config, and `weave.api.nodes.register`
+/// for hosts that cannot run a node; such entries have no TTL, run
+/// nothing, and leave only by `nodes.unregister`.
+#[tokio::test]
+async fn static_nodes_are_listed_until_unregistered() {
+    let server = NatsServer::start();
+    let mut cfg = jetweave::CoordinatorConfig::new();
+    cfg.node_ttl = Duration::from_secs(2);
+    cfg.static_nodes = vec![jetweave::discovery::StaticNode {
+        node_id: "legacy-1".into(),
+        url: "http://10.0.0.5:9100/".into(),
+    }];
+    let _c = jetweave::Coordinator::start(server.client().await, cfg, jetweave::Shutdown::new())
+        .await
+        .unwrap();
+    let _n = start_node(&server, node_config("n1")).await;
+    let api = api_client(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("static.toml");
+    std::fs::write(
+        &file,
+        "[[static_node]]\nnode_id = \"legacy-2\"\nurl = \"https://legacy2.internal/\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _s = Proc::spawn(&[
+        "--nats-url",
+        &server.url(),
+        "sidecar",
+        "--listen",
+        &listen,
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    let v = api_raw(
+        &api,
+        "nodes.register",
+        json!({"node_id": "legacy-3", "url": "http://h3:80", "metadata": {"rack": "b"}}),
+    )
+    .await;
+    assert_eq!(v["ok"], true, "{v}");
+    let ids = |nodes: Vec<jetweave::protocol::NodeInfo>| {
+        let mut v: Vec<String> = nodes.into_iter().map(|n| n.node_id).collect();
+        v.sort();
+        v
+    };
+    wait_for(
+        "every static node listed",
+        Duration::from_secs(10),
+        || async {
+            (ids(api.nodes().await.ok()?) == ["legacy-1", "legacy-2", "legacy-3", "n1"])
+                .then_some(())
+        },
+    )
+    .await;
+    // No TTL: still there after node_ttl (2 s) + 1 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nodes = api.nodes().await.unwrap();
+    assert_eq!(
+        ids(nodes.clone()),
+        ["legacy-1", "legacy-2", "legacy-3", "n1"]
+    );
+    let l1 = nodes.iter().find(|n| n.node_id == "legacy-1").unwrap();
+    assert_eq!(l1.url.as_deref(), Some("http://10.0.0.5:9100"));
+    assert_eq!(
+        (
+            l1.max_concurrency,
+            l1.available,
+            l1.metadata["static"].clone()
+        ),
+        (0, false, json!(true))
+    );
+    let l3 = nodes.iter().find(|n| n.node_id == "legacy-3").unwrap();
+    assert_eq!(l3.metadata["rack"], "b");
+    // Refusals.
+    for (ep, body, code) in [
+        (
+            "nodes.register",
+            json!({"node_id": "n1", "url": "http://x"}),
+            "already_exists",
+        ),
+        (
+            "nodes.register",
+            json!({"node_id": "bad id", "url": "http://x"}),
+            "invalid_id",
+        ),
+        (
+            "nodes.register",
+            json!({"node_id": "x", "url": "ftp://x"}),
+            "invalid_value",
+        ),
+        ("nodes.register", json!({"node_id": "x"}), "invalid_value"),
+        (
+            "nodes.unregister",
+            json!({"node_id": "n1"}),
+            "invalid_value",
+        ),
+        (
+            "nodes.unregister",
+            json!({"node_id": "ghost"}),
+            "unknown_node",
+        ),
+    ] {
+        let v = api_raw(&api, ep, body.clone()).await;
+        assert_eq!(v["code"], code, "{ep} {body}: {v}");
+    }
+    let v = api_raw(&api, "nodes.unregister", json!({"node_id": "legacy-3"})).await;
+    assert_eq!(v["ok"], true, "{v}");
+    wait_for("legacy-3 gone", Duration::from_secs(5), || async {
+        (ids(api.nodes().await.ok()?) == ["legacy-1", "legacy-2", "n1"]).then_some(())
+    })
+    .await;
 }

@@ -241,6 +241,10 @@ pub struct SidecarArgs {
         default_value = "least_connections"
     )]
     pub agent_strategy: String,
+    /// A TOML file whose [[static_node]] tables (node_id, url) are put in
+    /// discovery at start.
+    #[arg(long, env = "JETWEAVE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl SidecarArgs {
@@ -262,6 +266,10 @@ impl SidecarArgs {
             tls_key: self.https_key.clone(),
             agent_allow: jetweave::sidecar::AgentAllow::parse(&self.agent_allow)?,
             agent_strategy: self.agent_strategy.parse()?,
+            static_nodes: match &self.config {
+                Some(p) => jetweave::config::static_nodes_from_file(p)?,
+                None => vec![],
+            },
         })
     }
 }
@@ -306,6 +314,10 @@ pub struct CoordinatorArgs {
     /// the queue holds N tasks (waiting or running).
     #[arg(long, env = "JETWEAVE_MAX_PENDING", value_delimiter = ',')]
     pub max_pending: Vec<String>,
+    /// A TOML file whose [[static_node]] tables (node_id, url) are put in
+    /// discovery at start.
+    #[arg(long, env = "JETWEAVE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl CoordinatorArgs {
@@ -322,6 +334,9 @@ impl CoordinatorArgs {
         c.lease_ttl = whole_secs("--lease-ttl", self.lease_ttl)?;
         c.strategy = self.assign.parse()?;
         c.max_shards = self.max_shards;
+        if let Some(p) = &self.config {
+            c.static_nodes = jetweave::config::static_nodes_from_file(p)?;
+        }
         for item in self.max_pending.iter().filter(|s| !s.is_empty()) {
             let (q, n) = item
                 .split_once('=')

@@ -35,11 +35,13 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(200);
 const SCAN_LIMIT: u64 = 100_000;
 
 /// Every endpoint: (name, subject suffix).
-const ENDPOINTS: [(&str, &str); 16] = [
+const ENDPOINTS: [(&str, &str); 18] = [
     ("tasks-submit", "tasks.submit"),
     ("tasks-get", "tasks.get"),
     ("tasks-cancel", "tasks.cancel"),
     ("nodes-list", "nodes.list"),
+    ("nodes-register", "nodes.register"),
+    ("nodes-unregister", "nodes.unregister"),
     ("cluster-status", "cluster.status"),
     ("runs-create", "runs.create"),
     ("runs-get", "runs.get"),
@@ -118,6 +120,8 @@ async fn route(s: &Arc<CoordinatorState>, endpoint: &str, body: &[u8]) -> Result
             parse_object::<NoFields>(body)?;
             to_value(cluster_status(s).await?)
         }
+        "nodes.register" => register_node(s, body).await,
+        "nodes.unregister" => unregister_node(s, body).await,
         "runs.create" => super::runs::create(s, body).await,
         "runs.get" => super::runs::get(s, body).await,
         "dlq.list" => super::dlq::list(s, parse_object(body)?).await,
@@ -165,6 +169,62 @@ async fn submit(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
         priority,
         duplicate,
     })
+}
+
+/// `nodes.register {"node_id", "url", "metadata"?}`: a host that cannot
+/// run a node is listed in discovery until `nodes.unregister`.
+async fn register_node(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Register {
+        node_id: String,
+        url: String,
+        #[serde(default)]
+        metadata: serde_json::Map<String, Value>,
+    }
+    let r: Register = parse_object(body)?;
+    if let Some(live) = s.view.nodes().into_iter().find(|n| n.node_id == r.node_id) {
+        if live.metadata.get("static") != Some(&Value::Bool(true)) {
+            return Err(Error::invalid(
+                ErrorCode::AlreadyExists,
+                format!("a live node is {:?}", r.node_id),
+            ));
+        }
+    }
+    let node = crate::store::discovery::StaticNode {
+        node_id: r.node_id.clone(),
+        url: r.url,
+    };
+    s.discovery.put_static(&node, r.metadata).await?;
+    Ok(json!({"ok": true, "node_id": r.node_id}))
+}
+
+/// `nodes.unregister {"node_id"}`: removes a registered (static) node.
+async fn unregister_node(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Unregister {
+        node_id: String,
+    }
+    let r: Unregister = parse_object(body)?;
+    crate::wire::subjects::validate_id("node id", &r.node_id)?;
+    match s.discovery.get(&r.node_id).await? {
+        None => Err(Error::invalid(
+            ErrorCode::UnknownNode,
+            format!("no node {:?}", r.node_id),
+        )),
+        Some(n) if n.metadata.get("static") != Some(&Value::Bool(true)) => Err(Error::invalid(
+            ErrorCode::InvalidValue,
+            format!(
+                "{:?} is a live node, not a registered one: drain or shut it down",
+                r.node_id
+            ),
+        )),
+        Some(_) => {
+            s.discovery.delete(&r.node_id).await?;
+            Ok(json!({"ok": true, "node_id": r.node_id}))
+        }
+    }
 }
 
 /// Refuses a submit to a queue that holds its `max_pending` tasks already

@@ -53,6 +53,9 @@ pub struct CoordinatorConfig {
     /// Most tasks waiting in a queue before `tasks.submit` refuses more
     /// with `queue_full` (queues not named: no bound).
     pub max_pending: std::collections::BTreeMap<String, u64>,
+    /// Hosts that run no node, put in discovery at start (static
+    /// discovery, `[[static_node]]`).
+    pub static_nodes: Vec<crate::store::discovery::StaticNode>,
 }
 
 impl CoordinatorConfig {
@@ -67,6 +70,7 @@ impl CoordinatorConfig {
             replicas: 0,
             node_ttl: Duration::from_secs(5),
             max_pending: Default::default(),
+            static_nodes: vec![],
         }
     }
 }
@@ -84,6 +88,7 @@ pub(crate) struct CoordinatorState {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub view: ClusterView,
+    pub discovery: KvDiscovery,
     pub results: stream::Stream,
     pub tasks: stream::Stream,
     pub runs: kv::Store,
@@ -122,6 +127,9 @@ impl Coordinator {
         crate::store::ensure_shards_stream(&js, &subjects, cfg.replicas).await?;
         let discovery =
             KvDiscovery::open(client.clone(), &subjects, cfg.node_ttl, cfg.replicas).await?;
+        for n in &cfg.static_nodes {
+            discovery.put_static(n, Default::default()).await?;
+        }
         let loops = TaskTracker::new();
         let view = ClusterView::start(&discovery, shutdown.clone(), &loops).await?;
         let results = js
@@ -138,6 +146,7 @@ impl Coordinator {
             client: client.clone(),
             js,
             view,
+            discovery,
             results,
             tasks,
             runs,

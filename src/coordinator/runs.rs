@@ -890,7 +890,12 @@ impl Engine {
                 .view
                 .nodes()
                 .into_iter()
-                .filter(|n| n.health == Health::Healthy && n.role != Role::Supervisor)
+                // Static entries (max_concurrency 0) run nothing.
+                .filter(|n| {
+                    n.health == Health::Healthy
+                        && n.role != Role::Supervisor
+                        && n.max_concurrency > 0
+                })
                 .collect();
             if nodes.len() < 2 {
                 break;

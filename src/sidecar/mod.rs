@@ -85,6 +85,8 @@ pub struct SidecarConfig {
     pub agent_allow: AgentAllow,
     /// How `POST /tasks/submit` picks an agent (see [`balance`]).
     pub agent_strategy: balance::Strategy,
+    /// Hosts that run no node, put in discovery at start (`[[static_node]]`).
+    pub static_nodes: Vec<crate::store::discovery::StaticNode>,
 }
 
 impl Default for SidecarConfig {
@@ -102,6 +104,7 @@ impl Default for SidecarConfig {
             tls_key: None,
             agent_allow: AgentAllow::default(),
             agent_strategy: balance::Strategy::default(),
+            static_nodes: vec![],
         }
     }
 }
@@ -191,6 +194,14 @@ pub async fn serve(
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local_addr = listener.local_addr()?;
     let tls = listen::tls_config(&cfg).await?;
+    if !cfg.static_nodes.is_empty() {
+        let subjects = crate::wire::subjects::Subjects::new(&cfg.prefix)?;
+        let ttl = Duration::from_secs(5);
+        let d = crate::store::discovery::KvDiscovery::open(nats.clone(), &subjects, ttl, 0).await?;
+        for n in &cfg.static_nodes {
+            d.put_static(n, Default::default()).await?;
+        }
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App {
         client: Client::new(nats, &cfg.prefix)?.with_timeout(cfg.request_timeout),

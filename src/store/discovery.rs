@@ -119,6 +119,16 @@ fn to_discovered(info: NodeInfo) -> DiscoveredNode {
     }
 }
 
+/// A host known by its URL that runs no jetweave node (contract §1's
+/// static discovery; `[[static_node]]` in a config file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct StaticNode {
+    /// Its id (`[A-Za-z0-9_-]{1,64}`).
+    pub node_id: String,
+    /// Its URL (a trailing slash is stripped).
+    pub url: String,
+}
+
 /// Discovery in the `P-nodes` JetStream KV bucket with per-key TTLs.
 #[derive(Clone)]
 pub struct KvDiscovery {
@@ -183,6 +193,51 @@ impl KvDiscovery {
             .await
             .map_err(Error::nats_source)?;
         Ok(ack.sequence)
+    }
+
+    /// Writes a static node's entry **without** a TTL (it has no
+    /// heartbeat): listed until [`KvDiscovery::delete`]. It runs nothing
+    /// (`max_concurrency` 0, no handlers, `available` false) and says
+    /// `metadata.static = true`.
+    pub async fn put_static(
+        &self,
+        node: &StaticNode,
+        metadata: Map<String, Value>,
+    ) -> Result<(), Error> {
+        crate::wire::subjects::validate_id("node id", &node.node_id)?;
+        if !(node.url.starts_with("http://") || node.url.starts_with("https://")) {
+            return Err(Error::invalid(
+                crate::error::ErrorCode::InvalidValue,
+                format!("url must be http(s)://..., got {:?}", node.url),
+            ));
+        }
+        let now = now_rfc3339();
+        let mut metadata = metadata;
+        metadata.insert("static".into(), Value::Bool(true));
+        let info = NodeInfo {
+            node_id: node.node_id.clone(),
+            role: Role::Worker,
+            hostname: String::new(),
+            pid: 0,
+            url: Some(strip_url(&node.url)),
+            queues: vec![],
+            capabilities: vec![],
+            max_concurrency: 0,
+            health: Health::Healthy,
+            active_tasks: 0,
+            started_at: now.clone(),
+            last_heartbeat_at: now,
+            state: Default::default(),
+            uptime_s: 0.0,
+            available: false,
+            metadata,
+        };
+        let body = serde_json::to_vec(&info)?;
+        self.store
+            .put(&node.node_id, body.into())
+            .await
+            .map_err(Error::nats_source)?;
+        Ok(())
     }
 
     /// One node's entry.
