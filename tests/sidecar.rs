@@ -642,3 +642,109 @@ async fn a_silent_agent_expires() {
     let (st, _) = call("POST", &format!("{b}/agents/quiet/heartbeat"), None).await;
     assert_eq!(st, 404);
 }
+
+/// A local agent: answers `{"agent": name, "payload": ...}`, after `delay`.
+async fn agent_server(name: &'static str, delay: Duration) -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| async move {
+            tokio::time::sleep(delay).await;
+            axum::Json(json!({"agent": name, "payload": v["payload"]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn register(base: &str, id: &str, caps: &[&str], url: &str) {
+    let body = json!({"agent_id": id, "capabilities": caps, "endpoints": {"http": url}});
+    let (st, v) = call("POST", &format!("{base}/agents/register"), Some(body)).await;
+    assert_eq!(st, 200, "{v}");
+}
+
+async fn submit_needing(base: &str, caps: &[&str], n: u32) -> String {
+    let body = json!({"task_data": {"n": n}, "requirements": {"capabilities": caps}});
+    let (st, v) = call("POST", &format!("{base}/tasks/submit"), Some(body)).await;
+    assert_eq!(st, 200, "{v}");
+    v["task_id"].as_str().unwrap().to_string()
+}
+
+async fn result_of(base: &str, id: &str) -> Value {
+    let (st, r) = call("GET", &format!("{base}/tasks/{id}/result?wait_s=25"), None).await;
+    assert_eq!(st, 200, "{r}");
+    r
+}
+
+/// Seed 001: a task for a capability no agent has waits until one
+/// registers; registrations live in NATS, so an agent outlives the sidecar
+/// it registered with (another sidecar takes over its bridge).
+#[tokio::test]
+async fn agent_tasks_wait_for_a_capable_agent_and_agents_outlive_their_sidecar() {
+    let server = NatsServer::start();
+    let (_c, _n) = cluster(&server).await;
+    let a = sidecar(&server, &[]).await;
+    let b = sidecar(&server, &[]).await;
+    let id = submit_needing(&b.base, &["vision"], 1).await;
+    let (_, t) = call("GET", &format!("{}/tasks/{id}", b.base), None).await;
+    assert_eq!(t["status"], "queued", "{t}");
+    let url = agent_server("eye", Duration::ZERO).await;
+    register(&a.base, "eye", &["vision"], &url).await;
+    let r = result_of(&b.base, &id).await;
+    assert_eq!(
+        (r["status"].as_str(), r["result"]["agent"].as_str()),
+        (Some("completed"), Some("eye")),
+        "{r}"
+    );
+
+    // The sidecar that registered it goes away: its bridge with it.
+    let t0 = std::time::Instant::now();
+    drop(a);
+    let (st, _) = call("POST", &format!("{}/agents/eye/heartbeat", b.base), None).await;
+    assert_eq!(
+        st, 200,
+        "the registration is in NATS, not in the dead sidecar"
+    );
+    let id = submit_needing(&b.base, &["vision"], 2).await;
+    let r = result_of(&b.base, &id).await;
+    assert_eq!(r["result"]["agent"], "eye", "{r}");
+    eprintln!("served again {:?} after its sidecar died", t0.elapsed());
+}
+
+/// Seed 001: a task taken by an agent that dies goes to another agent with
+/// the capabilities.
+#[tokio::test]
+async fn a_dead_agents_task_goes_to_another_capable_agent() {
+    let server = NatsServer::start();
+    let (_c, _n) = cluster(&server).await;
+    let sc = sidecar(&server, &["--agent-ttl", "2"]).await;
+    let b = &sc.base;
+    let stuck = agent_server("stuck", Duration::from_secs(60)).await;
+    register(b, "stuck", &["vision"], &stuck).await;
+    let id = submit_needing(b, &["vision"], 1).await;
+    wait_for("taken by stuck", Duration::from_secs(5), || async {
+        let (_, t) = call("GET", &format!("{b}/tasks/{id}"), None).await;
+        (t["status"] == "running").then_some(())
+    })
+    .await;
+    let url = agent_server("fresh", Duration::ZERO).await;
+    register(b, "fresh", &["vision"], &url).await;
+    // "fresh" heartbeats; "stuck" falls silent and expires.
+    let hb = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            loop {
+                call("POST", &format!("{b}/agents/fresh/heartbeat"), None).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let r = result_of(b, &id).await;
+    hb.abort();
+    assert_eq!(
+        (r["status"].as_str(), r["result"]["agent"].as_str()),
+        (Some("completed"), Some("fresh")),
+        "{r}"
+    );
+}

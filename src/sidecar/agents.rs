@@ -5,21 +5,21 @@ use super::*;
 
 // ---- agent coordinator routes -------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub(super) struct Endpoints {
-    http: Option<String>,
+    pub(super) http: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub(super) struct RegisterRequest {
-    agent_id: String,
+    pub(super) agent_id: String,
     #[serde(default)]
     agent_type: Option<String>,
     #[serde(default)]
     capabilities: Vec<String>,
     #[serde(default)]
     services: Vec<String>,
-    endpoints: Endpoints,
+    pub(super) endpoints: Endpoints,
     #[serde(default)]
     metadata: Map<String, Value>,
 }
@@ -53,38 +53,27 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
         .check(&url)
         .await
         .map_err(ApiError::from)?;
-    let existing = app
+    // The registration lives in NATS (any sidecar serves the bridge); a
+    // re-registration keeps its first time and refreshes the TTL.
+    let known = app.timed("kv", app.registry.get(&req.agent_id)).await?;
+    let registered_at = known.map(|r| r.registered_at).unwrap_or_else(now_rfc3339);
+    let rec = super::bridges::AgentRecord {
+        req: req.clone(),
+        registered_at: registered_at.clone(),
+    };
+    app.timed("kv", app.registry.put(&rec)).await?;
+    let here = app
         .agents
         .lock()
         .expect("agents poisoned")
-        .get_mut(&req.agent_id)
-        .map(|b| {
-            b.last_seen = Instant::now();
-            b.registered_at.clone()
-        });
-    let registered_at = match existing {
-        Some(at) => at,
-        None => {
-            let cfg = bridge_config(&app, &req, &url);
-            let nats = app.client.nats().clone();
-            let node = app
-                .timed("node", Node::new(cfg).start(nats, app.shutdown.child()))
+        .contains_key(&req.agent_id);
+    if !here {
+        let live = app.timed("api", app.client.nodes()).await?;
+        if !live.iter().any(|n| n.node_id == req.agent_id) {
+            app.timed("node", super::bridges::start_bridge(&app, &rec))
                 .await?;
-            let at = now_rfc3339();
-            {
-                let mut a = app.agents.lock().expect("agents poisoned");
-                a.insert(
-                    req.agent_id.clone(),
-                    Bridge {
-                        node,
-                        last_seen: Instant::now(),
-                        registered_at: at.clone(),
-                    },
-                );
-            }
-            at
         }
-    };
+    }
     ok(json!({
         "status": "success",
         "message": format!("Agent {} registered successfully", req.agent_id),
@@ -94,7 +83,7 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
 }
 
 /// The in-process node that bridges a registered agent.
-fn bridge_config(app: &App, req: &RegisterRequest, url: &str) -> NodeConfig {
+pub(super) fn bridge_config(app: &App, req: &RegisterRequest, url: &str) -> NodeConfig {
     let mut cfg = NodeConfig::new(req.agent_id.clone());
     cfg.prefix = app.cfg.prefix.clone();
     cfg.queues = vec![agent_queue(&req.agent_id)];
@@ -129,14 +118,10 @@ pub(super) async fn agent_heartbeat(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let found = app
-        .agents
-        .lock()
-        .expect("agents poisoned")
-        .get_mut(&id)
-        .map(|b| b.last_seen = Instant::now())
-        .is_some();
-    if found {
+    validate_id("agent_id", &id).map_err(ApiError::from)?;
+    let rec = app.timed("kv", app.registry.get(&id)).await?;
+    if let Some(rec) = rec {
+        app.timed("kv", app.registry.put(&rec)).await?;
         ok(json!({"status": "success", "agent_id": id}))
     } else {
         Err(err(
@@ -144,33 +129,6 @@ pub(super) async fn agent_heartbeat(
             "unknown_agent",
             format!("agent {id:?} is not registered here; register it again"),
         ))
-    }
-}
-
-pub(super) async fn reap_agents(app: AppState) {
-    loop {
-        tokio::select! {
-            _ = app.shutdown.wait() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        let expired: Vec<(String, NodeHandle)> = app
-            .agents
-            .lock()
-            .map(|mut a| {
-                let ids: Vec<String> = a
-                    .iter()
-                    .filter(|(_, b)| b.last_seen.elapsed() > app.cfg.agent_ttl)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                ids.into_iter()
-                    .filter_map(|id| a.remove(&id).map(|b| (id, b.node)))
-                    .collect()
-            })
-            .expect("agents poisoned");
-        for (id, node) in expired {
-            tracing::info!(agent_id = %id, "agent missed its heartbeats; unregistering");
-            node.shutdown(Duration::from_secs(5)).await;
-        }
     }
 }
 
@@ -260,32 +218,23 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
         .map_err(ApiError::from)?;
     let nodes = app.timed("api", app.client.nodes()).await?;
     // The healthy agents with the capabilities; the strategy picks one.
-    let capable: Vec<&crate::wire::protocol::NodeInfo> = nodes
-        .iter()
-        .filter(|n| {
-            n.health == Health::Healthy && n.metadata.get("agent").is_some_and(|v| v == "true")
-        })
-        .filter(|n| {
-            b.requirements
-                .capabilities
-                .iter()
-                .all(|c| n.capabilities.contains(c))
-        })
-        .collect();
+    let caps = &b.requirements.capabilities;
+    let capable = super::bridges::capable(&nodes, caps, None);
     let agent = super::balance::pick(app.cfg.agent_strategy, &capable, &app.turn);
-    let (queue, envelope) = match agent {
-        Some(a) => (
+    let task_type = b.task_data.get("type").and_then(Value::as_str);
+    let (queue, mut envelope) = match (agent, task_type) {
+        (Some(a), _) => (
             agent_queue(&a.node_id),
             TaskEnvelope::new(AGENT_TASK, b.task_data.clone()),
         ),
-        None => {
-            let Some(t) = b.task_data.get("type").and_then(Value::as_str) else {
-                return Err(err(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_agent",
-                    format!("no active agent has capabilities {:?}, and task_data has no `type` for the worker nodes", b.requirements.capabilities),
-                ));
-            };
+        // No agent can take it now, and it is not a worker task: it waits
+        // for an agent with the capabilities to register.
+        (None, t) if !caps.is_empty() || t.is_none() => (
+            super::bridges::PENDING_QUEUE.to_string(),
+            TaskEnvelope::new(AGENT_TASK, b.task_data.clone()),
+        ),
+        (None, t) => {
+            let t = t.unwrap_or_default();
             let payload = b
                 .task_data
                 .get("payload")
@@ -294,6 +243,9 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
             ("default".to_string(), TaskEnvelope::new(t, payload))
         }
     };
+    envelope
+        .metadata
+        .insert("requirements".into(), json!({"capabilities": caps}));
     let req = SubmitRequest {
         envelope,
         queue: Some(queue),

@@ -9,13 +9,15 @@
 //! 503 when NATS is unreachable or nobody answers in time. Bad input never
 //! gives 500.
 //!
-//! Agents (`/agents/register`) are the one thing a sidecar keeps: each
-//! registered agent gets a bridge — an in-process node named after the
-//! agent, serving the queue `agent-<agent_id>` with an `http` handler that
-//! POSTs each task to the agent's endpoint. The bridge keeps the agent in
-//! discovery while the agent re-registers or heartbeats
-//! (`POST /agents/{id}/heartbeat`) within `agent_ttl`; after that it shuts
-//! down and the agent leaves discovery like a node.
+//! Agents (`/agents/register`): the registration is kept in the `P-agents`
+//! KV bucket with a per-key TTL of `agent_ttl`, refreshed by the agent's
+//! re-registrations and heartbeats (`POST /agents/{id}/heartbeat`) on any
+//! sidecar. Each registered agent gets a bridge — an in-process node named
+//! after the agent, serving the queue `agent-<agent_id>` with an `http`
+//! handler that POSTs each task to the agent's endpoint — on one sidecar;
+//! when that sidecar dies another takes the bridge over, and when the
+//! registration expires the bridge stops and its queued tasks move to
+//! another capable agent (see `bridges`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +48,7 @@ use crate::worker::{Node, NodeHandle};
 
 mod agents;
 pub mod balance;
+mod bridges;
 mod egress;
 mod error;
 mod listen;
@@ -127,8 +130,6 @@ impl SidecarHandle {
 
 struct Bridge {
     node: NodeHandle,
-    last_seen: Instant,
-    registered_at: String,
 }
 
 struct App {
@@ -136,6 +137,8 @@ struct App {
     client: Client,
     metrics: Metrics,
     agents: Mutex<HashMap<String, Bridge>>,
+    /// Registrations in `P-agents`.
+    registry: bridges::Registry,
     /// The round-robin strategy's turn.
     turn: std::sync::atomic::AtomicUsize,
     shutdown: Shutdown,
@@ -204,9 +207,10 @@ pub async fn serve(
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let app = Arc::new(App {
-        client: Client::new(nats, &cfg.prefix)?.with_timeout(cfg.request_timeout),
+        client: Client::new(nats.clone(), &cfg.prefix)?.with_timeout(cfg.request_timeout),
         metrics: Metrics::new().map_err(|e| Error::Config(e.to_string()))?,
         agents: Mutex::new(HashMap::new()),
+        registry: bridges::Registry::open(nats.clone(), &cfg).await?,
         turn: std::sync::atomic::AtomicUsize::new(0),
         shutdown: shutdown.clone(),
         cfg,
@@ -214,7 +218,7 @@ pub async fn serve(
     let router = router(app.clone());
     // The reaper ends with the shutdown; the server task waits for it, so
     // `SidecarHandle::wait` returns when both have ended.
-    let reaper = tokio::spawn(reap_agents(app.clone()));
+    let reaper = tokio::spawn(bridges::keep_bridges(app.clone()));
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
         listen::serve_until(listener, router, tls, sd).await;

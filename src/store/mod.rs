@@ -222,6 +222,21 @@ pub async fn attempts_bucket(
     open_bucket(js, c).await
 }
 
+/// Opens (or creates) the `P-agents` bucket: one registration per agent,
+/// with a per-key TTL (hence limit markers).
+pub async fn agents_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, Error> {
+    let desc = "jetweave agents registered through a sidecar (per-key TTL)";
+    open_bucket(
+        js,
+        bucket_config(subjects.agents_bucket(), desc, replicas, None, true),
+    )
+    .await
+}
+
 /// Opens (or creates) the `P-runs` bucket.
 pub async fn runs_bucket(
     js: &jetstream::Context,

@@ -213,6 +213,11 @@ impl Subjects {
     pub fn cancels_bucket(&self) -> String {
         format!("{}-cancels", self.prefix)
     }
+    /// KV bucket `P-agents`: agents registered through a sidecar (per-key
+    /// TTL), so any sidecar can serve their bridges.
+    pub fn agents_bucket(&self) -> String {
+        format!("{}-agents", self.prefix)
+    }
     /// KV bucket `P-limits`: flow-control limits by id, watched by every
     /// node (contract §15).
     pub fn limits_bucket(&self) -> String {
@@ -307,6 +312,7 @@ impl Subjects {
             self.cancels_bucket(),
             self.limits_bucket(),
             self.limit_state_bucket(),
+            self.agents_bucket(),
             self.runs_bucket(),
             self.leader_bucket(),
         ]
