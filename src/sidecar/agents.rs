@@ -67,12 +67,9 @@ pub(super) async fn agent_register(State(app): State<AppState>, body: Bytes) -> 
         .lock()
         .expect("agents poisoned")
         .contains_key(&req.agent_id);
-    if !here {
-        let live = app.timed("api", app.client.nodes()).await?;
-        if !live.iter().any(|n| n.node_id == req.agent_id) {
-            app.timed("node", super::bridges::start_bridge(&app, &rec))
-                .await?;
-        }
+    if !here && !app.timed("kv", app.registry.bridged(&req.agent_id)).await? {
+        app.timed("node", super::bridges::start_bridge(&app, &rec))
+            .await?;
     }
     ok(json!({
         "status": "success",

@@ -42,6 +42,8 @@ pub(super) struct Registry {
     store: kv::Store,
     subjects: Subjects,
     ttl: Duration,
+    /// `P-nodes`, read directly: bridges do not depend on a coordinator.
+    discovery: crate::store::discovery::KvDiscovery,
 }
 
 impl Registry {
@@ -51,11 +53,19 @@ impl Registry {
         let replicas = crate::store::replicas_for(&nats, &subjects).await;
         let store = crate::store::agents_bucket(&js, &subjects, replicas).await?;
         let ttl = Duration::from_secs(cfg.agent_ttl.as_secs_f64().ceil().max(1.0) as u64);
+        let discovery = crate::store::discovery::KvDiscovery::open(
+            nats,
+            &subjects,
+            Duration::from_secs(5),
+            replicas,
+        )
+        .await?;
         Ok(Registry {
             js,
             store,
             subjects,
             ttl,
+            discovery,
         })
     }
 
@@ -72,6 +82,11 @@ impl Registry {
             .await
             .map_err(Error::nats_source)?;
         Ok(())
+    }
+
+    /// Whether a live node (a bridge, on any sidecar) has this agent's id.
+    pub(super) async fn bridged(&self, agent_id: &str) -> Result<bool, Error> {
+        Ok(self.discovery.get(agent_id).await?.is_some())
     }
 
     pub(super) async fn get(&self, agent_id: &str) -> Result<Option<AgentRecord>, Error> {
@@ -121,7 +136,6 @@ pub(super) async fn keep_bridges(app: AppState) {
 
 async fn keep_once(app: &App, known: &mut HashSet<String>) -> Result<(), Error> {
     let regs = app.registry.all().await?;
-    let nodes = app.client.nodes().await?;
     let ids: HashSet<String> = regs.iter().map(|r| r.req.agent_id.clone()).collect();
     let gone: Vec<String> = known.difference(&ids).cloned().collect();
     *known = ids.clone();
@@ -143,7 +157,7 @@ async fn keep_once(app: &App, known: &mut HashSet<String>) -> Result<(), Error> 
     for rec in regs {
         let id = &rec.req.agent_id;
         let here = app.agents.lock().expect("agents poisoned").contains_key(id);
-        if !here && !nodes.iter().any(|n| &n.node_id == id) {
+        if !here && !app.registry.bridged(id).await? {
             // Another sidecar may be starting it too: the node id check
             // lets one win.
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
@@ -207,7 +221,7 @@ async fn move_tasks(app: &App, from: &str, exclude: Option<&str>) -> Result<(), 
                 continue;
             };
             if nodes.is_none() {
-                nodes = Some(app.client.nodes().await?);
+                nodes = Some(app.registry.discovery.nodes().await?);
             }
             let all = nodes.as_deref().unwrap_or_default();
             let choice = super::balance::pick(
