@@ -417,3 +417,59 @@ async fn invalid_limits_are_refused_and_a_deleted_limit_frees_its_tasks() {
     );
     drop(n);
 }
+
+/// The node's limit watches come back after the NATS server dies and
+/// restarts (a limit set afterwards holds tasks back), and the node still
+/// stops promptly (its watch loops end with it).
+#[tokio::test]
+async fn limits_survive_a_server_restart() {
+    let mut server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let n = start_node(&server, node_config("n1")).await;
+    let c = api_client(&server).await;
+    server.restart();
+    let set = json!({"limit_id": "after", "type": "echo", "per_second": 0.001});
+    wait_for("API back", Duration::from_secs(20), || async {
+        let v = c
+            .nats()
+            .request("weave.api.limits.set", set.to_string().into())
+            .await
+            .ok()?;
+        (serde_json::from_slice::<Value>(&v.payload).ok()?["ok"] == true).then_some(())
+    })
+    .await;
+    let mut i = 0;
+    wait_for(
+        "a limit set after the restart applies",
+        Duration::from_secs(25),
+        || {
+            i += 1;
+            let (c, id) = (c.clone(), format!("r{i}"));
+            async move {
+                let body = json!({"type": "echo", "limit_key": "K"});
+                let js = async_nats::jetstream::new(c.nats().clone());
+                let m = async_nats::jetstream::message::PublishMessage::build().payload(
+                    json!({"id": id, "type": "echo", "limit_key": "K", "payload": body})
+                        .to_string()
+                        .into(),
+                );
+                js.send_publish("weave.tasks.default.normal", m)
+                    .await
+                    .ok()?
+                    .await
+                    .ok()?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let info = c.get(&id).await.ok()?;
+                (info.throttled_by.as_deref() == Some("after")).then_some(())
+            }
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    n.handle.shutdown(Duration::from_secs(2)).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        t0.elapsed()
+    );
+}
