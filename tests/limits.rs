@@ -55,6 +55,25 @@ fn max_overlap(runs: &[(String, Instant, Instant)], key: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Publishes `echo` tasks of key K, one at a time, until one is reported
+/// held back by `limit` (within 25 s: a lost watch may take ~10 s to come
+/// back).
+async fn until_held_back(c: &jetweave::Client, limit: &str, what: &str) {
+    let mut i = 0;
+    wait_for(what, Duration::from_secs(25), || {
+        i += 1;
+        let (c, id) = (c.clone(), format!("held-{limit}-{i}"));
+        async move {
+            let body = json!({"type": "echo", "limit_key": "K"});
+            publish_task(c.nats(), "weave.tasks.default.normal", Some(&id), body).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let info = c.get(&id).await.ok()?;
+            (info.throttled_by.as_deref() == Some(limit)).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn wait_done(c: &jetweave::Client, id: &str) -> jetweave::protocol::TaskResult {
     let r = c.wait(id, Duration::from_secs(30)).await.expect(id);
     assert_eq!(r.status.as_str(), "completed", "{id}: {r:?}");
@@ -377,23 +396,7 @@ async fn invalid_limits_are_refused_and_a_deleted_limit_frees_its_tasks() {
     assert!(delete_consumers(&nats, "KV_weave-limit-state").await >= 1);
     let set = json!({"limit_id": "slow", "type": "echo", "per_second": 0.001});
     assert_eq!(api_raw(&c, "limits.set", set).await["ok"], true);
-    let mut i = 0;
-    wait_for(
-        "a limit set after the watch was lost applies",
-        Duration::from_secs(25),
-        || {
-            i += 1;
-            let (c, id) = (c.clone(), format!("e{i}"));
-            async move {
-                let body = json!({"type": "echo", "limit_key": "K"});
-                publish_task(c.nats(), "weave.tasks.default.normal", Some(&id), body).await;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                let info = c.get(&id).await.ok()?;
-                (info.throttled_by.as_deref() == Some("slow")).then_some(())
-            }
-        },
-    )
-    .await;
+    until_held_back(&c, "slow", "a limit set after the watch was lost applies").await;
     // The sidecar's metrics: hold-backs summed from the nodes, running
     // slots from the state bucket.
     let text = wait_for("limit metrics", Duration::from_secs(10), || async {
@@ -438,33 +441,7 @@ async fn limits_survive_a_server_restart() {
         (serde_json::from_slice::<Value>(&v.payload).ok()?["ok"] == true).then_some(())
     })
     .await;
-    let mut i = 0;
-    wait_for(
-        "a limit set after the restart applies",
-        Duration::from_secs(25),
-        || {
-            i += 1;
-            let (c, id) = (c.clone(), format!("r{i}"));
-            async move {
-                let body = json!({"type": "echo", "limit_key": "K"});
-                let js = async_nats::jetstream::new(c.nats().clone());
-                let m = async_nats::jetstream::message::PublishMessage::build().payload(
-                    json!({"id": id, "type": "echo", "limit_key": "K", "payload": body})
-                        .to_string()
-                        .into(),
-                );
-                js.send_publish("weave.tasks.default.normal", m)
-                    .await
-                    .ok()?
-                    .await
-                    .ok()?;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                let info = c.get(&id).await.ok()?;
-                (info.throttled_by.as_deref() == Some("after")).then_some(())
-            }
-        },
-    )
-    .await;
+    until_held_back(&c, "after", "a limit set after the restart applies").await;
     let t0 = Instant::now();
     n.handle.shutdown(Duration::from_secs(2)).await;
     assert!(

@@ -129,6 +129,30 @@ pub struct StaticNode {
     pub url: String,
 }
 
+/// The entry of something registered in discovery that runs no node: no
+/// queues, no slots, no handlers.
+fn entry_without_node(node_id: &str, url: Option<&str>, metadata: Map<String, Value>) -> NodeInfo {
+    let now = now_rfc3339();
+    NodeInfo {
+        node_id: node_id.to_string(),
+        role: Role::Worker,
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        url: url.map(strip_url),
+        queues: vec![],
+        capabilities: vec![],
+        max_concurrency: 0,
+        health: Health::Healthy,
+        active_tasks: 0,
+        started_at: now.clone(),
+        last_heartbeat_at: now,
+        state: Default::default(),
+        uptime_s: 0.0,
+        available: true,
+        metadata,
+    }
+}
+
 /// Discovery in the `P-nodes` JetStream KV bucket with per-key TTLs.
 #[derive(Clone)]
 pub struct KvDiscovery {
@@ -211,27 +235,10 @@ impl KvDiscovery {
                 format!("url must be http(s)://..., got {:?}", node.url),
             ));
         }
-        let now = now_rfc3339();
         let mut metadata = metadata;
         metadata.insert("static".into(), Value::Bool(true));
-        let info = NodeInfo {
-            node_id: node.node_id.clone(),
-            role: Role::Worker,
-            hostname: String::new(),
-            pid: 0,
-            url: Some(strip_url(&node.url)),
-            queues: vec![],
-            capabilities: vec![],
-            max_concurrency: 0,
-            health: Health::Healthy,
-            active_tasks: 0,
-            started_at: now.clone(),
-            last_heartbeat_at: now,
-            state: Default::default(),
-            uptime_s: 0.0,
-            available: false,
-            metadata,
-        };
+        let mut info = entry_without_node(&node.node_id, Some(&node.url), metadata);
+        (info.hostname, info.pid, info.available) = (String::new(), 0, false);
         let body = serde_json::to_vec(&info)?;
         self.store
             .put(&node.node_id, body.into())
@@ -280,25 +287,7 @@ impl Discovery for KvDiscovery {
         metadata: Map<String, Value>,
     ) -> Result<(), Error> {
         crate::wire::subjects::validate_id("node id", node_id)?;
-        let now = now_rfc3339();
-        let info = NodeInfo {
-            node_id: node_id.to_string(),
-            role: Role::Worker,
-            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-            pid: std::process::id(),
-            url: url.map(strip_url),
-            queues: vec![],
-            capabilities: vec![],
-            max_concurrency: 0,
-            health: Health::Healthy,
-            active_tasks: 0,
-            started_at: now.clone(),
-            last_heartbeat_at: now,
-            state: Default::default(),
-            uptime_s: 0.0,
-            available: true,
-            metadata,
-        };
+        let info = entry_without_node(node_id, url, metadata);
         self.put_info(&info).await.map(|_| ())
     }
 
