@@ -501,7 +501,12 @@ fn coordinator_proc(server: &NatsServer, id: &str) -> Proc {
 #[tokio::test]
 async fn leader_failover() {
     let server = NatsServer::start();
-    let api = api_client(&server).await;
+    // Short requests: a status request that reached c1 just as it was
+    // killed is lost, and must cost one poll, not the default 10 s (a CI
+    // run measured 10.03 s for the failover that way).
+    let api = api_client(&server)
+        .await
+        .with_timeout(Duration::from_millis(500));
     let mut c1 = coordinator_proc(&server, "c1");
     wait_for("c1 leads", Duration::from_secs(15), || async {
         let st = api.cluster_status().await.ok()?;

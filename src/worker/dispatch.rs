@@ -233,8 +233,20 @@ struct Dispatcher {
 /// What ended a wait.
 enum Woke {
     Go,
+    /// The doorbell rang: a task was published.
+    Rang,
     Stop,
 }
+
+/// Re-fetches after a doorbell that found nothing (see [`Dispatcher::run`]).
+const EARLY_RING_RETRIES: [Duration; 6] = [
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+];
 
 async fn dispatch_loop(
     s: Arc<NodeState>,
@@ -262,12 +274,17 @@ impl Dispatcher {
     }
 
     async fn run(&mut self) {
+        // After a ring, the rounds that found nothing yet: the doorbell (a
+        // core subscription) can arrive before the stream has stored the
+        // message, and a fetch then finds nothing; without a quick second
+        // look that task waited for the next poll (~250 ms).
+        let mut early: Option<usize> = None;
         while !self.stopping() {
             if *self.health.borrow_and_update() == Health::Draining {
                 self.doorbell = None;
                 match self.wait_health().await {
-                    Woke::Go => continue,
                     Woke::Stop => break,
+                    Woke::Go | Woke::Rang => continue,
                 }
             }
             let first = tokio::select! {
@@ -289,14 +306,21 @@ impl Dispatcher {
             let got = self.fetch_round(permits).await;
             self.saturated = got == wanted && got > 0;
             if got > 0 {
+                early = None;
                 if self.saturated {
                     // The doorbell would only add traffic.
                     self.doorbell = None;
                 }
                 continue;
             }
-            if let Woke::Stop = self.idle().await {
-                break;
+            // A quick second look after a ring that found nothing, still
+            // woken at once by the next ring.
+            let retry = early.and_then(|i| EARLY_RING_RETRIES.get(i));
+            early = early.map(|i| i + 1).filter(|_| retry.is_some());
+            match self.idle(retry.copied().unwrap_or(IDLE_POLL)).await {
+                Woke::Stop => break,
+                Woke::Rang => early = Some(0),
+                Woke::Go => {}
             }
         }
     }
@@ -392,7 +416,7 @@ impl Dispatcher {
     /// Idle: subscribe to the doorbell, then look once more before
     /// sleeping (so a task published in between is not missed); then sleep
     /// until it rings or the poll interval passes.
-    async fn idle(&mut self) -> Woke {
+    async fn idle(&mut self, wait: Duration) -> Woke {
         if self.doorbell.is_none() {
             match self.s.client.subscribe(self.doorbell_subject.clone()).await {
                 Ok(sub) => {
@@ -412,8 +436,8 @@ impl Dispatcher {
             }
         };
         let woke = tokio::select! {
-            _ = ring => Woke::Go,
-            _ = tokio::time::sleep(IDLE_POLL) => Woke::Go,
+            _ = ring => Woke::Rang,
+            _ = tokio::time::sleep(wait) => Woke::Go,
             _ = self.s.shutdown.wait() => Woke::Stop,
             _ = self.s.stop_requested.wait() => Woke::Stop,
             _ = self.health.changed() => Woke::Go,
