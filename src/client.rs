@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::wire::protocol::{
-    ClusterStatus, DlqList, LimitInfo, LimitList, LimitSpec, NodeInfo, PoolStatus, ScaleReply,
-    ScheduleCreate, ScheduleInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult,
+    ClusterStatus, DlqList, LimitInfo, LimitList, LimitSpec, NodeInfo, PoolStatus, Priority,
+    ScaleReply, ScheduleCreate, ScheduleInfo, SubmitReply, SubmitRequest, TaskInfo, TaskResult,
 };
 use crate::wire::subjects::{micro_ping, validate_id, validate_task_id, Subjects, POOL_SERVICE};
 
@@ -94,6 +94,47 @@ impl Client {
             results: results.messages,
             dead: dlq.messages,
         })
+    }
+
+    /// Tasks not yet delivered in `queue`, by priority (its consumers'
+    /// `num_pending`; a priority nobody consumes yet counts 0).
+    pub async fn queue_pending(&self, queue: &str) -> Result<Vec<(Priority, u64)>, Error> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.tasks_stream())
+            .await
+            .map_err(Error::nats_source)?;
+        let mut out = Vec::new();
+        for p in Priority::ALL {
+            let name = self.subjects.task_consumer(queue, p);
+            let n = match stream.consumer_info(&name).await {
+                Ok(i) => i.num_pending,
+                Err(_) => 0,
+            };
+            out.push((p, n));
+        }
+        Ok(out)
+    }
+
+    /// Dead letters held in `P_DLQ`, by queue.
+    pub async fn dlq_depth(&self) -> Result<Vec<(String, u64)>, Error> {
+        let stream = self
+            .js
+            .get_stream(self.subjects.dlq_stream())
+            .await
+            .map_err(Error::nats_source)?;
+        let mut info = stream
+            .info_with_subjects(self.subjects.dlq_wildcard())
+            .await
+            .map_err(Error::nats_source)?;
+        let mut out = Vec::new();
+        while let Some(e) = info.next().await {
+            let (subject, n) = e.map_err(Error::nats_source)?;
+            let queue = subject.rsplit('.').next().unwrap_or_default().to_string();
+            out.push((queue, n as u64));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The subject map.

@@ -490,6 +490,15 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 
+    // A dead letter for jetweave_dlq_depth.
+    let mut dead = jetweave::protocol::SubmitRequest {
+        envelope: jetweave::protocol::TaskEnvelope::new("fail", json!({"times": -1})),
+        ..Default::default()
+    };
+    dead.envelope.max_attempts = Some(1);
+    let dead_id = api.submit(&dead).await.unwrap().task_id;
+    api.wait(&dead_id, Duration::from_secs(10)).await.unwrap();
+
     // /metrics: Prometheus text that counts what we did.
     let text = http
         .get(format!("{}/metrics", a.base))
@@ -510,6 +519,28 @@ async fn native_routes_auth_metrics_two_sidecars_and_nats_down() {
     assert!(text.contains("jetweave_sidecar_nats_request_seconds_bucket"));
     assert!(
         text.contains("jetweave_nodes{health=\"healthy\"} 1"),
+        "{text}"
+    );
+    // Contract §14 families read from the streams and discovery.
+    let sample = |name: &str, labels: &[&str]| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .map(|l| l.rsplit_once(' ').unwrap().1.to_string())
+    };
+    for p in ["critical", "high", "normal", "low"] {
+        let v = sample(
+            "jetweave_queue_pending",
+            &["queue=\"default\"", &format!("priority=\"{p}\"")],
+        );
+        assert_eq!(v.as_deref(), Some("0"), "{p}: {text}");
+    }
+    assert_eq!(
+        sample("jetweave_dlq_depth", &["queue=\"default\""]).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert!(
+        sample("jetweave_node_active_tasks", &["node=\"n1\""]).is_some(),
         "{text}"
     );
     for l in text

@@ -8,6 +8,8 @@ pub(super) struct Metrics {
     pub(super) nats_latency: HistogramVec,
     pub(super) nodes: IntGaugeVec,
     pub(super) pending: IntGaugeVec,
+    pub(super) dlq_depth: IntGaugeVec,
+    pub(super) node_active: IntGaugeVec,
     pub(super) pool_workers: IntGaugeVec,
     pub(super) pool_desired: IntGaugeVec,
     pub(super) limit_running: IntGaugeVec,
@@ -42,9 +44,25 @@ impl Metrics {
             &["health"],
         )?;
         let pending = IntGaugeVec::new(
-            Opts::new("jetweave_queue_pending", "Tasks waiting per queue"),
+            Opts::new(
+                "jetweave_queue_pending",
+                "Tasks waiting (not yet delivered) per queue and priority",
+            ),
+            &["queue", "priority"],
+        )?;
+        let dlq_depth = IntGaugeVec::new(
+            Opts::new("jetweave_dlq_depth", "Dead letters held per queue"),
             &["queue"],
         )?;
+        let node_active = IntGaugeVec::new(
+            Opts::new(
+                "jetweave_node_active_tasks",
+                "Tasks, shards and events running per live node",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(dlq_depth.clone()))?;
+        registry.register(Box::new(node_active.clone()))?;
         let pool_workers = IntGaugeVec::new(
             Opts::new("jetweave_pool_workers", "Serving workers per pool"),
             &["pool"],
@@ -81,6 +99,8 @@ impl Metrics {
             nats_latency,
             nodes,
             pending,
+            dlq_depth,
+            node_active,
             pool_workers,
             pool_desired,
             limit_running,
@@ -103,13 +123,16 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
             .nodes
             .with_label_values(&["draining"])
             .set(st.draining_nodes as i64);
-        for (q, s) in st.queues {
-            app.metrics
-                .pending
-                .with_label_values(&[&q])
-                .set(s.pending as i64);
+        for q in st.queues.keys() {
+            if let Ok(by) = app.client.queue_pending(q).await {
+                for (p, n) in by {
+                    let labels = [q.as_str(), p.as_str()];
+                    app.metrics.pending.with_label_values(&labels).set(n as i64);
+                }
+            }
         }
     }
+    queue_gauges(&app).await;
     pool_gauges(&app).await;
     limit_gauges(&app).await;
     let mut buf = Vec::new();
@@ -176,6 +199,30 @@ async fn limit_gauges(app: &App) {
                 .limit_throttled
                 .with_label_values(&[limit.as_str()])
                 .inc_by(n);
+        }
+    }
+}
+
+/// Dead letters by queue (from the DLQ stream) and running tasks by node
+/// (from discovery); gone queues and nodes are dropped.
+async fn queue_gauges(app: &App) {
+    let wait = app.cfg.request_timeout;
+    if let Ok(Ok(depth)) = tokio::time::timeout(wait, app.client.dlq_depth()).await {
+        app.metrics.dlq_depth.reset();
+        for (q, n) in depth {
+            app.metrics
+                .dlq_depth
+                .with_label_values(&[q.as_str()])
+                .set(n as i64);
+        }
+    }
+    if let Ok(Ok(nodes)) = tokio::time::timeout(wait, app.client.nodes()).await {
+        app.metrics.node_active.reset();
+        for n in nodes.iter().filter(|n| n.max_concurrency > 0) {
+            app.metrics
+                .node_active
+                .with_label_values(&[n.node_id.as_str()])
+                .set(i64::from(n.active_tasks));
         }
     }
 }
