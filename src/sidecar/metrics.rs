@@ -19,16 +19,33 @@ pub(super) struct Metrics {
 /// How long a scrape waits for pools to answer their service ping.
 const POOL_PING_WAIT: Duration = Duration::from_millis(250);
 
+/// A gauge family, registered.
+fn gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// A counter family, registered.
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
     pub(super) fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "jetweave_sidecar_requests_total",
-                "HTTP requests by route and status",
-            ),
-            &["method", "route", "status"],
-        )?;
+        let r = Registry::new();
         let nats_latency = HistogramVec::new(
             prometheus::HistogramOpts::new(
                 "jetweave_sidecar_nats_request_seconds",
@@ -39,72 +56,59 @@ impl Metrics {
             ]),
             &["target"],
         )?;
-        let nodes = IntGaugeVec::new(
-            Opts::new("jetweave_nodes", "Live nodes by health"),
-            &["health"],
-        )?;
-        let pending = IntGaugeVec::new(
-            Opts::new(
+        r.register(Box::new(nats_latency.clone()))?;
+        Ok(Metrics {
+            requests: counter(
+                &r,
+                "jetweave_sidecar_requests_total",
+                "HTTP requests by route and status",
+                &["method", "route", "status"],
+            )?,
+            nats_latency,
+            nodes: gauge(&r, "jetweave_nodes", "Live nodes by health", &["health"])?,
+            pending: gauge(
+                &r,
                 "jetweave_queue_pending",
                 "Tasks waiting (not yet delivered) per queue and priority",
-            ),
-            &["queue", "priority"],
-        )?;
-        let dlq_depth = IntGaugeVec::new(
-            Opts::new("jetweave_dlq_depth", "Dead letters held per queue"),
-            &["queue"],
-        )?;
-        let node_active = IntGaugeVec::new(
-            Opts::new(
+                &["queue", "priority"],
+            )?,
+            dlq_depth: gauge(
+                &r,
+                "jetweave_dlq_depth",
+                "Dead letters held per queue",
+                &["queue"],
+            )?,
+            node_active: gauge(
+                &r,
                 "jetweave_node_active_tasks",
                 "Tasks, shards and events running per live node",
-            ),
-            &["node"],
-        )?;
-        registry.register(Box::new(dlq_depth.clone()))?;
-        registry.register(Box::new(node_active.clone()))?;
-        let pool_workers = IntGaugeVec::new(
-            Opts::new("jetweave_pool_workers", "Serving workers per pool"),
-            &["pool"],
-        )?;
-        let pool_desired = IntGaugeVec::new(
-            Opts::new("jetweave_pool_desired", "Desired workers per pool"),
-            &["pool"],
-        )?;
-        let limit_running = IntGaugeVec::new(
-            Opts::new(
+                &["node"],
+            )?,
+            pool_workers: gauge(
+                &r,
+                "jetweave_pool_workers",
+                "Serving workers per pool",
+                &["pool"],
+            )?,
+            pool_desired: gauge(
+                &r,
+                "jetweave_pool_desired",
+                "Desired workers per pool",
+                &["pool"],
+            )?,
+            limit_running: gauge(
+                &r,
                 "jetweave_limit_running",
                 "Tasks whose handler runs now under each flow-control limit (all keys)",
-            ),
-            &["limit"],
-        )?;
-        let limit_throttled = IntCounterVec::new(
-            Opts::new(
+                &["limit"],
+            )?,
+            limit_throttled: counter(
+                &r,
                 "jetweave_limit_throttled_total",
                 "Tasks held back by each limit, summed over the live nodes' counters",
-            ),
-            &["limit"],
-        )?;
-        registry.register(Box::new(limit_running.clone()))?;
-        registry.register(Box::new(limit_throttled.clone()))?;
-        registry.register(Box::new(pool_workers.clone()))?;
-        registry.register(Box::new(pool_desired.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(nats_latency.clone()))?;
-        registry.register(Box::new(nodes.clone()))?;
-        registry.register(Box::new(pending.clone()))?;
-        Ok(Metrics {
-            registry,
-            requests,
-            nats_latency,
-            nodes,
-            pending,
-            dlq_depth,
-            node_active,
-            pool_workers,
-            pool_desired,
-            limit_running,
-            limit_throttled,
+                &["limit"],
+            )?,
+            registry: r,
         })
     }
 }
