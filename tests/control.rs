@@ -692,6 +692,16 @@ async fn a_node_stops_on_sigterm_while_nats_is_down() {
     eprintln!("exited {:?} after SIGTERM", t0.elapsed());
 }
 
+/// The `state` of each process in a `processes` reply.
+fn process_states(r: &Value) -> Vec<String> {
+    r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Process triggers fire events on schedule (every_s, and a five-field
 /// crontab expression is accepted); `process.<name>.add` adds a process at
 /// run time; `start_all` / `stop_all` act on every process (seed 000).
@@ -779,12 +789,7 @@ async fn process_triggers_add_and_start_stop_all() {
 
     // stop_all: every process stopped, events refused, triggers skip.
     let r = req(&client, "weave.ctl.p1.stop_all", b"").await;
-    let states: Vec<&str> = r["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["state"].as_str().unwrap())
-        .collect();
+    let states = process_states(&r);
     assert_eq!(states, ["stopped"; 3], "{r}");
     let r = req(&client, "weave.event.p1.ticker", br#"{"payload": 1}"#).await;
     assert_eq!(r["code"], "process_stopped", "{r}");
@@ -799,14 +804,45 @@ async fn process_triggers_add_and_start_stop_all() {
         "a stopped process's trigger does not fire"
     );
     let r = req(&client, "weave.ctl.p1.start_all", b"").await;
-    let states: Vec<&str> = r["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["state"].as_str().unwrap())
-        .collect();
+    let states = process_states(&r);
     assert_eq!(states, ["running"; 3], "{r}");
     tokio::time::timeout(Duration::from_secs(3), ticks.next())
         .await
         .expect("ticks again after start_all");
+}
+
+/// A process trigger keeps firing after the NATS server is killed and
+/// restarted, and its loop ends with the node.
+#[tokio::test]
+async fn process_triggers_survive_a_server_restart_and_end_with_the_node() {
+    let mut server = NatsServer::start();
+    let mut cfg = node_config("t1");
+    cfg.processes = vec![ProcessSpec {
+        every_s: Some(0.5),
+        ..ProcessSpec::new("ticker", "echo")
+    }];
+    let node = start_node(&server, cfg).await;
+    server.restart();
+    let client = server.client().await;
+    let mut ticks = client
+        .subscribe("weave.events.process.t1.ticker")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), ticks.next())
+        .await
+        .expect("a tick after the restart");
+    let t0 = Instant::now();
+    node.handle.shutdown(Duration::from_secs(2)).await;
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    // Stopped: no tick any more.
+    while tokio::time::timeout(Duration::from_millis(100), ticks.next())
+        .await
+        .is_ok()
+    {}
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), ticks.next())
+            .await
+            .is_err(),
+        "the trigger loop ended with the node"
+    );
 }

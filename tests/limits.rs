@@ -36,6 +36,25 @@ async fn probe_node(server: &NatsServer, id: &str, runs: &Runs) -> TestNode {
     start_node_with(server, node).await
 }
 
+/// A server, a coordinator and two probe nodes sharing one record.
+async fn two_probe_nodes() -> (
+    NatsServer,
+    TestCoordinator,
+    [TestNode; 2],
+    Runs,
+    jetweave::Client,
+) {
+    let server = NatsServer::start();
+    let c = start_coordinator(&server, "c1").await;
+    let runs: Runs = Arc::default();
+    let nodes = [
+        probe_node(&server, "n1", &runs).await,
+        probe_node(&server, "n2", &runs).await,
+    ];
+    let api = api_client(&server).await;
+    (server, c, nodes, runs, api)
+}
+
 async fn probe(c: &jetweave::Client, id: &str, key: &str, ms: u64) {
     publish_task(
         c.nats(),
@@ -82,12 +101,7 @@ async fn wait_done(c: &jetweave::Client, id: &str) -> jetweave::protocol::TaskRe
 
 #[tokio::test]
 async fn max_running_caps_one_key_on_all_nodes_and_holds_back_nothing_else() {
-    let server = NatsServer::start();
-    let _c = start_coordinator(&server, "c1").await;
-    let runs: Runs = Arc::default();
-    let _n1 = probe_node(&server, "n1", &runs).await;
-    let _n2 = probe_node(&server, "n2", &runs).await;
-    let c = api_client(&server).await;
+    let (server, _c, _nodes, runs, c) = two_probe_nodes().await;
     let url = server.url();
     let o = jw_async(&[
         "--nats-url",
@@ -156,12 +170,7 @@ async fn max_running_caps_one_key_on_all_nodes_and_holds_back_nothing_else() {
 
 #[tokio::test]
 async fn per_second_spreads_starts_per_key() {
-    let server = NatsServer::start();
-    let _c = start_coordinator(&server, "c1").await;
-    let runs: Runs = Arc::default();
-    let _n1 = probe_node(&server, "n1", &runs).await;
-    let _n2 = probe_node(&server, "n2", &runs).await;
-    let c = api_client(&server).await;
+    let (_server, _c, _nodes, runs, c) = two_probe_nodes().await;
     let v = api_raw(
         &c,
         "limits.set",

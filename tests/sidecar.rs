@@ -779,3 +779,25 @@ async fn a_dead_agents_task_goes_to_another_capable_agent() {
         "{r}"
     );
 }
+
+/// The sidecar's agent-bridge loop comes back after the NATS server is
+/// killed and restarted: a task waiting for a capability is handed to an
+/// agent that registers afterwards.
+#[tokio::test]
+async fn the_agent_bridge_loop_survives_a_server_restart() {
+    let mut server = NatsServer::start();
+    let sc = sidecar(&server, &[]).await;
+    server.restart();
+    let (_c, _n) = cluster(&server).await;
+    let b = &sc.base;
+    let id = wait_for("sidecar back on NATS", Duration::from_secs(20), || async {
+        let body = json!({"task_data": {"n": 1}, "requirements": {"capabilities": ["ear"]}});
+        let (st, v) = call("POST", &format!("{b}/tasks/submit"), Some(body)).await;
+        (st == 200).then(|| v["task_id"].as_str().unwrap().to_string())
+    })
+    .await;
+    let url = agent_server("ear", Duration::ZERO).await;
+    register(b, "ear", &["ear"], &url).await;
+    let r = result_of(b, &id).await;
+    assert_eq!(r["result"]["agent"], "ear", "{r}");
+}
