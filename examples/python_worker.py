@@ -133,8 +133,8 @@ class Worker:
                 await self.js.consumer_info(f"{self.p.upper()}_TASKS", f"tasks_default_{prio}")
             await self.js.stream_info(f"KV_{self.p}-nodes")
             return True
-        except (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError,
-                nats.errors.TimeoutError):
+        except (nats.js.errors.APIError, nats.js.errors.NoStreamResponseError,
+                nats.errors.TimeoutError, nats.errors.NoRespondersError):
             return False
 
     async def wait_for_resources(self):
@@ -147,7 +147,9 @@ class Worker:
             await asyncio.sleep(0.5)
 
     async def run(self):
-        self.nc = await nats.connect(self.args.nats_url, name=f"python worker {self.node_id}")
+        # --nats-url may name several servers of a cluster, comma separated.
+        servers = [u.strip() for u in self.args.nats_url.split(",") if u.strip()]
+        self.nc = await nats.connect(servers, name=f"python worker {self.node_id}")
         self.js = self.nc.jetstream()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -145,6 +145,14 @@ fn yes() -> bool {
     true
 }
 
+/// Most queues, capabilities or metadata keys a node may have (each list
+/// travels in every heartbeat and discovery entry).
+pub const MAX_LISTED: usize = 32;
+/// Longest metadata key, in bytes.
+pub const MAX_METADATA_KEY: usize = 64;
+/// Longest metadata value, in bytes.
+pub const MAX_METADATA_VALUE: usize = 256;
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -304,10 +312,48 @@ impl NodeConfig {
         Ok(c)
     }
 
+    /// What a node puts in its heartbeat and discovery entry stays small
+    /// whatever it is configured with (every watcher gets every entry on
+    /// every beat): at most [`MAX_LISTED`] queues, capabilities and
+    /// metadata keys, metadata keys and values of at most
+    /// [`MAX_METADATA_KEY`] and [`MAX_METADATA_VALUE`] bytes.
+    fn check_entry_bounds(&self) -> Result<(), Error> {
+        for (what, n) in [
+            ("queues", self.queues.len()),
+            ("capabilities", self.capabilities.len()),
+            ("metadata keys", self.metadata.len()),
+        ] {
+            if n > MAX_LISTED {
+                return Err(Error::Config(format!(
+                    "at most {MAX_LISTED} {what}, got {n} (they travel in every heartbeat)"
+                )));
+            }
+        }
+        if let Some(c) = self
+            .capabilities
+            .iter()
+            .find(|c| c.len() > MAX_METADATA_KEY)
+        {
+            return Err(Error::Config(format!(
+                "capability {c:?} is longer than {MAX_METADATA_KEY} bytes"
+            )));
+        }
+        for (k, v) in &self.metadata {
+            if k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE {
+                return Err(Error::Config(format!(
+                    "metadata {k:?}: keys are at most {MAX_METADATA_KEY} bytes and values \
+                     {MAX_METADATA_VALUE} (they travel in every heartbeat)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every value; the error names the bad one.
     pub fn validate(&self) -> Result<(), Error> {
         validate_id("prefix", &self.prefix)?;
         validate_id("node id", &self.node_id)?;
+        self.check_entry_bounds()?;
         if self.queues.is_empty() && self.role != Role::Supervisor {
             return Err(Error::Config("at least one queue is required".into()));
         }

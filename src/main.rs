@@ -4,7 +4,6 @@
 mod cli;
 mod up;
 
-use anyhow::Context;
 use clap::Parser;
 use cli::{ops, AuthCommand, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs, UpArgs};
 use jetweave::protocol::Role;
@@ -103,9 +102,11 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     Ok(())
 }
 
-/// Starts the node. A signal during the start lets it finish starting (at
-/// most 10 s: a start may wait for NATS) and then stops it the usual way,
-/// so what it registered is removed; `None` then.
+/// Starts the node. A start that fails because NATS or JetStream is out of
+/// reach (a server restarting, a site's leaf link down) is tried again
+/// every 0.5..5 s until it works or a signal comes; other errors end it.
+/// A signal during a start lets it finish starting (at most 10 s) and then
+/// stops it the usual way, so what it registered is removed; `None` then.
 async fn start_node(
     cfg: jetweave::NodeConfig,
     client: &async_nats::Client,
@@ -113,17 +114,33 @@ async fn start_node(
     signals: &mut Signals,
     deadline: std::time::Duration,
 ) -> anyhow::Result<Option<jetweave::NodeHandle>> {
-    let start = Node::new(cfg).start(client.clone(), shutdown.clone());
-    tokio::pin!(start);
-    tokio::select! {
-        n = &mut start => Ok(Some(n.context("node failed to start")?)),
-        _ = signals.recv() => {
-            tracing::info!("signal received while starting");
-            match tokio::time::timeout(std::time::Duration::from_secs(10), &mut start).await {
-                Ok(n) => n.context("node failed to start")?.shutdown(deadline).await,
-                Err(_) => tracing::warn!("the start did not finish within 10 s: exiting"),
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        let start = Node::new(cfg.clone()).start(client.clone(), shutdown.clone());
+        tokio::pin!(start);
+        let started = tokio::select! {
+            n = &mut start => n,
+            _ = signals.recv() => {
+                tracing::info!("signal received while starting");
+                match tokio::time::timeout(std::time::Duration::from_secs(10), &mut start).await {
+                    Ok(Ok(n)) => n.shutdown(deadline).await,
+                    Ok(Err(_)) => {}
+                    Err(_) => tracing::warn!("the start did not finish within 10 s: exiting"),
+                }
+                return Ok(None);
             }
-            Ok(None)
+        };
+        match started {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == jetweave::error::ErrorKind::Unavailable => {
+                tracing::warn!(error = %e, ?pause, "node could not start; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = signals.recv() => return Ok(None),
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("node failed to start")),
         }
     }
 }

@@ -388,7 +388,18 @@ async fn every_heartbeat_refreshes_the_entry_and_counts_are_right() {
         }
     };
     assert_eq!(beat["failed"], 3, "{beat}");
-    let entry = node_entry(&client, "c1").await.unwrap();
+    // The entry is written just after the beat is sent (and on a cluster a
+    // read may reach a replica a moment behind): it follows within a beat.
+    let entry = wait_for(
+        "the entry with the beat's counts",
+        Duration::from_secs(2),
+        || async {
+            node_entry(&client, "c1")
+                .await
+                .filter(|e| e["metadata"]["completed"] == 4)
+        },
+    )
+    .await;
     assert_eq!(entry["metadata"]["completed"], 4, "{entry}");
     assert_eq!(entry["metadata"]["failed"], 3, "{entry}");
     node.handle.shutdown(Duration::from_secs(2)).await;
@@ -845,4 +856,80 @@ async fn process_triggers_survive_a_server_restart_and_end_with_the_node() {
             .is_err(),
         "the trigger loop ended with the node"
     );
+}
+
+/// A node at every configured bound (32 queues, capabilities and metadata
+/// keys of the longest size, 100 handler types) with all its slots busy
+/// sends heartbeats under 4 KiB and a discovery entry under 16 KiB; one
+/// past a bound is refused at start, naming it.
+#[tokio::test]
+async fn heartbeats_and_entries_stay_bounded_whatever_the_node_runs() {
+    use jetweave::config::{MAX_LISTED, MAX_METADATA_KEY, MAX_METADATA_VALUE};
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut cfg = node_config("big");
+    cfg.queues = (0..MAX_LISTED).map(|i| format!("q{i}")).collect();
+    cfg.capabilities = (0..MAX_LISTED)
+        .map(|i| format!("{i:0>width$}", width = MAX_METADATA_KEY))
+        .collect();
+    cfg.metadata = (0..MAX_LISTED)
+        .map(|i| {
+            (
+                format!("{i:0>width$}", width = MAX_METADATA_KEY),
+                "v".repeat(MAX_METADATA_VALUE),
+            )
+        })
+        .collect();
+    cfg.concurrency = MAX_LISTED as u32;
+    let mut too_many = cfg.clone();
+    too_many.queues.push("one-more".into());
+    let err = jetweave::Node::new(too_many)
+        .start(client.clone(), jetweave::Shutdown::new())
+        .await
+        .err()
+        .expect("33 queues refused");
+    assert!(err.to_string().contains("at most 32 queues"), "{err}");
+    let mut long = cfg.clone();
+    long.metadata
+        .insert("k".into(), "v".repeat(MAX_METADATA_VALUE + 1));
+    assert!(jetweave::Node::new(long)
+        .start(client.clone(), jetweave::Shutdown::new())
+        .await
+        .is_err());
+
+    let mut node = jetweave::Node::new(cfg);
+    for i in 0..100 {
+        node.handler(&format!("handler-{i}"), |_ctx, _p| async {
+            Ok(json!(null))
+        });
+    }
+    let mut hb = client.subscribe("weave.node.big.heartbeat").await.unwrap();
+    let n = start_node_with(&server, node).await;
+    for i in 0..MAX_LISTED {
+        publish_task(
+            &client,
+            &format!("weave.tasks.q{i}.normal"),
+            None,
+            json!({"type": "sleep", "payload": {"ms": 5000}}),
+        )
+        .await;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    let beat = loop {
+        let m = tokio::time::timeout_at(until.into(), hb.next())
+            .await
+            .expect("a beat with every slot busy in time")
+            .expect("subscription open");
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["active_tasks"] == MAX_LISTED {
+            break m.payload.len();
+        }
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js.get_key_value("weave-nodes").await.unwrap();
+    let entry = kv.get("big").await.unwrap().expect("entry").len();
+    eprintln!("heartbeat {beat} bytes, discovery entry {entry} bytes");
+    assert!(beat < 4096, "heartbeat {beat} bytes");
+    assert!(entry < 16 * 1024, "entry {entry} bytes");
+    n.handle.shutdown(Duration::from_millis(100)).await;
 }

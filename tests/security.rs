@@ -527,8 +527,19 @@ async fn failure_paths_need_no_more_permissions() {
         "max_running": 1, "per_second": 50}))
     .unwrap();
     op.limit_set(&spec).await.expect("limit as operator");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let first = submit(json!({"type": "sleep", "payload": {"ms": 1500}, "limit_key": "K"})).await;
+    // The first runs under the limit (it holds K's slot) before the second
+    // is sent, so the nodes know the limit by then.
+    wait_for(
+        "the first task holding K's slot",
+        Duration::from_secs(10),
+        || async {
+            let limits = op.limits().await.ok()?;
+            let sec = limits.iter().find(|l| l.limit_id == "sec")?;
+            (sec.running.get("K") == Some(&1)).then_some(())
+        },
+    )
+    .await;
     let second = submit(json!({"type": "sleep", "payload": {"ms": 10}, "limit_key": "K"})).await;
     wait_for(
         "the second task throttled",
@@ -699,8 +710,21 @@ async fn a_rotated_key_replaces_the_old_one_after_a_reload() {
     o.connect_wait = Duration::from_millis(300);
     let e = o.connect("stale").await.unwrap_err();
     assert!(e.to_string().contains("refused the credentials"), "{e}");
-    connect_as(&server, dir, "node-n1").await;
-    connect_as(&server, dir, "operator").await;
+    // The new key and the others are accepted (a CI run once saw a refusal
+    // here under load: the reload may still be settling, so retry briefly).
+    for user in ["node-n1", "operator"] {
+        wait_for(
+            &format!("{user} accepted"),
+            Duration::from_secs(5),
+            || async {
+                let mut o = NatsOptions::new(server.url());
+                o.nkey = Some(PathBuf::from(key(dir, user)));
+                o.connect_wait = Duration::from_millis(300);
+                o.connect(user).await.ok()
+            },
+        )
+        .await;
+    }
 }
 
 /// A pool with its own key (`pool-<id>`) starts its workers with theirs

@@ -22,6 +22,7 @@ use crate::wire::subjects::Subjects;
 
 const KEY: &str = "coordinator";
 const STANDBY_POLL: Duration = Duration::from_millis(250);
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct State {
@@ -141,9 +142,20 @@ impl Leader {
             }
             return;
         }
-        // Who holds it? Read the last message of the key, markers included.
+        // Who holds it? Read the last message of the key, markers included,
+        // from the stream leader (a replica a moment behind would name an
+        // old sequence, and the write below would be refused).
+        // A read the server leaves unanswered (seen once on a cluster, at
+        // the moment the lease expired) must cost one poll, not the
+        // client's 5 s request timeout.
         let stream = &self.store.stream;
-        match stream.direct_get_last_for_subject(self.subject()).await {
+        let subject = self.subject();
+        let read = stream.get_last_raw_message_by_subject(&subject);
+        let Ok(last) = tokio::time::timeout(READ_TIMEOUT, read).await else {
+            tracing::debug!("lease read unanswered; trying again");
+            return;
+        };
+        match last {
             Ok(m) => {
                 let op = m
                     .headers
@@ -162,12 +174,13 @@ impl Leader {
                     self.set(None, holder);
                 }
             }
-            Err(_) => {
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 // Never written.
                 if let Ok(r) = self.write(js, 0).await {
                     self.set(Some(r), Some(self.id.clone()));
                 }
             }
+            Err(e) => tracing::debug!(error = %e, "lease not read; trying again"),
         }
     }
 

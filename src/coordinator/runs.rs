@@ -371,7 +371,7 @@ impl Engine {
             .filter(|n| {
                 n.health == Health::Healthy
                     && n.role != Role::Supervisor
-                    && n.handlers().contains(&rec.spec.task_type)
+                    && n.may_handle(&rec.spec.task_type)
                     && rec
                         .spec
                         .requirements

@@ -21,21 +21,56 @@ pub mod tasks;
 /// Duplicate window of `P_TASKS` (the server default).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Opens a KV bucket, creating it with `config` when it does not exist
-/// (two processes racing to create it both end up with the same bucket).
 /// Opens a KV bucket, creating it when missing; a second caller or a
-/// restart finds the existing one and leaves it as it is.
+/// restart finds the existing one and leaves it as it is (two processes
+/// racing to create it both end up with the same bucket; a create that
+/// times out while a cluster elects a leader is tried again).
 pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
     if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
         return Ok(store);
     }
-    match js.create_key_value(config.clone()).await {
-        Ok(store) => Ok(store),
+    let timed_out = |e: &jetstream::context::CreateKeyValueError| {
+        matches!(
+            e.kind(),
+            jetstream::context::CreateKeyValueErrorKind::TimedOut
+        )
+    };
+    match settle(|| js.create_key_value(config.clone()), timed_out).await {
+        Ok(store) if config.num_replicas < 2 => Ok(store),
+        Ok(_) => leader_reads(js, &config.bucket).await,
         Err(e) => js
             .get_key_value(config.bucket.as_str())
             .await
             .map_err(|_| Error::nats(format!("cannot open KV bucket {}: {e}", config.bucket))),
     }
+}
+
+/// Turns direct gets off on a replicated bucket it just created. Direct
+/// gets are answered by any replica, and one a moment behind answers a
+/// read that follows a write with the value before it (on a 3-server
+/// cluster an agent's heartbeat right after its registration found no
+/// registration). jetweave's buckets hold control state that is read
+/// right after it is written, so their reads go to the stream leader.
+async fn leader_reads(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, Error> {
+    let mut stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(Error::nats_source)?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(Error::nats_source)?
+        .config
+        .clone();
+    if config.allow_direct {
+        config.allow_direct = false;
+        // A creator without the right to update (a least-privilege node)
+        // keeps direct reads: a warning, not a failure.
+        if let Err(e) = js.update_stream(config).await {
+            tracing::warn!(bucket, error = %e, "reads of a replicated bucket stay direct");
+        }
+    }
+    js.get_key_value(bucket).await.map_err(Error::nats_source)
 }
 
 /// Creates the task, result, DLQ and event streams when missing (an
@@ -102,7 +137,7 @@ pub async fn ensure_streams(
     ];
     for c in configs {
         let name = c.name.clone();
-        js.get_or_create_stream(c)
+        settle(|| js.get_or_create_stream(c.clone()), stream_error_passes)
             .await
             .map_err(|e| Error::nats(format!("cannot create stream {name}: {e}")))?;
     }
@@ -116,7 +151,7 @@ pub async fn ensure_shards_stream(
     subjects: &Subjects,
     replicas: usize,
 ) -> Result<(), Error> {
-    js.get_or_create_stream(stream::Config {
+    let config = stream::Config {
         name: subjects.shards_stream(),
         description: Some("jetweave shard assignments (one subject per node)".into()),
         subjects: vec![subjects.shards_wildcard()],
@@ -125,7 +160,11 @@ pub async fn ensure_shards_stream(
         num_replicas: replicas.max(1),
         allow_direct: true,
         ..Default::default()
-    })
+    };
+    settle(
+        || js.get_or_create_stream(config.clone()),
+        stream_error_passes,
+    )
     .await
     .map(|_| ())
     .map_err(|e| Error::nats(format!("cannot create shard stream: {e}")))
@@ -139,27 +178,29 @@ pub async fn task_consumer(
     priority: Priority,
     ack_wait: Duration,
 ) -> Result<consumer::PullConsumer, Error> {
-    let stream = js
-        .get_stream(subjects.tasks_stream())
-        .await
-        .map_err(Error::nats_source)?;
+    let stream = settle(
+        || js.get_stream(subjects.tasks_stream()),
+        get_stream_error_passes,
+    )
+    .await
+    .map_err(Error::nats_source)?;
     let name = subjects.task_consumer(queue, priority);
-    stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("jetweave {queue}/{}", priority.as_str())),
-                filter_subject: subjects.task(queue, priority),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("jetweave {queue}/{}", priority.as_str())),
+        filter_subject: subjects.task(queue, priority),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    };
+    settle(
+        || stream.get_or_create_consumer(&name, config.clone()),
+        consumer_error_passes,
+    )
+    .await
+    .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
 }
 
 /// A file-backed KV bucket that keeps one revision per key, with
@@ -255,16 +296,15 @@ pub async fn runs_bucket(
 /// server; on a cluster, 3 when the cluster can place them, else as many
 /// as it can. The client's INFO lists only the cluster members known when
 /// it connected (a process started while the cluster forms would see one),
-/// so the cluster is asked instead: a throwaway memory stream is created
-/// with 3, then 2 replicas, and deleted.
+/// and a leaf server's INFO says nothing of the hub cluster whose
+/// JetStream its clients use, so the JetStream that answers is asked
+/// instead: a throwaway memory stream is created with 3, then 2 replicas,
+/// and deleted.
 pub async fn replicas_for(client: &async_nats::Client, subjects: &Subjects) -> usize {
-    let info = client.server_info();
-    if info.cluster.as_deref().is_none_or(|c| c.is_empty()) {
-        return 1;
-    }
     let js = jetstream::new(client.clone());
     // One fixed name per prefix (so permissions can name it): two probes
-    // at once create the same config (idempotent) and both delete it.
+    // at once create the same config (idempotent) and both delete it; a
+    // probe that meets the other's stream with other replicas tries again.
     let name = subjects.replicas_probe_stream();
     for n in [3, 2] {
         let cfg = stream::Config {
@@ -275,10 +315,77 @@ pub async fn replicas_for(client: &async_nats::Client, subjects: &Subjects) -> u
             max_messages: 1,
             ..Default::default()
         };
-        if js.create_stream(cfg).await.is_ok() {
+        let created = settle(|| js.create_stream(cfg.clone()), stream_error_passes).await;
+        if created.is_ok() {
             let _ = js.delete_stream(&name).await;
             return n;
         }
     }
-    info.connect_urls.len().clamp(1, 3)
+    client.server_info().connect_urls.len().clamp(1, 3)
+}
+
+/// Runs a set-up step (create or open a stream, bucket or consumer) again,
+/// for up to 30 s, while it fails for a reason that passes by itself: a
+/// timeout, a cluster electing a leader, or another process creating the
+/// same resource at the same moment. Other errors return at once.
+pub(crate) async fn settle<T, E, Fut>(
+    mut step: impl FnMut() -> Fut,
+    passes: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match step().await {
+            Err(e) if passes(&e) && tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, "JetStream set-up step failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// JetStream error codes that pass by themselves during set-up.
+fn code_passes(code: jetstream::ErrorCode) -> bool {
+    use jetstream::ErrorCode as C;
+    [
+        C::CLUSTER_NOT_AVAILABLE,
+        C::CLUSTER_NOT_LEADER,
+        C::STREAM_NAME_EXIST,
+        C::CONSUMER_NAME_EXIST,
+        C::CONSUMER_ALREADY_EXISTS,
+    ]
+    .contains(&code)
+}
+
+fn stream_error_passes(e: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as K;
+    match e.kind() {
+        K::TimedOut | K::JetStreamUnavailable => true,
+        K::JetStream(j) => code_passes(j.error_code()),
+        _ => false,
+    }
+}
+
+pub(crate) fn get_stream_error_passes(e: &jetstream::context::GetStreamError) -> bool {
+    use jetstream::context::GetStreamErrorKind as K;
+    match e.kind() {
+        K::Request => true,
+        K::JetStream(j) => code_passes(j.error_code()),
+        _ => false,
+    }
+}
+
+pub(crate) fn consumer_error_passes(e: &jetstream::stream::ConsumerError) -> bool {
+    use jetstream::stream::ConsumerErrorKind as K;
+    match e.kind() {
+        K::TimedOut | K::Request => true,
+        K::JetStream(j) => code_passes(j.error_code()),
+        _ => false,
+    }
 }

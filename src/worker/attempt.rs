@@ -479,13 +479,16 @@ async fn defer_delayed(s: &NodeState, d: &Delivery) -> bool {
     true
 }
 
-/// No handler here: leave it to a live node that has one, or dead-letter.
+/// No handler here: leave it to a live node that has one, or dead-letter
+/// (never on a failed read of discovery: that task is held back too).
 async fn no_handler(s: &NodeState, d: &Delivery) {
-    let elsewhere = s.view.nodes().iter().any(|n| {
-        n.node_id != s.cfg.node_id
-            && n.health == Health::Healthy
-            && n.queues.contains(&d.queue)
-            && n.handlers().contains(&d.env.task_type)
+    let elsewhere = s.peers.nodes().await.is_none_or(|nodes| {
+        nodes.iter().any(|n| {
+            n.node_id != s.cfg.node_id
+                && n.health == Health::Healthy
+                && n.queues.contains(&d.queue)
+                && n.may_handle(&d.env.task_type)
+        })
     });
     if elsewhere {
         return settle(&d.msg, AckKind::Nak(Some(Duration::from_millis(500)))).await;

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use crate::config::MAX_LISTED;
 use crate::error::Error;
 use crate::shutdown::Shutdown;
 use crate::store::limits::{
@@ -450,11 +451,21 @@ impl Limits {
     }
 
     /// Hold-backs so far, by limit (for the heartbeat's metadata).
+    /// Tasks held back per limit since the node started: the
+    /// [`MAX_LISTED`] limits with the most (the map travels in every
+    /// discovery entry).
     pub(crate) fn throttled_counts(&self) -> BTreeMap<String, u64> {
-        self.throttled_total
-            .lock()
-            .expect("throttled poisoned")
-            .clone()
+        let all = self.throttled_total.lock().expect("throttled poisoned");
+        if all.len() <= MAX_LISTED {
+            return all.clone();
+        }
+        let mut by_count: Vec<(&String, &u64)> = all.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1));
+        by_count
+            .into_iter()
+            .take(MAX_LISTED)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 

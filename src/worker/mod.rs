@@ -41,13 +41,13 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, MAX_LISTED};
 use crate::error::{Error, ErrorCode};
 use crate::handler::{Handlers, TaskContext};
 use crate::shutdown::Shutdown;
 use crate::store::audit::publish_audit;
 use crate::store::checkpoint::Checkpoints;
-use crate::store::discovery::{ClusterView, KvDiscovery};
+use crate::store::discovery::KvDiscovery;
 use crate::wire::protocol::{error_body, json_body};
 use crate::wire::protocol::{
     now_rfc3339, parse_object, EventInjected, EventOutcome, EventRequest, Health, Heartbeat,
@@ -82,6 +82,42 @@ pub(crate) struct Running {
     pub started_at: String,
 }
 
+/// The other nodes as discovery lists them, read only when a task has no
+/// handler here (rare) and kept [`Peers::FRESH`]. A node does not watch
+/// discovery: every watcher receives every node's entry on every beat, so
+/// N nodes watching would be N² messages a beat (docs/operations.md,
+/// scaling model).
+pub(crate) struct Peers {
+    discovery: KvDiscovery,
+    cached: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<NodeInfo>>)>>,
+}
+
+impl Peers {
+    const FRESH: Duration = Duration::from_secs(2);
+
+    fn new(discovery: KvDiscovery) -> Self {
+        Peers {
+            discovery,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The listed nodes (one read shared by concurrent callers), or `None`
+    /// when discovery cannot be read now.
+    pub(crate) async fn nodes(&self) -> Option<Arc<Vec<NodeInfo>>> {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, nodes)) = cached.as_ref() {
+            if at.elapsed() < Self::FRESH {
+                return Some(nodes.clone());
+            }
+        }
+        let read = tokio::time::timeout(Self::FRESH, self.discovery.nodes()).await;
+        let nodes = Arc::new(read.ok()?.ok()?);
+        *cached = Some((std::time::Instant::now(), nodes.clone()));
+        Some(nodes)
+    }
+}
+
 /// State shared by every part of a node.
 pub(crate) struct NodeState {
     pub cfg: NodeConfig,
@@ -89,7 +125,7 @@ pub(crate) struct NodeState {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub discovery: KvDiscovery,
-    pub view: ClusterView,
+    pub peers: Peers,
     pub handlers: Handlers,
     pub checkpoints: Option<Checkpoints>,
     pub health: watch::Sender<Health>,
@@ -164,7 +200,12 @@ impl NodeState {
             .iter()
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
-        metadata.insert("handlers".into(), json!(self.handlers.types()));
+        let handlers = self.handlers.types();
+        if handlers.len() > MAX_LISTED {
+            metadata.insert("handlers_more".into(), json!(handlers.len() - MAX_LISTED));
+        }
+        let listed: Vec<_> = handlers.into_iter().take(MAX_LISTED).collect();
+        metadata.insert("handlers".into(), json!(listed));
         metadata.insert(
             "running_by_queue".into(),
             Value::Object(self.running_by_queue()),
@@ -332,7 +373,6 @@ impl Node {
         // like any other (the lifecycle drains first, then ends the loops).
         let node_shutdown = Shutdown::new();
         let loops = TaskTracker::new();
-        let view = ClusterView::start(&discovery, node_shutdown.clone(), &loops).await?;
         let attempts = crate::store::attempts_bucket(&js, &subjects, self.replicas).await?;
         let limits =
             limits::Limits::open(&js, &subjects, self.replicas, &cfg.node_id, cfg.node_ttl).await?;
@@ -349,8 +389,8 @@ impl Node {
             subjects,
             client: client.clone(),
             js,
+            peers: Peers::new(discovery.clone()),
             discovery,
-            view,
             handlers: self.handlers,
             checkpoints: Some(checkpoints),
             health,
@@ -376,7 +416,10 @@ impl Node {
             cfg,
         });
 
-        start_parts(&shared).await?;
+        if let Err(e) = start_parts(&shared).await {
+            abandon(&shared).await;
+            return Err(e);
+        }
         let (done_tx, done_rx) = watch::channel(false);
         tokio::spawn(lifecycle(shared.clone(), shutdown, done_tx));
         tracing::info!(node_id = %shared.cfg.node_id, "node started");
@@ -418,6 +461,17 @@ async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
     )
     .await;
     Ok(())
+}
+
+/// Undoes a start that failed half-way (NATS or JetStream lost meanwhile):
+/// ends the loops it started and removes the entry it wrote (best
+/// effort), so a caller may simply start again.
+async fn abandon(s: &Arc<NodeState>) {
+    s.shutdown.trigger();
+    s.loops.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.loops.wait()).await;
+    let remove = s.discovery.delete(&s.cfg.node_id);
+    let _ = tokio::time::timeout(Duration::from_secs(1), remove).await;
 }
 
 /// The `status` verb's reply body.

@@ -588,8 +588,11 @@ pub async fn leader_kill(scale: Scale) -> Report {
     let k = if leader == "k1" { 0 } else { 1 };
     coords[k].kill9();
     let killed = Instant::now();
+    // Short requests: one that reaches the killed leader (its interest
+    // lingers a moment on a cluster) must not wait the client's 10 s.
+    let poll = api.clone().with_timeout(Duration::from_millis(500));
     let took = wait_for("a new leader", Duration::from_secs(15), || async {
-        let l = api.cluster_status().await.ok()?.leader?;
+        let l = poll.cluster_status().await.ok()?.leader?;
         (l != leader).then(|| killed.elapsed())
     })
     .await;

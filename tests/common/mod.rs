@@ -47,27 +47,65 @@ pub fn free_port() -> u16 {
 
 /// Blocks until something listens on loopback `port` (10 s at most).
 fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(port_opens(port, None), "nats-server did not start");
 }
 
-/// A real nats-server with JetStream.
+/// Whether something listens on loopback `port` within 10 s; false at
+/// once if `child` exits first (e.g. its port was taken meanwhile).
+fn port_opens(port: u16, mut child: Option<&mut Child>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// How many servers [`NatsServer::start`] runs: `JETWEAVE_TEST_CLUSTER`
+/// (e.g. `3`: the suite on a 3-server cluster with R3 streams), else 1.
+pub fn test_cluster_size() -> usize {
+    std::env::var("JETWEAVE_TEST_CLUSTER")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n > 1)
+        .unwrap_or(1)
+}
+
+/// A real nats-server with JetStream — or, when `JETWEAVE_TEST_CLUSTER=N`
+/// is set, a cluster of N that stands in for it: [`NatsServer::url`] names
+/// every member, [`NatsServer::kill`] and [`NatsServer::restart`] act on
+/// the whole cluster. Servers started with extra flags (auth, TLS, a
+/// config) are always single.
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    cluster: Option<NatsCluster>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self::start_with(&[])
+        let n = test_cluster_size();
+        if n == 1 {
+            return Self::start_with(&[]);
+        }
+        let cluster = NatsCluster::spawn(n);
+        NatsServer {
+            child: None,
+            port: cluster.servers[0].port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: Vec::new(),
+            cluster: Some(cluster),
+        }
     }
 
-    /// A server with extra command-line flags (auth, TLS).
+    /// A single server with extra command-line flags (auth, TLS).
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = NatsServer {
@@ -75,9 +113,15 @@ impl NatsServer {
             port: free_port(),
             dir,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            cluster: None,
         };
         s.spawn();
         s
+    }
+
+    /// The cluster standing in for this server, if any.
+    pub fn cluster(&self) -> Option<&NatsCluster> {
+        self.cluster.as_ref()
     }
 
     fn spawn(&mut self) {
@@ -101,7 +145,10 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match &self.cluster {
+            Some(c) => c.urls(),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     /// A server that runs `auth.conf` from `jetweave auth init --dir
@@ -136,25 +183,41 @@ impl NatsServer {
 
     /// The server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
+        if let Some(c) = &self.cluster {
+            return c.servers[0].child.as_ref().map(|c| c.id());
+        }
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// SIGKILL the server.
+    /// SIGKILL the server (every member of a cluster).
     pub fn kill(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.servers.iter_mut().for_each(ClusterMember::kill);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Start again on the same port and store.
+    /// Start again on the same port and store (a cluster: all members,
+    /// back once JetStream is healthy on each).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        match &mut self.cluster {
+            Some(c) => {
+                c.servers.iter_mut().for_each(ClusterMember::spawn);
+                c.wait_healthy();
+            }
+            None => self.spawn(),
+        }
     }
 
     /// A client; retries briefly while the server finishes starting.
     pub async fn client(&self) -> async_nats::Client {
+        if let Some(c) = &self.cluster {
+            return c.client().await;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match async_nats::connect(self.url()).await {
@@ -537,6 +600,7 @@ pub struct NatsCluster {
 pub struct ClusterMember {
     pub name: String,
     pub port: u16,
+    pub monitor_port: u16,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -544,35 +608,7 @@ pub struct ClusterMember {
 impl NatsCluster {
     /// Starts `n` servers and waits until JetStream has a meta leader.
     pub async fn start(n: usize) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let routes: Vec<String> = ports
-            .iter()
-            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
-            .collect();
-        let mut servers = Vec::new();
-        for (i, (port, cport)) in ports.iter().enumerate() {
-            let name = format!("s{}", i + 1);
-            let store = dir.path().join(&name);
-            let conf = dir.path().join(format!("{name}.conf"));
-            let text = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-                 cluster {{ name: chaos, listen: 127.0.0.1:{cport}, routes: [{}] }}\n\
-                 jetstream {{ store_dir: \"{}\" }}\n",
-                routes.join(", "),
-                store.display()
-            );
-            std::fs::write(&conf, text).expect("write server config");
-            let mut m = ClusterMember {
-                name,
-                port: *port,
-                conf,
-                child: None,
-            };
-            m.spawn();
-            servers.push(m);
-        }
-        let c = NatsCluster { servers, dir };
+        let c = Self::spawn(n);
         let client = c.client().await;
         let js = async_nats::jetstream::new(client);
         wait_for(
@@ -582,6 +618,86 @@ impl NatsCluster {
         )
         .await;
         c
+    }
+
+    /// Starts `n` servers and blocks until each says JetStream is healthy
+    /// (`/healthz` on its monitoring port). A free port may be taken by
+    /// another process before the server binds it: then all start again
+    /// on new ports.
+    pub fn spawn(n: usize) -> Self {
+        for _ in 0..3 {
+            if let Some(c) =
+                Self::try_spawn(n).filter(|c| c.healthy_within(Duration::from_secs(20)))
+            {
+                return c;
+            }
+        }
+        panic!("a {n}-server cluster did not start");
+    }
+
+    fn try_spawn(n: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<[u16; 3]> = (0..n)
+            .map(|_| [free_port(), free_port(), free_port()])
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|[_, c, _]| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, [port, cport, mport]) in ports.iter().enumerate() {
+            let name = format!("s{}", i + 1);
+            let store = dir.path().join(&name);
+            let conf = dir.path().join(format!("{name}.conf"));
+            let text = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mport}\n\
+                 cluster {{ name: chaos, listen: 127.0.0.1:{cport}, routes: [{}] }}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n",
+                routes.join(", "),
+                store.display()
+            );
+            std::fs::write(&conf, text).expect("write server config");
+            let mut m = ClusterMember {
+                name,
+                port: *port,
+                monitor_port: *mport,
+                conf,
+                child: None,
+            };
+            m.start_process();
+            servers.push(m);
+        }
+        for m in &mut servers {
+            let port = m.port;
+            if !port_opens(port, m.child.as_mut()) {
+                return None;
+            }
+        }
+        Some(NatsCluster { servers, dir })
+    }
+
+    /// Blocks until every running member answers `/healthz` with 200
+    /// (JetStream up and current), 30 s at most.
+    pub fn wait_healthy(&self) {
+        assert!(
+            self.healthy_within(Duration::from_secs(30)),
+            "cluster not healthy"
+        );
+    }
+
+    /// Whether every running member answers `/healthz` with 200 within `d`.
+    fn healthy_within(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        for m in self.servers.iter().filter(|m| m.child.is_some()) {
+            while !m.healthy() {
+                if Instant::now() > deadline {
+                    eprintln!("{} not healthy after {d:?}", m.name);
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        true
     }
 
     /// Every server's URL, comma separated (what a client is given).
@@ -632,6 +748,11 @@ impl NatsCluster {
 
 impl ClusterMember {
     fn spawn(&mut self) {
+        self.start_process();
+        wait_for_port(self.port);
+    }
+
+    fn start_process(&mut self) {
         let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -640,7 +761,6 @@ impl ClusterMember {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        wait_for_port(self.port);
     }
 
     fn kill(&mut self) {
@@ -648,6 +768,11 @@ impl ClusterMember {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// `GET /healthz` answers 200.
+    fn healthy(&self) -> bool {
+        http_get(self.monitor_port, "/healthz").is_some()
     }
 }
 
@@ -781,4 +906,136 @@ pub fn jetweave_bin() -> &'static str {
         env!("CARGO_MANIFEST_DIR"),
         "/target/release/jetweave"
     ))
+}
+
+/// A hub server that accepts leaf node connections, and the leaf servers
+/// of sites joined to it (deploy/leaf on loopback). The hub's JetStream is
+/// domain `hub`; the leaf servers run none and map `$JS.API.>` to
+/// `$JS.hub.API.>` and `$KV.>` to `$JS.hub.API.$KV.>` (a leaf link denies
+/// `$KV.>` between domains), so their clients use the hub's streams and
+/// buckets with no `--js-domain` to give.
+pub struct Hub {
+    pub server: NatsServer,
+    leaf_port: u16,
+    monitor_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Hub {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (leaf_port, monitor_port) = (free_port(), free_port());
+        let conf = dir.path().join("hub.conf");
+        let text =
+            format!("leafnodes {{ listen: 127.0.0.1:{leaf_port} }}\njetstream {{ domain: hub }}\n");
+        std::fs::write(&conf, text).expect("hub config");
+        let c = conf.to_str().expect("utf-8 path");
+        let server = NatsServer::start_with(&["-c", c, "-m", &monitor_port.to_string()]);
+        Hub {
+            server,
+            leaf_port,
+            monitor_port,
+            dir,
+        }
+    }
+
+    /// A leaf server for site `name`, linked to the hub (returned once the
+    /// hub sees its link).
+    pub fn site(&self, name: &str) -> LeafServer {
+        let before = self.leafs();
+        let mut leaf = LeafServer {
+            name: name.to_string(),
+            port: free_port(),
+            hub_leaf_port: self.leaf_port,
+            conf: self.dir.path().join(format!("{name}.conf")),
+            child: None,
+        };
+        leaf.write_conf(false);
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&leaf.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start leaf server");
+        leaf.child = Some(child);
+        wait_for_port(leaf.port);
+        self.wait_leafs(before + 1);
+        leaf
+    }
+
+    /// Leaf links the hub has now (`/leafz`).
+    pub fn leafs(&self) -> usize {
+        http_get(self.monitor_port, "/leafz")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["leafnodes"].as_u64())
+            .unwrap_or(0) as usize
+    }
+
+    /// Blocks until the hub has `n` leaf links (15 s at most).
+    pub fn wait_leafs(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.leafs() != n {
+            assert!(Instant::now() < deadline, "hub never had {n} leaf links");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One site's leaf server (see [`Hub`]).
+pub struct LeafServer {
+    pub name: String,
+    pub port: u16,
+    hub_leaf_port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl LeafServer {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn write_conf(&self, disabled: bool) {
+        let text = format!(
+            "server_name: {}\nlisten: 127.0.0.1:{}\n\
+             mappings: {{ \"$JS.API.>\": \"$JS.hub.API.>\", \"$KV.>\": \"$JS.hub.API.$KV.>\" }}\n\
+             leafnodes {{ reconnect: 1, remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\", disabled: {disabled} }} ] }}\n",
+            self.name, self.port, self.hub_leaf_port
+        );
+        std::fs::write(&self.conf, text).expect("leaf config");
+    }
+
+    /// Stops (`disabled: true`, reload) or starts again the leaf server's
+    /// remote: the link to the hub goes down or comes back while the
+    /// server and its clients stay up.
+    pub fn set_link(&self, up: bool) {
+        self.write_conf(!up);
+        let pid = self.child.as_ref().expect("leaf server running").id();
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
+    }
+}
+
+impl Drop for LeafServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The body of `GET path` on loopback `port` when it answers 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }

@@ -241,6 +241,14 @@ impl NodeInfo {
             })
             .unwrap_or_default()
     }
+
+    /// Whether this node may have a handler for `task_type`: listed, or
+    /// the list was cut short (`metadata.handlers_more`: the entry lists
+    /// at most 32 task types).
+    pub fn may_handle(&self, task_type: &str) -> bool {
+        self.metadata.contains_key("handlers_more")
+            || self.handlers().iter().any(|h| h == task_type)
+    }
 }
 
 /// A heartbeat (contract §2) on `P.node.<id>.heartbeat`.
