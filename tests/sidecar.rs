@@ -801,3 +801,105 @@ async fn the_agent_bridge_loop_survives_a_server_restart() {
     let r = result_of(b, &id).await;
     assert_eq!(r["result"]["agent"], "ear", "{r}");
 }
+
+/// One sample of `name` with all `labels` in a Prometheus text page.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+async fn scrape(base: &str) -> Option<String> {
+    let r = reqwest::get(format!("{base}/metrics")).await.ok()?;
+    r.text().await.ok()
+}
+
+/// Waits until `base` counts `want` tasks of `(queue, type, status)`.
+async fn counted(base: &str, queue: &str, task_type: &str, status: &str, want: f64) {
+    let labels = [
+        format!("queue=\"{queue}\""),
+        format!("type=\"{task_type}\""),
+        format!("status=\"{status}\""),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    wait_for(
+        &format!("{base} counting {want} {queue}/{task_type} {status}"),
+        Duration::from_secs(10),
+        || async {
+            let text = scrape(base).await?;
+            (sample(&text, "jetweave_tasks_total", &labels) == Some(want)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// `jetweave_tasks_total` and `jetweave_task_duration_seconds` come from the
+/// result stream: a second sidecar and a restarted one count the same, and
+/// counting goes on after the server restarts and after the sidecars'
+/// consumers are deleted.
+#[tokio::test]
+async fn task_counts_come_from_the_result_stream() {
+    let mut server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let _n = start_node(&server, node_config("n1")).await;
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    let a = sidecar(&server, &[]).await;
+    let publish = |id: String, body: Value| {
+        let client = client.clone();
+        async move { publish_task(&client, "weave.tasks.default.normal", Some(&id), body).await }
+    };
+    for i in 0..3 {
+        publish(format!("ok{i}"), json!({"type": "echo"})).await;
+    }
+    publish(
+        "bad".into(),
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 1}),
+    )
+    .await;
+    for id in ["ok0", "ok1", "ok2", "bad"] {
+        api.wait(id, Duration::from_secs(10)).await.unwrap();
+    }
+    counted(&a.base, "default", "echo", "completed", 3.0).await;
+    counted(&a.base, "default", "fail", "dead", 1.0).await;
+    let text = scrape(&a.base).await.unwrap();
+    let n = sample(
+        &text,
+        "jetweave_task_duration_seconds_count",
+        &["type=\"echo\""],
+    );
+    assert_eq!(n, Some(3.0), "{text}");
+
+    // A second sidecar, started after the fact, counts the same.
+    let b = sidecar(&server, &[]).await;
+    counted(&b.base, "default", "echo", "completed", 3.0).await;
+    counted(&b.base, "default", "fail", "dead", 1.0).await;
+    drop(b);
+
+    // The server restarts and the consumers are deleted: a reads on.
+    server.restart();
+    let client = server.client().await;
+    let api = api_client(&server).await;
+    wait_for(
+        "the result stream back",
+        Duration::from_secs(10),
+        || async {
+            async_nats::jetstream::new(client.clone())
+                .get_stream("WEAVE_RESULTS")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    delete_consumers(&client, "WEAVE_RESULTS").await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("ok3"),
+        json!({"type": "echo"}),
+    )
+    .await;
+    api.wait("ok3", Duration::from_secs(15)).await.unwrap();
+    counted(&a.base, "default", "echo", "completed", 4.0).await;
+    counted(&a.base, "default", "fail", "dead", 1.0).await;
+}

@@ -397,6 +397,8 @@ async fn cancel(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
         finished_at: now_rfc3339(),
         duration_s: 0.0,
         lost_leases: 0,
+        queue: None,
+        task_type: None,
     };
     if current.status == TaskStatus::Queued {
         // Ours is the only result: nobody ran it.

@@ -14,6 +14,8 @@ pub(super) struct Metrics {
     pub(super) pool_desired: IntGaugeVec,
     pub(super) limit_running: IntGaugeVec,
     pub(super) limit_throttled: IntCounterVec,
+    pub(super) tasks_total: IntCounterVec,
+    pub(super) task_duration: HistogramVec,
 }
 
 /// How long a scrape waits for pools to answer their service ping.
@@ -43,21 +45,55 @@ fn counter(
     Ok(c)
 }
 
+/// Buckets of the sidecar's NATS request latency, in seconds.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Buckets of task durations, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// A histogram family, registered.
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    let opts = prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 impl Metrics {
     pub(super) fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
-        let nats_latency = HistogramVec::new(
-            prometheus::HistogramOpts::new(
-                "jetweave_sidecar_nats_request_seconds",
-                "Latency of NATS requests made by the sidecar",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+        let nats_latency = histogram(
+            &r,
+            "jetweave_sidecar_nats_request_seconds",
+            "Latency of NATS requests made by the sidecar",
             &["target"],
+            &LATENCY_BUCKETS,
         )?;
-        r.register(Box::new(nats_latency.clone()))?;
+        let task_duration = histogram(
+            &r,
+            "jetweave_task_duration_seconds",
+            "Duration of the last attempt of each finished task (from the result stream)",
+            &["queue", "type"],
+            &DURATION_BUCKETS,
+        )?;
         Ok(Metrics {
+            tasks_total: counter(
+                &r,
+                "jetweave_tasks_total",
+                "Finished tasks by queue, type and terminal status (from the result stream)",
+                &["queue", "type", "status"],
+            )?,
+            task_duration,
             requests: counter(
                 &r,
                 "jetweave_sidecar_requests_total",

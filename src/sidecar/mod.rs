@@ -54,6 +54,7 @@ mod error;
 mod listen;
 mod metrics;
 mod routes;
+mod tally;
 
 use agents::*;
 pub use egress::AgentAllow;
@@ -216,13 +217,17 @@ pub async fn serve(
         cfg,
     });
     let router = router(app.clone());
-    // The reaper ends with the shutdown; the server task waits for it, so
-    // `SidecarHandle::wait` returns when both have ended.
-    let reaper = tokio::spawn(bridges::keep_bridges(app.clone()));
+    // The loops (bridges, result tally) end with the shutdown; the server
+    // task waits for them, so `SidecarHandle::wait` returns when all have
+    // ended.
+    let loops = tokio_util::task::TaskTracker::new();
+    loops.spawn(bridges::keep_bridges(app.clone()));
+    loops.spawn(tally::keep_tally(app.clone()));
+    loops.close();
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
         listen::serve_until(listener, router, tls, sd).await;
-        let _ = reaper.await;
+        loops.wait().await;
         let bridges: Vec<NodeHandle> = app
             .agents
             .lock()

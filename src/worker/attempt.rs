@@ -877,6 +877,8 @@ fn task_result(
         finished_at: now_rfc3339(),
         duration_s,
         lost_leases: d.deliveries.saturating_sub(d.attempt),
+        queue: Some(d.queue.clone()),
+        task_type: Some(d.env.task_type.clone()),
     }
 }
 

@@ -693,6 +693,13 @@ pub struct TaskResult {
     /// absent.
     #[serde(default)]
     pub lost_leases: u32,
+    /// The task's queue (an extension of §5, for metrics by queue; absent
+    /// in results written without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The task's type (an extension of §5, like `queue`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
 }
 
 /// A dead-lettered task on `P.dlq.<queue>`: the envelope plus why.
@@ -921,6 +928,8 @@ mod tests {
                 finished_at: at.clone(),
                 duration_s: 0.25,
                 lost_leases: 2,
+                queue: None,
+                task_type: None,
             },
             json!({"task_id": "t", "status": "dead", "result": null, "error": "x",
                 "attempts": 3, "node_id": "n", "started_at": at, "finished_at": at,
