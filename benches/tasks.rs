@@ -9,6 +9,8 @@
 //! (b) jetweave: `echo` tasks published on `weave.tasks.default.normal`
 //!     (pipelined acks) until every terminal result is on `P_RESULTS`,
 //!     with 1 and 2 in-process nodes;
+//! (b') the same with `ignore_result` (fire and forget), 1 node, until the
+//!     task stream is empty;
 //! (c) submit-to-result latency at a steady 200 tasks/s, open loop.
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -20,6 +22,30 @@ use async_nats::jetstream;
 use common::*;
 use futures::StreamExt;
 use shared::*;
+
+/// Fire-and-forget throughput (`ignore_result`): `n` echo tasks published
+/// until the work-queue stream is empty again (every task acked; no result
+/// is stored to count).
+pub async fn weave_fire_and_forget(server: &NatsServer, n: usize, pass: usize) -> f64 {
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let mut tasks = js.get_stream("WEAVE_TASKS").await.unwrap();
+    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1},"ignore_result":true}"#);
+    let t0 = Instant::now();
+    let pjs = jetstream::new(server.client().await);
+    publish_all(
+        &pjs,
+        "weave.tasks.default.normal",
+        n,
+        &body,
+        &format!("f{pass}-"),
+    )
+    .await;
+    while tasks.info().await.unwrap().state.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
 
 /// (c) latency at a steady offered load, open loop: send times are fixed
 /// by the schedule, not by completions.
@@ -116,6 +142,7 @@ async fn main() {
     let rates = [100.0, 1000.0, 5000.0];
     let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
     let mut rtt = vec![];
+    let mut ff = vec![];
     for pass in 0..reps {
         a.push(raw(&server, n, pass).await);
         for (k, &count) in node_counts.iter().enumerate() {
@@ -123,6 +150,7 @@ async fn main() {
             let ns = nodes(&server, count, tag).await;
             b[k].push(weave(&server, n, tag).await);
             if count == 1 {
+                ff.push(weave_fire_and_forget(&server, n, tag).await);
                 for (r, &rate) in rates.iter().enumerate() {
                     let m = ((rate * 2.0) as usize).clamp(200, 10_000);
                     lat[r].push(latency(&server, rate, m, tag * 10 + r).await);
@@ -151,6 +179,9 @@ async fn main() {
         let r: Vec<f64> = b[k].iter().zip(&a).map(|(b, a)| b / a).collect();
         show(&format!("    ratio (b)/(a), {count} node(s)"), &r, "");
     }
+    show("(b') jetweave echo, ignore_result, 1 node", &ff, "tasks/s");
+    let ffr: Vec<f64> = ff.iter().zip(&a).map(|(f, a)| f / a).collect();
+    show("    ratio (b')/(a)", &ffr, "");
     for (r, rate) in rates.iter().enumerate() {
         let p = |f: fn(&(f64, f64, f64)) -> f64| lat[r].iter().map(f).collect::<Vec<_>>();
         show(
@@ -184,6 +215,7 @@ async fn main() {
             "p999_ms": med(&lat[r].iter().map(|x| x.2).collect::<Vec<_>>()),
         })).collect::<Vec<_>>(),
         "core_rtt_p50_ms": med(&rtt.iter().map(|x| x.0).collect::<Vec<_>>()),
+        "fire_and_forget": {"nodes": 1, "tasks_per_s": med(&ff), "ratio": med(&ffr)},
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     let _ = std::fs::create_dir_all(&dir);

@@ -1491,3 +1491,76 @@ async fn sequential_round_trips_never_wait_for_the_idle_poll() {
     // Below the 250 ms idle poll (a stall is >= 250 ms); load may add tens of ms.
     assert!(worst < Duration::from_millis(240), "worst {worst:?}");
 }
+
+/// Fire and forget (`ignore_result`): a completed task runs once and
+/// stores no result; a failing one still ends `dead` with its result and
+/// dead letter; a non-boolean value is refused.
+#[tokio::test]
+async fn ignore_result_stores_no_result_for_completed_tasks() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let ran = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut n = Node::new(node_config("n1"));
+    let r2 = ran.clone();
+    n.handler("mark", move |ctx, _p| {
+        let r = r2.clone();
+        async move {
+            r.lock().unwrap().push(ctx.task_id.clone());
+            Ok(json!("done"))
+        }
+    });
+    let _n = start_node_with(&server, n).await;
+    let api = api_client(&server).await;
+    let mut req = submit_req("mark", json!({}));
+    req.envelope.id = Some("ff-1".into());
+    req.envelope.ignore_result = true;
+    api.submit(&req).await.expect("submit");
+    let client = server.client().await;
+    wait_for(
+        "ff-1 ran and the queue is empty",
+        Duration::from_secs(10),
+        || async {
+            let js = async_nats::jetstream::new(client.clone());
+            let mut st = js.get_stream("WEAVE_TASKS").await.ok()?;
+            let empty = st.info().await.ok()?.state.messages == 0;
+            (empty && ran.lock().unwrap().contains(&"ff-1".to_string())).then_some(())
+        },
+    )
+    .await;
+    // A task sent after it with a result is stored: ff-1's would be too by now.
+    let mut after = submit_req("mark", json!({}));
+    after.envelope.id = Some("with-result".into());
+    api.submit(&after).await.expect("submit");
+    api.wait("with-result", Duration::from_secs(10))
+        .await
+        .expect("stored");
+    let results = stored(&client, "WEAVE_RESULTS", "weave.results.>").await;
+    let ids: Vec<&str> = results
+        .iter()
+        .filter_map(|(_, v)| v["task_id"].as_str())
+        .collect();
+    assert!(!ids.contains(&"ff-1"), "{ids:?}");
+    assert_eq!(
+        ran.lock().unwrap().iter().filter(|t| *t == "ff-1").count(),
+        1
+    );
+
+    let mut failing = submit_req("fail", json!({"times": -1}));
+    failing.envelope.id = Some("ff-dead".into());
+    failing.envelope.ignore_result = true;
+    failing.envelope.max_attempts = Some(1);
+    api.submit(&failing).await.expect("submit");
+    let r = api
+        .wait("ff-dead", Duration::from_secs(10))
+        .await
+        .expect("dead stored");
+    assert_eq!(r.status, TaskStatus::Dead);
+
+    let bad = api_raw(
+        &api,
+        "tasks.submit",
+        json!({"type": "mark", "ignore_result": "yes"}),
+    )
+    .await;
+    assert_eq!(bad["code"], "invalid_value", "{bad}");
+}

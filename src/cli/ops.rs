@@ -76,6 +76,10 @@ pub struct SubmitArgs {
     /// customer); see `jetweave limit`.
     #[arg(long)]
     pub limit_key: Option<String>,
+    /// Fire and forget: store no result when the task completes (failures
+    /// are still stored); cannot be combined with --wait.
+    #[arg(long, conflicts_with = "wait")]
+    pub ignore_result: bool,
     /// Wait for the result and print it.
     #[arg(long)]
     pub wait: bool,
@@ -343,6 +347,7 @@ pub async fn submit(c: &Client, a: &SubmitArgs) -> Result<(), Error> {
     env.max_attempts = a.max_attempts;
     env.timeout_s = a.task_timeout;
     env.limit_key = a.limit_key.clone();
+    env.ignore_result = a.ignore_result;
     let req = SubmitRequest {
         envelope: env,
         queue: Some(a.queue.clone()),

@@ -29,13 +29,14 @@ pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<
     if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
         return Ok(store);
     }
-    let timed_out = |e: &jetstream::context::CreateKeyValueError| {
-        matches!(
-            e.kind(),
-            jetstream::context::CreateKeyValueErrorKind::TimedOut
-        )
+    // A bucket create that fails as a whole (`BucketCreate`: a cluster
+    // still placing peers, a leader election) or times out is tried again;
+    // a name race ends in the `get` below.
+    let passes = |e: &jetstream::context::CreateKeyValueError| {
+        use jetstream::context::CreateKeyValueErrorKind as K;
+        matches!(e.kind(), K::TimedOut | K::BucketCreate)
     };
-    match settle(|| js.create_key_value(config.clone()), timed_out).await {
+    match settle(|| js.create_key_value(config.clone()), passes).await {
         Ok(store) if config.num_replicas < 2 => Ok(store),
         Ok(_) => leader_reads(js, &config.bucket).await,
         Err(e) => js
@@ -66,8 +67,15 @@ async fn leader_reads(js: &jetstream::Context, bucket: &str) -> Result<kv::Store
         config.allow_direct = false;
         // A creator without the right to update (a least-privilege node)
         // keeps direct reads: a warning, not a failure.
-        if let Err(e) = js.update_stream(config).await {
-            tracing::warn!(bucket, error = %e, "reads of a replicated bucket stay direct");
+        // Three tries: a refused update (no permission) also times out.
+        for attempt in 1..=3 {
+            match js.update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt == 3 => {
+                    tracing::warn!(bucket, error = %e, "reads of a replicated bucket stay direct")
+                }
+                Err(_) => {}
+            }
         }
     }
     js.get_key_value(bucket).await.map_err(Error::nats_source)
@@ -315,7 +323,7 @@ pub async fn replicas_for(client: &async_nats::Client, subjects: &Subjects) -> u
             max_messages: 1,
             ..Default::default()
         };
-        let created = settle(|| js.create_stream(cfg.clone()), stream_error_passes).await;
+        let created = settle(|| js.create_stream(cfg.clone()), probe_error_passes).await;
         if created.is_ok() {
             let _ = js.delete_stream(&name).await;
             return n;
@@ -363,7 +371,22 @@ fn code_passes(code: jetstream::ErrorCode) -> bool {
     .contains(&code)
 }
 
+/// A stream create that may pass: as [`code_passes`], and "no suitable
+/// peers" (a forming cluster has not placed every server yet).
 fn stream_error_passes(e: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as K;
+    match e.kind() {
+        K::TimedOut | K::JetStreamUnavailable => true,
+        K::JetStream(j) => {
+            code_passes(j.error_code()) || j.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+        }
+        _ => false,
+    }
+}
+
+/// The replicas probe: "no suitable peers" is its answer (fewer servers
+/// than replicas asked), not something to wait out.
+fn probe_error_passes(e: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as K;
     match e.kind() {
         K::TimedOut | K::JetStreamUnavailable => true,

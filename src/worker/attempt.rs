@@ -187,6 +187,11 @@ async fn conclude(
     if status == TaskStatus::Completed {
         s.completed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if d.env.ignore_result {
+            // Fire and forget: no result to store, the ack ends it.
+            settle(&d.msg, AckKind::Ack).await;
+            return notify_shard_done(s, d.shard, d.task_id).await;
+        }
     }
     let r = task_result(s, &d, status, result, error, d.attempt, started, duration);
     match store_durably(s, &d.msg, &r).await {

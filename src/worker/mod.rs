@@ -436,7 +436,11 @@ impl Node {
 /// take work only once every consumer exists: a start that fails half-way
 /// (NATS lost meanwhile) has taken no task with it.
 async fn start_parts(s: &Arc<NodeState>) -> Result<(), Error> {
-    s.discovery.put_info(&s.node_info()).await?;
+    // On a cluster a bucket created a moment ago may not be known yet on
+    // the server this node talks to ("no stream found"): try again.
+    let info = s.node_info();
+    let unavailable = |e: &Error| e.kind() == crate::error::ErrorKind::Unavailable;
+    crate::store::settle(|| s.discovery.put_info(&info), unavailable).await?;
     start_service(s).await?;
     dispatch::start_cancel_watch(s).await?;
     s.limits.start(&s.shutdown, &s.loops);

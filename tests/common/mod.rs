@@ -332,11 +332,16 @@ impl Drop for Proc {
 }
 
 /// Polls `f` until it returns `Some`, or panics after `d` naming `what`.
+/// On a test cluster (`JETWEAVE_TEST_CLUSTER`) the deadline is doubled:
+/// three servers with R3 streams on two cores create resources and elect
+/// leaders several times slower (a first node start: ~6 s instead of
+/// 0.3 s). Bounds a test asserts itself are not scaled.
 pub async fn wait_for<T, F, Fut>(what: &str, d: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    let d = if test_cluster_size() > 1 { d * 2 } else { d };
     let deadline = Instant::now() + d;
     loop {
         if let Some(v) = f().await {

@@ -469,6 +469,13 @@ pub struct TaskEnvelope {
     /// absent: `_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_key: Option<String>,
+    /// Fire and forget (Celery's `ignore_result`): a completed task stores
+    /// no result, one JetStream write less per task. Failures still end in
+    /// a stored `dead`/`timeout` result and a dead letter. Without a stored
+    /// result a task whose ack was lost may run again (at least once), and
+    /// `tasks.get` knows it only while it is queued or running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_result: bool,
 }
 
 impl TaskEnvelope {
@@ -575,6 +582,7 @@ impl SubmitRequest {
         "backoff_s",
         "not_before",
         "limit_key",
+        "ignore_result",
         "queue",
         "priority",
     ];
@@ -903,10 +911,11 @@ mod tests {
                 backoff_s: Some(vec![0.5]),
                 not_before: Some(at.clone()),
                 limit_key: Some("tenant-1".into()),
+                ignore_result: true,
             },
             json!({"type": "echo", "id": "a:b", "payload": {"x": 1}, "metadata": {"k": "v"},
                 "timeout_s": 1.5, "max_attempts": 2, "backoff_s": [0.5], "not_before": at,
-                "limit_key": "tenant-1"}),
+                "limit_key": "tenant-1", "ignore_result": true}),
         );
         assert_wire(
             SubmitRequest {
