@@ -186,15 +186,9 @@ pub async fn task_consumer(
     priority: Priority,
     ack_wait: Duration,
 ) -> Result<consumer::PullConsumer, Error> {
-    let stream = settle(
-        || js.get_stream(subjects.tasks_stream()),
-        get_stream_error_passes,
-    )
-    .await
-    .map_err(Error::nats_source)?;
     let name = subjects.task_consumer(queue, priority);
     let config = consumer::pull::Config {
-        durable_name: Some(name.clone()),
+        durable_name: Some(name),
         description: Some(format!("jetweave {queue}/{}", priority.as_str())),
         filter_subject: subjects.task(queue, priority),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -203,6 +197,21 @@ pub async fn task_consumer(
         max_ack_pending: 20_000,
         ..Default::default()
     };
+    durable_consumer(js, &subjects.tasks_stream(), config).await
+}
+
+/// Opens durable pull consumer `config.durable_name` of `stream`, creating
+/// it when missing; set-up errors that pass by themselves are waited out
+/// ([`settle`]).
+pub(crate) async fn durable_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let stream = settle(|| js.get_stream(stream), get_stream_error_passes)
+        .await
+        .map_err(Error::nats_source)?;
     settle(
         || stream.get_or_create_consumer(&name, config.clone()),
         consumer_error_passes,
@@ -395,7 +404,7 @@ fn probe_error_passes(e: &jetstream::context::CreateStreamError) -> bool {
     }
 }
 
-pub(crate) fn get_stream_error_passes(e: &jetstream::context::GetStreamError) -> bool {
+fn get_stream_error_passes(e: &jetstream::context::GetStreamError) -> bool {
     use jetstream::context::GetStreamErrorKind as K;
     match e.kind() {
         K::Request => true,
@@ -404,7 +413,7 @@ pub(crate) fn get_stream_error_passes(e: &jetstream::context::GetStreamError) ->
     }
 }
 
-pub(crate) fn consumer_error_passes(e: &jetstream::stream::ConsumerError) -> bool {
+fn consumer_error_passes(e: &jetstream::stream::ConsumerError) -> bool {
     use jetstream::stream::ConsumerErrorKind as K;
     match e.kind() {
         K::TimedOut | K::Request => true,

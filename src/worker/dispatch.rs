@@ -192,16 +192,9 @@ async fn open_consumers(
 }
 
 async fn shard_consumer(s: &NodeState) -> Result<consumer::PullConsumer, Error> {
-    use crate::store::{consumer_error_passes, get_stream_error_passes, settle};
-    let stream = settle(
-        || s.js.get_stream(s.subjects.shards_stream()),
-        get_stream_error_passes,
-    )
-    .await
-    .map_err(Error::nats_source)?;
     let name = s.subjects.shard_consumer(&s.cfg.node_id);
     let config = consumer::pull::Config {
-        durable_name: Some(name.clone()),
+        durable_name: Some(name),
         description: Some(format!("jetweave shards of {}", s.cfg.node_id)),
         filter_subject: s.subjects.shards(&s.cfg.node_id),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -209,12 +202,7 @@ async fn shard_consumer(s: &NodeState) -> Result<consumer::PullConsumer, Error> 
         max_deliver: -1,
         ..Default::default()
     };
-    settle(
-        || stream.get_or_create_consumer(&name, config.clone()),
-        consumer_error_passes,
-    )
-    .await
-    .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
+    crate::store::durable_consumer(&s.js, &s.subjects.shards_stream(), config).await
 }
 
 /// One dispatcher: takes free slots, fetches at most that many messages

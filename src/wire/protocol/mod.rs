@@ -956,6 +956,7 @@ mod tests {
                 backoff_s: Some(vec![0.5]),
                 not_before: Some("2026-01-02T03:04:05Z".into()),
                 limit_key: Some("k".into()),
+                ignore_result: true,
                 ..TaskEnvelope::new("echo", json!(1))
             },
             queue: Some("q".into()),
