@@ -213,10 +213,11 @@ impl Client {
         Ok(crate::store::results::read_result(&stream, &self.subjects, task_id).await)
     }
 
-    /// Waits for a task's terminal result: subscribes to
-    /// `P.results.<task_id>`, then reads the stream (so a result stored
-    /// before the call is found too), and reads it again every second so a
-    /// result published while the connection was down is not missed.
+    /// Waits for a task's terminal result as stored in the result stream:
+    /// subscribes to `P.results.<task_id>` (a publish there wakes it up to
+    /// read the stream), reads the stream (so a result stored before the
+    /// call is found too), and reads it again every second so a result
+    /// published while the connection was down is not missed.
     pub async fn wait(&self, task_id: &str, timeout: Duration) -> Result<TaskResult, Error> {
         validate_task_id(task_id)?;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -239,12 +240,28 @@ impl Client {
                 )));
             }
             let recheck = (now + Duration::from_secs(1)).min(deadline);
-            if let Ok(Some(m)) = tokio::time::timeout_at(recheck, sub.next()).await {
-                if let Ok(r) = serde_json::from_slice(&m.payload) {
+            if let Ok(Some(_)) = tokio::time::timeout_at(recheck, sub.next()).await {
+                // A published result says "look now", it is not the answer:
+                // when two attempts finish, the one the stream refused (the
+                // first stored result wins) is delivered to subscribers too.
+                // The stored one is read (a replica may lag a moment).
+                if let Some(r) = self.stored_result_soon(task_id).await {
                     return Ok(r);
                 }
             }
         }
+    }
+
+    /// The stored result, read up to 10 times 20 ms apart.
+    async fn stored_result_soon(&self, task_id: &str) -> Option<TaskResult> {
+        for _ in 0..10 {
+            let read = tokio::time::timeout(Duration::from_secs(1), self.result(task_id)).await;
+            if let Ok(Ok(Some(r))) = read {
+                return Some(r);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// Live nodes (`nodes.list`).

@@ -643,7 +643,10 @@ async fn openapi_document_lists_every_route() {
 async fn a_silent_agent_expires() {
     let server = NatsServer::start();
     let _c = start_coordinator(&server, "c1").await;
-    let sc = sidecar(&server, &["--agent-ttl", "1"]).await;
+    // 1 s; 2 s on a test cluster, where an R3 write under the suite's
+    // load can take long enough for a 0.5 s beat to miss a 1 s TTL.
+    let ttl = if test_cluster_size() > 1 { 2 } else { 1 };
+    let sc = sidecar(&server, &["--agent-ttl", &ttl.to_string()]).await;
     let b = &sc.base;
     let (st, _) = call(
         "POST",
@@ -658,7 +661,7 @@ async fn a_silent_agent_expires() {
     assert_eq!(v["count"], 1, "{v}");
     // Heartbeats keep it...
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500 * ttl)).await;
         let (st, _) = call("POST", &format!("{b}/agents/quiet/heartbeat"), None).await;
         assert_eq!(st, 200);
     }
