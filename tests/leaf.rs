@@ -137,22 +137,7 @@ async fn a_node_started_while_the_link_is_down_joins_when_it_returns() {
     let api = api_client(&hub.server).await;
     site.set_link(false);
     hub.wait_leafs(0);
-    let url = site.url();
-    let mut a2 = Proc::spawn(&[
-        "--nats-url",
-        &url,
-        "node",
-        "--node-id",
-        "a2",
-        "--queues",
-        "site-a",
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-        "--ack-wait",
-        "2",
-    ]);
+    let mut a2 = spawn_node_unwaited(&site.url(), "a2", &["--queues", "site-a"]);
     api.submit(&site_task("late-1", "site-a"))
         .await
         .expect("submit at the hub");

@@ -404,21 +404,7 @@ pub async fn spawn_node_proc_with(server: &NatsServer, node_id: &str, extra: &[&
 /// A `jetweave node` process on NATS `url` (one URL or several, comma
 /// separated; a proxy's), returned once it is in discovery.
 pub async fn spawn_node_at(url: &str, node_id: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--nats-url",
-        url,
-        "node",
-        "--node-id",
-        node_id,
-        "--node-ttl",
-        "2",
-        "--heartbeat-interval",
-        "0.5",
-        "--ack-wait",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    let node = Proc::spawn(&args);
+    let node = spawn_node_unwaited(url, node_id, extra);
     let addrs: Vec<async_nats::ServerAddr> = url
         .split(',')
         .map(|u| u.parse().expect("server address"))
@@ -439,6 +425,26 @@ pub async fn spawn_node_at(url: &str, node_id: &str, extra: &[&str]) -> Proc {
     )
     .await;
     node
+}
+
+/// A `jetweave node` process with the fast test timings, returned at once
+/// (not waiting for it to register).
+pub fn spawn_node_unwaited(url: &str, node_id: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--nats-url",
+        url,
+        "node",
+        "--node-id",
+        node_id,
+        "--node-ttl",
+        "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--ack-wait",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
 }
 
 /// Publishes a task (or any body) to a stream subject through JetStream,
