@@ -234,3 +234,46 @@ fn deploy_files_are_well_formed() {
     cfg.node_id = "n1".into();
     cfg.validate().unwrap();
 }
+
+/// deploy/grafana/jetweave.json: valid dashboard JSON whose every panel
+/// queries Prometheus, and every jetweave family it uses is one the
+/// sidecar exports (the §14 table in subjects.md lists them).
+#[test]
+fn grafana_dashboard_uses_only_exported_families() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/grafana/jetweave.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let doc = std::fs::read_to_string(root.join("subjects.md")).unwrap();
+    let section = doc
+        .split("## 14. Observability")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("subjects.md §14");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let mut used = std::collections::BTreeSet::new();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(family) = word.strip_prefix("jetweave_") {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .fold(family, |f, s| f.strip_suffix(s).unwrap_or(f));
+                    used.insert(format!("jetweave_{family}"));
+                }
+            }
+        }
+    }
+    for family in &used {
+        assert!(
+            section.contains(family.as_str()),
+            "{family} is not in subjects.md §14"
+        );
+    }
+    assert!(
+        used.contains("jetweave_tasks_total") && used.contains("jetweave_task_duration_seconds")
+    );
+}
