@@ -34,8 +34,14 @@ fn pool_proc(server: &NatsServer, id: &str, extra: &[&str]) -> Proc {
     Proc::spawn(&args)
 }
 
+/// Polls use 1 s requests: one lost while a cluster is busy must cost one
+/// poll, not the client's default 10 s.
+fn poll(c: &jetweave::Client) -> jetweave::Client {
+    c.clone().with_timeout(Duration::from_secs(1))
+}
+
 async fn status(c: &jetweave::Client, pool: &str) -> Option<jetweave::protocol::PoolStatus> {
-    c.pool_status(pool).await.ok()
+    poll(c).pool_status(pool).await.ok()
 }
 
 /// Waits until the pool serves exactly `n` workers.
@@ -49,7 +55,7 @@ async fn workers(c: &jetweave::Client, pool: &str, n: u32, within: Duration) -> 
 
 /// The live node ids in discovery with this prefix, and their pids.
 async fn registered(c: &jetweave::Client, prefix: &str) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = c
+    let mut v: Vec<(String, u32)> = poll(c)
         .nodes()
         .await
         .unwrap_or_default()
