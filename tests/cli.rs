@@ -97,6 +97,11 @@ async fn every_subcommand_against_a_real_cluster() {
     );
     assert!(o.status.success());
     assert!(stdout(&o).contains("completed"), "{}", stdout(&o));
+    // Fire and forget: accepted; with --wait (nothing to wait for) refused.
+    let o = jw(&url, &["submit", "echo", "--ignore-result"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = jw(&url, &["submit", "echo", "--ignore-result", "--wait"]);
+    assert_eq!(o.status.code(), Some(2), "--ignore-result with --wait");
     let v = json_out(&jw(
         &url,
         &[

@@ -905,4 +905,12 @@ async fn task_counts_come_from_the_result_stream() {
     api.wait("ok3", Duration::from_secs(15)).await.unwrap();
     counted(&a.base, "default", "echo", "completed", 4.0).await;
     counted(&a.base, "default", "fail", "dead", 1.0).await;
+    // Its loops (the tally among them) end with it: SIGTERM, exit 0.
+    let mut a = a;
+    a._proc.signal(libc::SIGTERM);
+    let st = a
+        ._proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("the sidecar exits");
+    assert!(st.success(), "{st:?}");
 }

@@ -384,13 +384,8 @@ fn code_passes(code: jetstream::ErrorCode) -> bool {
 /// peers" (a forming cluster has not placed every server yet).
 fn stream_error_passes(e: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as K;
-    match e.kind() {
-        K::TimedOut | K::JetStreamUnavailable => true,
-        K::JetStream(j) => {
-            code_passes(j.error_code()) || j.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
-        }
-        _ => false,
-    }
+    probe_error_passes(e)
+        || matches!(e.kind(), K::JetStream(j) if j.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS)
 }
 
 /// The replicas probe: "no suitable peers" is its answer (fewer servers
