@@ -1059,7 +1059,7 @@ async fn cluster_status_counts_nodes_processes_and_queues() {
         &nats,
         "weave.tasks.default.normal",
         Some("busy"),
-        json!({"type": "sleep", "payload": {"ms": 4000}}),
+        json!({"type": "sleep", "payload": {"ms": 15000}}),
     )
     .await;
     wait_for("busy running", Duration::from_secs(5), || async {
