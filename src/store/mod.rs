@@ -25,60 +25,68 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// restart finds the existing one and leaves it as it is (two processes
 /// racing to create it both end up with the same bucket; a create that
 /// times out while a cluster elects a leader is tried again).
+///
+/// A replicated bucket is created with direct gets off, so its reads go to
+/// the stream leader: direct gets are answered by any replica, and one a
+/// moment behind answers a read that follows a write with the value before
+/// it (on a 3-server cluster an agent's heartbeat right after its
+/// registration found no registration). jetweave's buckets hold control
+/// state that is read right after it is written. The stream is created
+/// directly (async-nats always turns direct gets on), from the same
+/// settings async-nats would use, so every process that opens the bucket
+/// afterwards reads from the leader from the first read on.
 pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
     if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
         return Ok(store);
     }
-    // A bucket create that fails as a whole (`BucketCreate`: a cluster
-    // still placing peers, a leader election) or times out is tried again;
-    // a name race ends in the `get` below.
-    let passes = |e: &jetstream::context::CreateKeyValueError| {
-        use jetstream::context::CreateKeyValueErrorKind as K;
-        matches!(e.kind(), K::TimedOut | K::BucketCreate)
-    };
-    match settle(|| js.create_key_value(config.clone()), passes).await {
-        Ok(store) if config.num_replicas < 2 => Ok(store),
-        Ok(_) => leader_reads(js, &config.bucket).await,
-        Err(e) => js
-            .get_key_value(config.bucket.as_str())
+    let created = if config.num_replicas < 2 {
+        // A bucket create that fails as a whole (`BucketCreate`: a cluster
+        // still placing peers, a leader election) or times out is tried
+        // again; a name race ends in the `get` below.
+        let passes = |e: &jetstream::context::CreateKeyValueError| {
+            use jetstream::context::CreateKeyValueErrorKind as K;
+            matches!(e.kind(), K::TimedOut | K::BucketCreate)
+        };
+        settle(|| js.create_key_value(config.clone()), passes)
             .await
-            .map_err(|_| Error::nats(format!("cannot open KV bucket {}: {e}", config.bucket))),
-    }
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        let stream = leader_read_stream(&config);
+        settle(|| js.create_stream(stream.clone()), stream_error_passes)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    js.get_key_value(config.bucket.as_str())
+        .await
+        .map_err(|e| match created {
+            Err(c) => Error::nats(format!("cannot open KV bucket {}: {c}", config.bucket)),
+            Ok(()) => Error::nats(format!("cannot open KV bucket {}: {e}", config.bucket)),
+        })
 }
 
-/// Turns direct gets off on a replicated bucket it just created. Direct
-/// gets are answered by any replica, and one a moment behind answers a
-/// read that follows a write with the value before it (on a 3-server
-/// cluster an agent's heartbeat right after its registration found no
-/// registration). jetweave's buckets hold control state that is read
-/// right after it is written, so their reads go to the stream leader.
-async fn leader_reads(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, Error> {
-    let mut stream = js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(Error::nats_source)?;
-    let mut config = stream
-        .info()
-        .await
-        .map_err(Error::nats_source)?
-        .config
-        .clone();
-    if config.allow_direct {
-        config.allow_direct = false;
-        // A creator without the right to update (a least-privilege node)
-        // keeps direct reads: a warning, not a failure.
-        // Three tries: a refused update (no permission) also times out.
-        for attempt in 1..=3 {
-            match js.update_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(e) if attempt == 3 => {
-                    tracing::warn!(bucket, error = %e, "reads of a replicated bucket stay direct")
-                }
-                Err(_) => {}
-            }
-        }
+/// The stream of KV bucket `c` as async-nats builds it, with direct gets
+/// off (see [`open_bucket`]).
+fn leader_read_stream(c: &kv::Config) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", c.bucket),
+        description: Some(c.description.clone()),
+        subjects: vec![format!("$KV.{}.>", c.bucket)],
+        max_messages_per_subject: c.history.max(1),
+        max_bytes: c.max_bytes,
+        max_age: c.max_age,
+        max_message_size: c.max_value_size,
+        storage: c.storage,
+        num_replicas: c.num_replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        discard: stream::DiscardPolicy::New,
+        allow_direct: false,
+        allow_message_ttl: c.limit_markers.is_some(),
+        subject_delete_marker_ttl: c.limit_markers,
+        ..Default::default()
     }
-    js.get_key_value(bucket).await.map_err(Error::nats_source)
 }
 
 /// Creates the task, result, DLQ and event streams when missing (an
