@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the pinned nats-server if missing, then
+# The whole test suite: installs the pinned nats-server (and Chromium for
+# the dashboard's browser test) if missing, then
 # runs every unit and integration test against real nats-server processes,
 # then the core flows on a 3-server cluster.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-nats-server.sh
 ./scripts/install-python-deps.sh
+./scripts/install-chromium.sh
 export NATS_SERVER_BIN="$PWD/.tools/bin/nats-server"
 cargo test --all-targets "$@"
 cargo test --doc

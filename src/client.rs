@@ -99,19 +99,31 @@ impl Client {
     /// Tasks not yet delivered in `queue`, by priority (its consumers'
     /// `num_pending`; a priority nobody consumes yet counts 0).
     pub async fn queue_pending(&self, queue: &str) -> Result<Vec<(Priority, u64)>, Error> {
+        let depth = self.queue_depth(queue).await?;
+        Ok(depth.into_iter().map(|d| (d.priority, d.pending)).collect())
+    }
+
+    /// Tasks of `queue` waiting and delivered-but-unacknowledged (running,
+    /// or waiting on a limit), by priority, from its consumers; a priority
+    /// nobody consumes yet counts 0.
+    pub async fn queue_depth(&self, queue: &str) -> Result<Vec<QueueDepth>, Error> {
         let stream = self
             .js
             .get_stream(self.subjects.tasks_stream())
             .await
             .map_err(Error::nats_source)?;
         let mut out = Vec::new();
-        for p in Priority::ALL {
-            let name = self.subjects.task_consumer(queue, p);
-            let n = match stream.consumer_info(&name).await {
-                Ok(i) => i.num_pending,
-                Err(_) => 0,
+        for priority in Priority::ALL {
+            let name = self.subjects.task_consumer(queue, priority);
+            let (pending, running) = match stream.consumer_info(&name).await {
+                Ok(i) => (i.num_pending, i.num_ack_pending as u64),
+                Err(_) => (0, 0),
             };
-            out.push((p, n));
+            out.push(QueueDepth {
+                priority,
+                pending,
+                running,
+            });
         }
         Ok(out)
     }
@@ -467,6 +479,17 @@ impl Client {
         self.api("limits.delete", &json!({"limit_id": limit_id}))
             .await
     }
+}
+
+/// One priority of a queue (see [`Client::queue_depth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// The priority.
+    pub priority: Priority,
+    /// Tasks not yet delivered.
+    pub pending: u64,
+    /// Tasks delivered and not yet acknowledged (running).
+    pub running: u64,
 }
 
 /// Task counts read from the streams (see [`Client::durable_counts`]).

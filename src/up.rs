@@ -320,6 +320,7 @@ fn print_banner(opts: &UpOptions, url: &str, http: std::net::SocketAddr) {
 jetweave is up.
   NATS        {url}   (monitoring http://127.0.0.1:{mon})
   sidecar     http://{http}   (OpenAPI: http://{http}/openapi.json)
+  dashboard   http://{http}/ui
   node        local (hybrid: worker + coordinator), processes: watcher
   data        {data}
 {secure}

@@ -630,6 +630,8 @@ async fn openapi_document_lists_every_route() {
         "/runs",
         "/runs/{id}",
         "/metrics",
+        "/ui",
+        "/ui/stream",
     ] {
         assert!(
             paths.contains_key(p),

@@ -51,10 +51,12 @@ pub mod balance;
 mod bridges;
 mod egress;
 mod error;
+mod follow;
 mod listen;
 mod metrics;
 mod routes;
 mod tally;
+mod ui;
 
 use agents::*;
 pub use egress::AgentAllow;
@@ -143,6 +145,8 @@ struct App {
     /// The round-robin strategy's turn.
     turn: std::sync::atomic::AtomicUsize,
     shutdown: Shutdown,
+    /// What the dashboard pages are fed.
+    feed: ui::Feed,
 }
 
 type AppState = Arc<App>;
@@ -214,6 +218,7 @@ pub async fn serve(
         registry: bridges::Registry::open(nats.clone(), &cfg).await?,
         turn: std::sync::atomic::AtomicUsize::new(0),
         shutdown: shutdown.clone(),
+        feed: ui::Feed::new(),
         cfg,
     });
     let router = router(app.clone());
@@ -223,6 +228,8 @@ pub async fn serve(
     let loops = tokio_util::task::TaskTracker::new();
     loops.spawn(bridges::keep_bridges(app.clone()));
     loops.spawn(tally::keep_tally(app.clone()));
+    loops.spawn(ui::keep_events(app.clone()));
+    loops.spawn(ui::keep_snapshots(app.clone()));
     loops.close();
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -286,6 +293,8 @@ fn router(app: AppState) -> Router {
         .route("/limits", get(limits_list))
         .route("/limits/{id}", put(limits_put).delete(limits_delete))
         .route("/metrics", get(metrics))
+        .route("/ui", get(ui::ui_page))
+        .route("/ui/stream", get(ui::ui_stream))
         .route("/openapi.json", get(openapi));
     if app.cfg.node.is_some() {
         r = r.merge(node_routes());
@@ -307,8 +316,11 @@ async fn auth_and_count(State(app): State<AppState>, req: Request, next: Next) -
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
+    // The dashboard page holds no data (see `ui`): a browser loads it
+    // without a token, and it asks for one.
+    let open = route == "/ui";
     let resp = match &app.cfg.auth_token {
-        Some(token) if !authorized(req.headers(), token) => err(
+        Some(token) if !open && !authorized(req.headers(), token) => err(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",
@@ -387,6 +399,8 @@ fn this_node(app: &App) -> Result<String, ApiError> {
         limits_put,
         limits_delete,
         metrics,
+        ui::ui_page,
+        ui::ui_stream,
         agent_register,
         agent_heartbeat,
         agent_discover,
