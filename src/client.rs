@@ -196,10 +196,19 @@ impl Client {
         self.request(self.subjects.api(endpoint), body).await
     }
 
-    /// Submits a task through `weave-api` (`tasks.submit`).
+    /// Submits a task through `weave-api` (`tasks.submit`). A task whose
+    /// `metadata.traceparent` holds no valid W3C trace context gets a new
+    /// trace there, which the node's spans and the handler continue.
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, Error> {
         req.validate()?;
-        let body = serde_json::to_value(req)?;
+        let mut body = serde_json::to_value(req)?;
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            crate::wire::trace::TraceParent::ensure_in(meta);
+        } else {
+            let mut meta = serde_json::Map::new();
+            crate::wire::trace::TraceParent::ensure_in(&mut meta);
+            body["metadata"] = Value::Object(meta);
+        }
         self.api("tasks.submit", &body).await
     }
 

@@ -187,6 +187,11 @@ pub struct NodeConfig {
     /// Bound on one attempt of a task that sets no `timeout_s` (none by
     /// default: such a task may run as long as it keeps its lease).
     pub task_timeout: Option<Duration>,
+    /// Make OpenTelemetry spans for every attempt (`task.attempt`,
+    /// `task.handler`, `task.result`) in the task's trace, through the
+    /// global tracer provider (see [`crate::telemetry`]). Off by default:
+    /// no span is made and handlers get the task's own `traceparent`.
+    pub traces: bool,
 }
 
 /// The `[[static_node]]` tables of a config file (`node_id`, `url`): hosts
@@ -229,6 +234,7 @@ impl NodeConfig {
             metadata: BTreeMap::new(),
             checkpoints_keep: 10,
             task_timeout: None,
+            traces: false,
         }
     }
 

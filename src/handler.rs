@@ -95,6 +95,10 @@ pub struct TaskContext {
     pub shard: Option<ShardInfo>,
     /// The task's metadata.
     pub metadata: serde_json::Map<String, Value>,
+    /// W3C trace context of this attempt's handler span (or, with the
+    /// node's traces off, the task's own): exec handlers get it as
+    /// `TRACEPARENT`, http handlers as the `traceparent` header.
+    pub traceparent: Option<String>,
     cancel: CancellationToken,
     checkpoints: Option<Checkpoints>,
     extend: Option<tokio::sync::mpsc::UnboundedSender<std::time::Duration>>,
@@ -110,6 +114,7 @@ impl TaskContext {
             node_id: String::new(),
             shard: None,
             metadata: Default::default(),
+            traceparent: None,
             cancel: CancellationToken::new(),
             checkpoints: None,
             extend: None,
@@ -359,7 +364,11 @@ async fn exec_handler(cmd: &[String], ctx: TaskContext, payload: Value) -> Handl
     let (prog, args) = cmd
         .split_first()
         .ok_or_else(|| HandlerError::fatal("empty exec command"))?;
-    let mut child = tokio::process::Command::new(prog)
+    let mut command = tokio::process::Command::new(prog);
+    if let Some(tp) = &ctx.traceparent {
+        command.env("TRACEPARENT", tp);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -427,10 +436,11 @@ async fn http_handler(
     ctx: TaskContext,
     payload: Value,
 ) -> HandlerResult {
-    let req = client
-        .post(url)
-        .json(&envelope_for_external(&ctx, &payload))
-        .send();
+    let mut req = client.post(url);
+    if let Some(tp) = &ctx.traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let req = req.json(&envelope_for_external(&ctx, &payload)).send();
     let resp = tokio::select! {
         r = req => r.map_err(|e| HandlerError::retry(format!("POST {url}: {e}")))?,
         _ = ctx.cancelled() => return Err(HandlerError::retry("cancelled")),

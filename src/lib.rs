@@ -7,10 +7,11 @@
 //! Each layer imports only its own and those below (`tests/layers.rs`
 //! checks it); [`worker`], [`coordinator`] and [`pool`] never import each other.
 //! - **base**: [`error`] (typed errors with a code), [`shutdown`] (the one
-//!   stop signal), [`connect`].
+//!   stop signal), [`connect`], [`telemetry`] (the OTLP trace exporter).
 //! - **wire** ([`wire`]): [`wire::ids`] (what may be a subject token),
 //!   [`wire::subjects`] (every subject, stream, bucket and store name,
-//!   built from the prefix) and [`wire::protocol`] (every JSON payload).
+//!   built from the prefix), [`wire::protocol`] (every JSON payload) and
+//!   [`wire::trace`] (the W3C `traceparent` a task carries).
 //! - **store** ([`store`]): the JetStream resources and their reads and
 //!   writes: task publishing and schedules, terminal results, the audit
 //!   log, [`store::limits`] (flow-control limits, running slots and token
@@ -53,6 +54,7 @@ pub mod pool;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;
+pub mod telemetry;
 pub mod wire;
 pub mod worker;
 

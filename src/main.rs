@@ -45,7 +45,8 @@ impl Signals {
 }
 
 async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::Result<()> {
-    let cfg = args.to_config(&cli.global.prefix)?;
+    let mut cfg = args.to_config(&cli.global.prefix)?;
+    cfg.traces = cli.global.otlp_endpoint.is_some();
     let deadline = args.deadline()?;
     let client = cli
         .global
@@ -210,6 +211,7 @@ async fn run_up(cli: &Cli, args: &UpArgs, signals: &mut Signals) -> anyhow::Resu
         http: args.http.clone(),
         prefix: cli.global.prefix.clone(),
         secure: args.secure,
+        traces: cli.global.otlp_endpoint.is_some(),
     };
     up::run(opts, signals.recv()).await?;
     Ok(())
@@ -269,6 +271,18 @@ async fn main() {
         Command::Node(_) | Command::Coordinator(_) | Command::Sidecar(_) | Command::Pool(_)
     );
     init_tracing(!process);
+    let traces = match (&cli.global.otlp_endpoint, &cli.command) {
+        (Some(endpoint), Command::Node(_) | Command::Up(_)) => {
+            match jetweave::telemetry::otlp(endpoint, "jetweave-node").await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("jetweave: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        _ => None,
+    };
     let result = match &cli.command {
         Command::Node(args) => run_node(&cli, args, &mut signals).await,
         Command::Coordinator(args) => run_coordinator(&cli, args, &mut signals).await,
@@ -278,6 +292,9 @@ async fn main() {
         Command::Auth(AuthCommand::Init(args)) => run_auth_init(&cli, args),
         _ => run_ops(&cli).await,
     };
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
     if let Err(e) = result {
         eprintln!("jetweave: {e:#}");
         std::process::exit(1);

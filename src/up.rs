@@ -32,6 +32,8 @@ pub struct UpOptions {
     /// Least privilege: keys in `data_dir/auth`, no anonymous connections,
     /// each part connected as its own role.
     pub secure: bool,
+    /// Spans for the local node's attempts (`--otlp-endpoint` is set).
+    pub traces: bool,
 }
 
 impl UpOptions {
@@ -282,6 +284,7 @@ fn local_node_config(opts: &UpOptions) -> NodeConfig {
     cfg.prefix = opts.prefix.clone();
     cfg.role = Role::Hybrid;
     cfg.url = Some(format!("http://{}", opts.http));
+    cfg.traces = opts.traces;
     let example = Path::new("examples/handlers/wordcount.py");
     if example.exists() {
         cfg.handlers.push(HandlerSpec {

@@ -70,6 +70,11 @@ pub struct Global {
     /// How long to keep trying to reach NATS at start (seconds).
     #[arg(long, global = true, default_value = "10")]
     pub connect_wait: f64,
+    /// Export traces (OTLP/HTTP) to this collector, e.g.
+    /// http://localhost:4318: nodes make spans for every attempt, in the
+    /// task's W3C trace. Unset: no spans at all.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Global {

@@ -198,7 +198,11 @@ pub(super) struct SubmitBody {
 }
 
 #[utoipa::path(post, path = "/tasks/submit", tag = "agents", request_body(content = Object, content_type = "application/json", description = "JSON object"), responses((status = 200, description = "{status: success, task_id}"), (status = 400, description = "invalid JSON or fields"), (status = 503, description = "no agent or worker can take it"), (status = 401, description = "missing or wrong bearer token"), (status = 503, description = "NATS unreachable or no answer in time")))]
-pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> ApiResult {
+pub(super) async fn tasks_submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let b: SubmitBody = parse_body(&body)?;
     if !b.task_data.is_object() {
         return Err(err(
@@ -243,6 +247,17 @@ pub(super) async fn tasks_submit(State(app): State<AppState>, body: Bytes) -> Ap
     envelope
         .metadata
         .insert("requirements".into(), json!({"capabilities": caps}));
+    // The caller's trace goes on with the task (else the client starts one).
+    let caller_trace = headers
+        .get(crate::wire::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::wire::trace::TraceParent::parse);
+    if let Some(tp) = caller_trace {
+        let tp = Value::String(tp.to_string());
+        envelope
+            .metadata
+            .insert(crate::wire::trace::TRACEPARENT.into(), tp);
+    }
     let req = SubmitRequest {
         envelope,
         queue: Some(queue),

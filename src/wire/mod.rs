@@ -8,3 +8,4 @@ pub mod ids;
 pub mod permissions;
 pub mod protocol;
 pub mod subjects;
+pub mod trace;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Source;
 use super::limits::{Admission, Taken};
+use super::spans::{AttemptSpans, TaskLabels};
 use super::{CancelReason, NodeState, Running};
 use crate::error::Error;
 use crate::handler::{invoke, HandlerError, HandlerFn, ShardInfo, TaskContext};
@@ -29,6 +30,7 @@ use crate::wire::protocol::{
     Priority, ShardAssignment, ShardDone, TaskEnvelope, TaskResult, TaskStatus,
 };
 use crate::wire::subjects::validate_task_id;
+use crate::wire::trace::{TraceParent, TRACEPARENT};
 
 /// A delivered message that passed admission.
 struct Delivery {
@@ -81,9 +83,12 @@ pub(super) async fn run_task(
         return;
     };
     let started_at = now_rfc3339();
+    let mut spans = attempt_spans(&s, &d);
     let t0 = Instant::now();
-    let outcome = execute(&s, &d, handler, &started_at).await;
+    let traceparent = spans.handler_traceparent();
+    let outcome = execute(&s, &d, handler, &started_at, traceparent).await;
     let duration = t0.elapsed().as_secs_f64();
+    spans.handler_ended(outcome_error(&outcome).as_deref());
     // The limits count running handlers: the slots go back now.
     s.limits.give_back(taken).await;
     let verdict = classify(outcome, d.attempt, d.env.max_attempts());
@@ -97,7 +102,43 @@ pub(super) async fn run_task(
     if failed_attempt {
         s.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    let (label, error) = verdict_label(&verdict);
     conclude(&s, d, verdict, Some(started_at), duration).await;
+    spans.ended(label, error.as_deref());
+}
+
+/// The attempt's spans, in the trace the task carries.
+fn attempt_spans(s: &NodeState, d: &Delivery) -> AttemptSpans {
+    let header = header(&d.msg, TRACEPARENT);
+    let incoming = TraceParent::of_task(header.as_deref(), &d.env.metadata);
+    let labels = TaskLabels {
+        task_id: &d.task_id,
+        task_type: &d.env.task_type,
+        queue: &d.queue,
+        attempt: d.attempt,
+        node_id: &s.cfg.node_id,
+    };
+    AttemptSpans::start(s.cfg.traces, incoming, &labels)
+}
+
+/// The error of an attempt that did not succeed (for its span).
+fn outcome_error(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Done(Ok(_)) => None,
+        Outcome::Done(Err(e)) => Some(e.message.clone()),
+        Outcome::Cancelled(r) => Some(format!("cancelled ({r:?})")),
+        Outcome::TimedOut(d) => Some(format!("timed out after {:.3} s", d.as_secs_f64())),
+    }
+}
+
+/// What a verdict is called on the attempt's span, and its error.
+fn verdict_label(v: &Verdict) -> (&'static str, Option<String>) {
+    match v {
+        Verdict::Return => ("returned", None),
+        Verdict::Abandon => ("abandoned", None),
+        Verdict::Retry(e) => ("retry", Some(e.clone())),
+        Verdict::Final { status, error, .. } => (status.as_str(), error.clone()),
+    }
 }
 
 /// What an outcome means, given the attempt number (pure).
@@ -576,7 +617,13 @@ impl Drop for RunningGuard<'_> {
 
 /// Runs the handler under the attempt's timeout and cancel token, renewing
 /// its lease with progress acks every `ack_wait / 4` (see [`Lease`]).
-async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &str) -> Outcome {
+async fn execute(
+    s: &NodeState,
+    d: &Delivery,
+    handler: HandlerFn,
+    started_at: &str,
+    traceparent: Option<String>,
+) -> Outcome {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     let _running = RunningGuard::register(s, d, &cancel, &reason, started_at);
@@ -589,11 +636,7 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
         cancel.cancel();
     }
     let (extend_tx, mut extend_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut ctx = TaskContext::new(d.task_id.clone(), d.env.task_type.clone(), d.attempt)
-        .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone())
-        .with_extend(extend_tx);
-    ctx.metadata = d.env.metadata.clone();
-    ctx.shard = d.shard.clone();
+    let ctx = handler_context(s, d, &cancel, extend_tx, traceparent);
     // A handler that panics fails its attempt; it never takes the node's
     // bookkeeping (slot, running set) down with it.
     let run = invoke(handler, ctx, d.env.payload.clone());
@@ -604,8 +647,8 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
     let deadline = d.env.timeout().or(default);
     let started = tokio::time::Instant::now();
     // No bound: a deadline so far away it never comes.
-    let far = started + Duration::from_secs(100 * 365 * 86_400);
-    let timeout = tokio::time::sleep_until(deadline.map_or(far, |t| started + t));
+    let end = deadline.map_or(Duration::from_secs(100 * 365 * 86_400), |t| t);
+    let timeout = tokio::time::sleep_until(started + end);
     tokio::pin!(timeout);
     let every = (s.cfg.ack_wait / 4).max(Duration::from_millis(150));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -651,6 +694,23 @@ async fn execute(s: &NodeState, d: &Delivery, handler: HandlerFn, started_at: &s
             }
         }
     }
+}
+
+/// What the handler of this attempt is told.
+fn handler_context(
+    s: &NodeState,
+    d: &Delivery,
+    cancel: &CancellationToken,
+    extend: tokio::sync::mpsc::UnboundedSender<Duration>,
+    traceparent: Option<String>,
+) -> TaskContext {
+    let mut ctx = TaskContext::new(d.task_id.clone(), d.env.task_type.clone(), d.attempt)
+        .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone())
+        .with_extend(extend);
+    ctx.metadata = d.env.metadata.clone();
+    ctx.shard = d.shard.clone();
+    ctx.traceparent = traceparent;
+    ctx
 }
 
 /// What a running attempt knows of its lease: when the server last

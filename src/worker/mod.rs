@@ -25,6 +25,7 @@ mod attempt;
 mod dispatch;
 mod limits;
 mod process;
+mod spans;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
