@@ -86,6 +86,10 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
         }
         None => None,
     };
+    let metrics = match &args.metrics {
+        Some(addr) => Some(cli::node_metrics::serve(addr, node.clone(), shutdown.child()).await?),
+        None => None,
+    };
     tokio::select! {
         _ = signals.recv() => {
             tracing::info!("signal received: shutting down");
@@ -99,6 +103,9 @@ async fn run_node(cli: &Cli, args: &NodeArgs, signals: &mut Signals) -> anyhow::
     }
     if let Some(s) = sidecar {
         s.wait().await;
+    }
+    if let Some(m) = metrics {
+        let _ = m.await;
     }
     Ok(())
 }

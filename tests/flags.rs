@@ -306,3 +306,45 @@ async fn tls_connections() {
     assert_eq!(v["status"], "completed");
     assert_eq!(v["node_id"], "secure");
 }
+
+/// `--metrics ADDR`: the node's own Prometheus metrics, read from its
+/// status at scrape time; the server ends with the node on SIGTERM.
+#[tokio::test]
+async fn a_node_serves_its_own_metrics() {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut node =
+        spawn_node_proc_with(&server, "m1", &["--metrics", &listen, "--concurrency", "3"]).await;
+    let api = api_client(&server).await;
+    let client = server.client().await;
+    publish_task(
+        &client,
+        "weave.tasks.default.normal",
+        Some("mt1"),
+        json!({"type": "echo"}),
+    )
+    .await;
+    api.wait("mt1", Duration::from_secs(10)).await.unwrap();
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "jetweave_node_max_concurrency{node=\"m1\"} 3",
+        "jetweave_node_tasks_completed_total{node=\"m1\"} 1",
+        "jetweave_node_active_tasks{node=\"m1\"} 0",
+        "jetweave_node_health{health=\"healthy\",node=\"m1\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    node.signal(libc::SIGTERM);
+    assert!(node
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    assert!(reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .is_err());
+}

@@ -859,7 +859,7 @@ async fn task_counts_come_from_the_result_stream() {
     }
     publish(
         "bad".into(),
-        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 1}),
+        json!({"type": "fail", "payload": {"times": -1}, "max_attempts": 2, "backoff_s": [0.1]}),
     )
     .await;
     for id in ["ok0", "ok1", "ok2", "bad"] {
@@ -874,6 +874,14 @@ async fn task_counts_come_from_the_result_stream() {
         &["type=\"echo\""],
     );
     assert_eq!(n, Some(3.0), "{text}");
+    let retried = sample(&text, "jetweave_task_retries_total", &["type=\"fail\""]);
+    assert_eq!(retried, Some(1.0), "the dead task's first attempt: {text}");
+    let age = sample(
+        &text,
+        "jetweave_node_heartbeat_age_seconds",
+        &["node=\"n1\""],
+    );
+    assert!(age.is_some_and(|a| (0.0..5.0).contains(&a)), "{text}");
 
     // A second sidecar, started after the fact, counts the same.
     let b = sidecar(&server, &[]).await;

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod dlq;
 pub mod limit;
+pub mod node_metrics;
 pub mod ops;
 pub mod pool;
 pub mod schedule;
@@ -403,6 +404,11 @@ pub struct NodeArgs {
     /// unless --url is given.
     #[arg(long, env = "JETWEAVE_HTTP")]
     pub http: Option<String>,
+    /// Serve this node's own Prometheus metrics at GET /metrics on this
+    /// address (active tasks, slots, completed and failed counts, health,
+    /// processes); cluster-wide metrics come from a sidecar.
+    #[arg(long, env = "JETWEAVE_METRICS")]
+    pub metrics: Option<String>,
 }
 
 impl NodeArgs {

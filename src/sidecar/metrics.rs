@@ -16,6 +16,8 @@ pub(super) struct Metrics {
     pub(super) limit_throttled: IntCounterVec,
     pub(super) tasks_total: IntCounterVec,
     pub(super) task_duration: HistogramVec,
+    pub(super) task_retries: IntCounterVec,
+    pub(super) heartbeat_age: prometheus::GaugeVec,
 }
 
 /// How long a scrape waits for pools to answer their service ping.
@@ -29,6 +31,18 @@ fn gauge(
     labels: &[&str],
 ) -> Result<IntGaugeVec, prometheus::Error> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// A float gauge family, registered.
+fn float_gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<prometheus::GaugeVec, prometheus::Error> {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -69,6 +83,33 @@ fn histogram(
     Ok(h)
 }
 
+/// The families counted from the result stream (see `tally`): finished
+/// tasks, their durations, their retried attempts.
+fn task_families(
+    r: &Registry,
+) -> Result<(IntCounterVec, HistogramVec, IntCounterVec), prometheus::Error> {
+    let total = counter(
+        r,
+        "jetweave_tasks_total",
+        "Finished tasks by queue, type and terminal status (from the result stream)",
+        &["queue", "type", "status"],
+    )?;
+    let duration = histogram(
+        r,
+        "jetweave_task_duration_seconds",
+        "Duration of the last attempt of each finished task (from the result stream)",
+        &["queue", "type"],
+        &DURATION_BUCKETS,
+    )?;
+    let retries = counter(
+        r,
+        "jetweave_task_retries_total",
+        "Failed attempts of finished tasks (attempts - 1, from the result stream)",
+        &["queue", "type"],
+    )?;
+    Ok((total, duration, retries))
+}
+
 impl Metrics {
     pub(super) fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
@@ -79,20 +120,16 @@ impl Metrics {
             &["target"],
             &LATENCY_BUCKETS,
         )?;
-        let task_duration = histogram(
-            &r,
-            "jetweave_task_duration_seconds",
-            "Duration of the last attempt of each finished task (from the result stream)",
-            &["queue", "type"],
-            &DURATION_BUCKETS,
-        )?;
+        let (tasks_total, task_duration, task_retries) = task_families(&r)?;
         Ok(Metrics {
-            tasks_total: counter(
+            heartbeat_age: float_gauge(
                 &r,
-                "jetweave_tasks_total",
-                "Finished tasks by queue, type and terminal status (from the result stream)",
-                &["queue", "type", "status"],
+                "jetweave_node_heartbeat_age_seconds",
+                "Seconds since each live node's last heartbeat (from discovery)",
+                &["node"],
             )?,
+            task_retries,
+            tasks_total,
             task_duration,
             requests: counter(
                 &r,
@@ -258,11 +295,18 @@ async fn queue_gauges(app: &App) {
     }
     if let Ok(Ok(nodes)) = tokio::time::timeout(wait, app.client.nodes()).await {
         app.metrics.node_active.reset();
+        app.metrics.heartbeat_age.reset();
+        let now = time::OffsetDateTime::now_utc();
         for n in nodes.iter().filter(|n| n.max_concurrency > 0) {
+            let id = [n.node_id.as_str()];
             app.metrics
                 .node_active
-                .with_label_values(&[n.node_id.as_str()])
+                .with_label_values(&id)
                 .set(i64::from(n.active_tasks));
+            if let Ok(t) = crate::wire::protocol::parse_rfc3339(&n.last_heartbeat_at) {
+                let age = (now - t).as_seconds_f64().max(0.0);
+                app.metrics.heartbeat_age.with_label_values(&id).set(age);
+            }
         }
     }
 }

@@ -41,4 +41,8 @@ fn record(metrics: &Metrics, payload: &[u8]) {
         .task_duration
         .with_label_values(&[queue, task_type])
         .observe(r.duration_s.max(0.0));
+    metrics
+        .task_retries
+        .with_label_values(&[queue, task_type])
+        .inc_by(u64::from(r.attempts.saturating_sub(1)));
 }

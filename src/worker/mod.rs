@@ -543,6 +543,11 @@ impl NodeHandle {
         self.shared.health()
     }
 
+    /// What the `status` verb answers, read now (no NATS round trip).
+    pub fn status(&self) -> crate::wire::protocol::NodeStatus {
+        node_status(&self.shared)
+    }
+
     /// Stops taking new work (within 1 s); running work finishes.
     pub async fn drain(&self) {
         drain(&self.shared).await
