@@ -169,7 +169,7 @@ impl Client {
         let payload = serde_json::to_vec(body)?;
         let since = std::time::Instant::now();
         let request = tokio::time::timeout(
-            API_TIMEOUT,
+            self.timeout,
             self.nats.request(subject.clone(), payload.into()),
         );
         let msg = tokio::select! {
