@@ -94,23 +94,28 @@ async fn a_corrupt_latest_checkpoint_is_skipped_by_the_handler() {
     let cp = Checkpoints::open(nats.clone(), &s, 5, 1).await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
     let store = js.get_object_store("weave-checkpoints").await.unwrap();
-    let ctx = TaskContext::new("resume-me", "count", 1);
-    cp.save(&ctx, json!({"done": 3}), Default::default())
-        .await
-        .unwrap();
-    for task in ["resume-me", "fresh"] {
-        let mut body: &[u8] = b"\x00garbage";
-        store
-            .put(
-                format!("{task}/99999999999999999999-corrupt").as_str(),
-                &mut body,
-            )
+    for (task, done) in [("resume-me", 3), ("resume-me", 5), ("spoiled", 2)] {
+        let ctx = TaskContext::new(task, "count", 1);
+        cp.save(&ctx, json!({"done": done}), Default::default())
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The newest checkpoint of each is overwritten with garbage in place.
+    let mut list = store.list().await.unwrap();
+    let mut names = Vec::new();
+    while let Some(Ok(o)) = list.next().await {
+        names.push(o.name);
+    }
+    names.sort();
+    for task in ["resume-me/", "spoiled/"] {
+        let newest = names.iter().rfind(|n| n.starts_with(task)).unwrap();
+        let mut body: &[u8] = b"\x00garbage";
+        store.put(newest.as_str(), &mut body).await.unwrap();
     }
     let _node = start_node(&server, node_config("n1")).await;
     let api = api_client(&server).await;
-    for id in ["resume-me", "fresh"] {
+    for id in ["resume-me", "fresh", "spoiled"] {
         publish_task(
             &nats,
             "weave.tasks.default.normal",
@@ -126,6 +131,8 @@ async fn a_corrupt_latest_checkpoint_is_skipped_by_the_handler() {
     assert_eq!(r.result, json!({"items": 6, "resumed_from": 3}), "{r:?}");
     let r = api.wait("fresh", Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.result, json!({"items": 6, "resumed_from": 0}), "{r:?}");
+    let r = api.wait("spoiled", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.result, json!({"items": 6, "resumed_from": 0}), "{r:?}");
 
     // What the node wrote: `<task_id>/<unix_nanos:020>-<checkpoint_id>`.
     let mut list = store.list().await.unwrap();
@@ -133,10 +140,7 @@ async fn a_corrupt_latest_checkpoint_is_skipped_by_the_handler() {
     while let Some(Ok(o)) = list.next().await {
         names.push(o.name);
     }
-    let written: Vec<&String> = names
-        .iter()
-        .filter(|n| n.starts_with("fresh/") && !n.ends_with("-corrupt"))
-        .collect();
+    let written: Vec<&String> = names.iter().filter(|n| n.starts_with("fresh/")).collect();
     assert_eq!(written.len(), 6, "one per item: {names:?}");
     let records = cp.all("fresh").await.unwrap();
     assert_eq!(records.len(), 6);
@@ -253,4 +257,58 @@ async fn a_handler_sets_checkpoint_metadata() {
     let rec = cp.latest("with-meta").await.unwrap().expect("a checkpoint");
     assert_eq!(rec.payload, json!({"done": 1}));
     assert_eq!(rec.metadata.get("cursor"), Some(&json!("2026-12-01")));
+}
+
+/// `latest` and `save` never list the object store (a listing reads the
+/// metadata of every checkpoint it holds): they go through the per-task
+/// index. Seen from the server: no consumer on the store's metadata
+/// subjects is created, whatever else the store holds.
+#[tokio::test]
+async fn latest_and_save_never_list_the_store() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let s = Subjects::new("weave").unwrap();
+    let cp = Checkpoints::open(nats.clone(), &s, 2, 1).await.unwrap();
+    for i in 0..20 {
+        let ctx = TaskContext::new(format!("other-{i}"), "count", 1);
+        cp.save(&ctx, json!({"i": i}), Default::default())
+            .await
+            .unwrap();
+    }
+    let mut creates = nats
+        .subscribe("$JS.API.CONSUMER.CREATE.OBJ_weave-checkpoints.>")
+        .await
+        .unwrap();
+    let mut plain = nats
+        .subscribe("$JS.API.CONSUMER.CREATE.OBJ_weave-checkpoints")
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let ctx = TaskContext::new("t:1", "count", 1);
+    assert!(cp.latest("t:1").await.unwrap().is_none());
+    for done in 0..4 {
+        cp.save(&ctx, json!({"done": done}), Default::default())
+            .await
+            .unwrap();
+        let back = cp.latest("t:1").await.unwrap().unwrap();
+        assert_eq!(back.payload["done"], done);
+    }
+    let all = cp.all("t:1").await.unwrap();
+    assert_eq!(all.len(), 2, "pruned to keep = 2 through the index");
+    // `all` lists (that is what it is for); nothing before it did.
+    let mut listings = Vec::new();
+    let mut seen = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), async {
+        tokio::select! { m = creates.next() => m, m = plain.next() => m }
+    })
+    .await
+    {
+        seen += 1;
+        let body = String::from_utf8_lossy(&m.payload).to_string();
+        if body.contains("$O.weave-checkpoints.M.>") || m.subject.ends_with(".M.>") {
+            listings.push(body);
+        }
+    }
+    assert!(seen >= 5, "chunk reads create consumers: {seen}");
+    assert_eq!(listings.len(), 1, "only all() listed: {listings:?}");
 }

@@ -1,14 +1,24 @@
 //! Checkpoints in the `P-checkpoints` JetStream object store (contract §8).
 //!
 //! One object per checkpoint, named `<task_id>/<unix_nanos:020>-<id>` so
-//! names sort by time. [`Checkpoints::latest`] and [`Checkpoints::all`] list
-//! the objects of one task; [`Checkpoints::save`] prunes the oldest beyond
-//! `keep` per task. The object store chunks large bodies (512 KiB chunks),
-//! so checkpoints of several MiB work.
+//! names sort by time. The object store cannot list one task's objects
+//! (its listing reads every object's metadata), so the KV bucket
+//! `P-checkpoint-index` keeps, per task, the names of its kept checkpoints
+//! (key: the task id with every character outside `[A-Za-z0-9_-]` written
+//! `=XX`, its hex byte; value: `{"names": [oldest, ..., newest]}`).
+//! [`Checkpoints::save`] stores the object, then adds its name to the index
+//! by compare-and-set and deletes the names beyond `keep`;
+//! [`Checkpoints::latest`] reads the index and then the newest object. So
+//! neither lists the store: their cost does not grow with the number of
+//! checkpoints it holds. [`Checkpoints::all`] still lists (it is for
+//! inspection). A checkpoint written without updating the index (by an
+//! older jetweave, or a writer that skips it) is seen by `all` only.
+//! The object store chunks large bodies (512 KiB chunks), so checkpoints
+//! of several MiB work.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
@@ -40,7 +50,30 @@ pub struct CheckpointOwner {
 #[derive(Clone)]
 pub struct Checkpoints {
     store: object_store::ObjectStore,
+    index: kv::Store,
     keep: usize,
+}
+
+/// A task's entry in `P-checkpoint-index`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Index {
+    /// Its kept checkpoints' object names, oldest first.
+    names: Vec<String>,
+}
+
+/// The index key of a task id: `[A-Za-z0-9_-]` as they are, every other
+/// byte as `=XX` (a task id may hold `:` and `.`, which KV keys may not or
+/// must not start, end or double).
+fn index_key(task_id: &str) -> String {
+    let mut key = String::with_capacity(task_id.len());
+    for b in task_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            key.push(b as char);
+        } else {
+            key.push_str(&format!("={b:02X}"));
+        }
+    }
+    key
 }
 
 impl Checkpoints {
@@ -73,8 +106,20 @@ impl Checkpoints {
                     .map_err(|_| Error::nats(format!("cannot open object store {name}: {e}")))?,
             },
         };
+        let index = super::open_bucket(
+            &js,
+            super::bucket_config(
+                subjects.checkpoint_index_bucket(),
+                "jetweave checkpoint index: the kept checkpoint names per task",
+                replicas,
+                None,
+                false,
+            ),
+        )
+        .await?;
         Ok(Checkpoints {
             store,
+            index,
             keep: keep.max(1),
         })
     }
@@ -111,7 +156,7 @@ impl Checkpoints {
         let name = format!("{}/{:020}-{}", record.task_id, nanos, record.checkpoint_id);
         let body = serde_json::to_vec(record)?;
         let meta = object_store::ObjectMetadata {
-            name,
+            name: name.clone(),
             chunk_size: Some(CHUNK),
             ..Default::default()
         };
@@ -119,7 +164,60 @@ impl Checkpoints {
             .put(meta, &mut body.as_slice())
             .await
             .map_err(Error::nats_source)?;
-        self.prune(&record.task_id).await
+        for old in self.index_add(&record.task_id, name).await? {
+            let _ = self.store.delete(&old).await;
+        }
+        Ok(())
+    }
+
+    /// A task's index entry and its revision (none yet: revision 0).
+    async fn index_get(&self, task_id: &str) -> Result<(Index, u64), Error> {
+        let entry = self
+            .index
+            .entry(index_key(task_id))
+            .await
+            .map_err(Error::nats_source)?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let idx = serde_json::from_slice(&e.value).unwrap_or_default();
+                Ok((idx, e.revision))
+            }
+            Some(e) => Ok((Index::default(), e.revision)),
+            None => Ok((Index::default(), 0)),
+        }
+    }
+
+    /// Adds `name` to the task's index (compare-and-set, tried again when
+    /// another writer came first) and returns the names it dropped beyond
+    /// `keep`, whose objects the caller deletes.
+    async fn index_add(&self, task_id: &str, name: String) -> Result<Vec<String>, Error> {
+        let key = index_key(task_id);
+        for _ in 0..10 {
+            let (mut idx, revision) = self.index_get(task_id).await?;
+            idx.names.push(name.clone());
+            idx.names.sort();
+            idx.names.dedup();
+            let over = idx.names.len().saturating_sub(self.keep);
+            let dropped: Vec<String> = idx.names.drain(..over).collect();
+            let body: bytes::Bytes = serde_json::to_vec(&idx)?.into();
+            let written = if revision == 0 {
+                self.index
+                    .create(&key, body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                let r = self.index.update(&key, body, revision).await;
+                r.map(|_| ()).map_err(|e| e.to_string())
+            };
+            match written {
+                Ok(()) => return Ok(dropped),
+                Err(e) => tracing::debug!(task_id, error = %e, "checkpoint index changed; again"),
+            }
+        }
+        Err(Error::nats(format!(
+            "checkpoint index of {task_id} kept changing under ten writes"
+        )))
     }
 
     /// Names of a task's checkpoints, oldest first.
@@ -139,12 +237,23 @@ impl Checkpoints {
     }
 
     async fn read(&self, name: &str) -> Result<CheckpointRecord, Error> {
-        let mut obj = self.store.get(name).await.map_err(Error::nats_source)?;
-        let mut buf = Vec::new();
+        self.read_if_there(name)
+            .await?
+            .ok_or_else(|| Error::nats(format!("checkpoint {name} not found")))
+    }
+
+    /// A checkpoint, or `None` when its object is gone (pruned).
+    async fn read_if_there(&self, name: &str) -> Result<Option<CheckpointRecord>, Error> {
+        let mut obj = match self.store.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::nats_source(e)),
+        };
+        let mut buf = Vec::with_capacity(obj.info().size);
         tokio::time::timeout(Duration::from_secs(30), obj.read_to_end(&mut buf))
             .await
             .map_err(|_| Error::Timeout(format!("reading checkpoint {name}")))??;
-        serde_json::from_slice(&buf).map_err(|e| {
+        serde_json::from_slice(&buf).map(Some).map_err(|e| {
             Error::invalid(
                 ErrorCode::InvalidJson,
                 format!("checkpoint {name} is corrupt: {e}"),
@@ -157,9 +266,13 @@ impl Checkpoints {
     /// a handler resumes from the checkpoint before it instead of starting
     /// over or failing; errors reaching the store are returned.
     pub async fn latest(&self, task_id: &str) -> Result<Option<CheckpointRecord>, Error> {
-        for n in self.names(task_id).await?.iter().rev() {
-            match self.read(n).await {
-                Ok(r) => return Ok(Some(r)),
+        validate_task_id(task_id)?;
+        let (idx, _) = self.index_get(task_id).await?;
+        for n in idx.names.iter().rev() {
+            match self.read_if_there(n).await {
+                Ok(Some(r)) => return Ok(Some(r)),
+                // Pruned by a concurrent save after the index was read.
+                Ok(None) => tracing::debug!(name = %n, "indexed checkpoint gone"),
                 Err(
                     e @ Error::Invalid {
                         code: ErrorCode::InvalidJson,
@@ -184,16 +297,5 @@ impl Checkpoints {
             }
         }
         Ok(out)
-    }
-
-    /// Deletes the oldest checkpoints beyond `keep`.
-    async fn prune(&self, task_id: &str) -> Result<(), Error> {
-        let names = self.names(task_id).await?;
-        if names.len() > self.keep {
-            for n in &names[..names.len() - self.keep] {
-                let _ = self.store.delete(n).await;
-            }
-        }
-        Ok(())
     }
 }

@@ -187,6 +187,7 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         // takes and gives back slots by compare-and-set); limits are read.
         kv_key(&s.limit_state_bucket(), ">"),
         object_subjects(&s.checkpoints_store()),
+        kv_key(&s.checkpoint_index_bucket(), ">"),
     ];
     // Resources a node creates when it starts first, and reads.
     for stream in [
@@ -200,6 +201,7 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         kv_stream(&s.cancels_bucket()),
         kv_stream(&s.limits_bucket()),
         kv_stream(&s.limit_state_bucket()),
+        kv_stream(&s.checkpoint_index_bucket()),
         checkpoints.clone(),
     ] {
         publish.extend(stream_create(&stream));

@@ -278,6 +278,11 @@ impl Subjects {
     pub fn checkpoints_store(&self) -> String {
         format!("{}-checkpoints", self.prefix)
     }
+    /// KV bucket `P-checkpoint-index`: per task, the names of its kept
+    /// checkpoints (so `latest` and pruning never list the object store).
+    pub fn checkpoint_index_bucket(&self) -> String {
+        format!("{}-checkpoint-index", self.prefix)
+    }
     /// Stream `P_REPLICAS_PROBE`: a throwaway stream that asks a cluster how
     /// many replicas it can place (created and deleted at once).
     pub fn replicas_probe_stream(&self) -> String {
@@ -315,6 +320,7 @@ impl Subjects {
             self.agents_bucket(),
             self.runs_bucket(),
             self.leader_bucket(),
+            self.checkpoint_index_bucket(),
         ]
     }
 }
