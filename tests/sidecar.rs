@@ -14,22 +14,7 @@ struct Sidecar {
 }
 
 async fn sidecar(server: &NatsServer, extra: &[&str]) -> Sidecar {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = server.url();
-    let mut args = vec!["--nats-url", &url, "sidecar", "--listen", &listen];
-    args.extend_from_slice(extra);
-    let proc = Proc::spawn(&args);
-    let base = format!("http://{listen}");
-    let http = reqwest::Client::new();
-    wait_for("sidecar up", Duration::from_secs(15), || async {
-        http.get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let (proc, base) = spawn_sidecar(server, extra).await;
     Sidecar { _proc: proc, base }
 }
 

@@ -221,20 +221,8 @@ async fn without_otlp_handlers_get_the_tasks_own_traceparent() {
     });
     let _n = start_node(&server, cfg).await;
     let api = api_client(&server).await;
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = server.url();
-    let _sc = Proc::spawn(&["--nats-url", &url, "sidecar", "--listen", &listen]);
-    let base = format!("http://{listen}");
+    let (_sc, base) = spawn_sidecar(&server, &[]).await;
     let http = reqwest::Client::new();
-    wait_for("sidecar up", Duration::from_secs(15), || async {
-        http.get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let v: Value = http
         .post(format!("{base}/tasks/submit"))

@@ -89,25 +89,7 @@ async fn browser(d: &Driver, profile: &std::path::Path) -> Browser {
 }
 
 async fn sidecar(server: &NatsServer) -> (Proc, String) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = server.url();
-    let args = [
-        "--nats-url",
-        &url,
-        "sidecar",
-        "--listen",
-        &listen,
-        "--auth-token",
-        TOKEN,
-    ];
-    let proc = Proc::spawn(&args);
-    let base = format!("http://{listen}");
-    wait_for("sidecar up", Duration::from_secs(15), || async {
-        reqwest::get(format!("{base}/ui")).await.ok().map(|_| ())
-    })
-    .await;
-    (proc, base)
+    spawn_sidecar(server, &["--auth-token", TOKEN]).await
 }
 
 /// Waits until `css` matches (or, with `present` false, matches nothing).

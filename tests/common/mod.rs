@@ -1050,3 +1050,22 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = out.split_once("\r\n\r\n")?;
     (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
+
+/// A `jetweave sidecar` process on a free loopback port with `extra`
+/// flags, returned (with its base URL) once it answers HTTP.
+#[allow(dead_code)]
+pub async fn spawn_sidecar(server: &NatsServer, extra: &[&str]) -> (Proc, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = server.url();
+    let mut args = vec!["--nats-url", &url, "sidecar", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(&args);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    // `/ui` answers without a token, so this works with --auth-token too.
+    wait_for("sidecar up", Duration::from_secs(15), || async {
+        http.get(format!("{base}/ui")).send().await.ok().map(|_| ())
+    })
+    .await;
+    (proc, base)
+}
