@@ -326,12 +326,15 @@ async fn a_node_serves_its_own_metrics() {
     )
     .await;
     api.wait("mt1", Duration::from_secs(10)).await.unwrap();
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .unwrap();
+    // The metrics server starts once the node has (it is in discovery
+    // slightly before).
+    let text = wait_for("node metrics", Duration::from_secs(10), || async {
+        let r = reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .ok()?;
+        r.text().await.ok()
+    })
+    .await;
     for line in [
         "jetweave_node_max_concurrency{node=\"m1\"} 3",
         "jetweave_node_tasks_completed_total{node=\"m1\"} 1",
