@@ -52,10 +52,16 @@ pub struct Checkpoints {
     store: object_store::ObjectStore,
     index: kv::Store,
     keep: usize,
+    /// Per task, the index entry this process last wrote and its revision
+    /// (a guess for the next compare-and-set; a wrong one costs a read).
+    written: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Index, u64)>>>,
 }
 
+/// Tasks whose last index write a process remembers.
+const WRITTEN_KEPT: usize = 4096;
+
 /// A task's entry in `P-checkpoint-index`.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Index {
     /// Its kept checkpoints' object names, oldest first.
     names: Vec<String>,
@@ -121,6 +127,7 @@ impl Checkpoints {
             store,
             index,
             keep: keep.max(1),
+            written: Default::default(),
         })
     }
 
@@ -192,8 +199,15 @@ impl Checkpoints {
     /// `keep`, whose objects the caller deletes.
     async fn index_add(&self, task_id: &str, name: String) -> Result<Vec<String>, Error> {
         let key = index_key(task_id);
+        // The first try writes what this process last wrote for the task
+        // (or creates the entry), with no read: one round trip for a task
+        // that checkpoints again here. A conflict reads the entry.
+        let mut known = self.written(task_id);
         for _ in 0..10 {
-            let (mut idx, revision) = self.index_get(task_id).await?;
+            let (mut idx, revision) = match known.take() {
+                Some(k) => k,
+                None => self.index_get(task_id).await?,
+            };
             idx.names.push(name.clone());
             idx.names.sort();
             idx.names.dedup();
@@ -201,23 +215,39 @@ impl Checkpoints {
             let dropped: Vec<String> = idx.names.drain(..over).collect();
             let body: bytes::Bytes = serde_json::to_vec(&idx)?.into();
             let written = if revision == 0 {
-                self.index
-                    .create(&key, body)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let r = self.index.create(&key, body).await;
+                r.map_err(|e| e.to_string())
             } else {
                 let r = self.index.update(&key, body, revision).await;
-                r.map(|_| ()).map_err(|e| e.to_string())
+                r.map_err(|e| e.to_string())
             };
             match written {
-                Ok(()) => return Ok(dropped),
+                Ok(rev) => {
+                    self.remember(task_id, idx, rev);
+                    return Ok(dropped);
+                }
                 Err(e) => tracing::debug!(task_id, error = %e, "checkpoint index changed; again"),
             }
         }
         Err(Error::nats(format!(
             "checkpoint index of {task_id} kept changing under ten writes"
         )))
+    }
+
+    /// What this process last wrote to a task's index entry, if anything:
+    /// a new task's entry does not exist yet (revision 0: create).
+    fn written(&self, task_id: &str) -> Option<(Index, u64)> {
+        let cache = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        Some(cache.get(task_id).cloned().unwrap_or_default())
+    }
+
+    fn remember(&self, task_id: &str, idx: Index, revision: u64) {
+        let mut cache = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: the tasks of one process's recent checkpoints.
+        if cache.len() >= WRITTEN_KEPT {
+            cache.clear();
+        }
+        cache.insert(task_id.to_string(), (idx, revision));
     }
 
     /// Names of a task's checkpoints, oldest first.
