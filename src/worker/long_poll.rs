@@ -30,7 +30,7 @@ use super::NodeState;
 use crate::wire::protocol::Health;
 
 /// How long a waiting pull request on a task queue stays at the server:
-/// `0.7 × ack_wait`, within 0.5..5 s (3.5 s with the default `ack_wait`
+/// `0.7 × ack_wait`, within 0.5..30 s (3.5 s with the default `ack_wait`
 /// of 5 s). A paused node's waiting requests still take messages until
 /// they expire; the paused node's own tasks come back to the queue
 /// `3/4 ack_wait` after the pause at the earliest (its last progress ack
@@ -43,7 +43,7 @@ pub(super) fn long_poll(ack_wait: Duration, source: &Source) -> Duration {
         Source::Shards => SHARDS_LONG_POLL,
         Source::Queue(_) => {
             let e = ack_wait.mul_f64(0.7);
-            e.clamp(Duration::from_millis(500), Duration::from_secs(5))
+            e.clamp(Duration::from_millis(500), Duration::from_secs(30))
         }
     }
 }
