@@ -4,12 +4,12 @@
 //! long, idle heartbeats) waiting on each of its consumers, so a task
 //! published, retried or redelivered goes straight to the node: no
 //! doorbell, no fetch round trip, and no polling (an idle node asks the
-//! server once per consumer per [`long_poll`], 3.5 s by default). Each waiting request is a
-//! task of its own; when its message comes it takes a free slot (waiting
-//! up to [`SLOT_WAIT`] for one) and runs it — or, when the node has no
-//! free slot, drains or stops, hands the message straight back (a NAK
-//! without delay) so it is never held without a slot — and then wakes the
-//! dispatcher to look for more.
+//! server once per consumer per [`long_poll`], 3.5 s by default). Each
+//! waiting request is a task of its own; when its message comes it takes
+//! a free slot (waiting up to [`SLOT_WAIT`] for one) and runs it — or,
+//! when the node has no free slot, drains or stops, hands the message
+//! straight back (a NAK without delay) so it is never held without a
+//! slot — and then wakes the dispatcher to look for more.
 //!
 //! A request is lost with its server: async-nats notices only when its
 //! expiry has long passed, so a reconnection of the client ends it at
@@ -82,13 +82,22 @@ pub(super) async fn wait_on(
     c: consumer::PullConsumer,
     w: Waiting,
 ) {
+    let expires = long_poll(s.cfg.ack_wait, &source);
     loop {
+        let asked = std::time::Instant::now();
         match one_request(&s, &source, &c).await {
             Ended::Message(msg) => {
                 take(&s, &source, *msg).await;
                 break;
             }
-            Ended::Expired if can_take(&s) => continue,
+            Ended::Expired if can_take(&s) => {
+                // A request the server ended long before its expiry must
+                // not turn this into a busy loop.
+                if asked.elapsed() < expires / 2 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
             Ended::Failed => {
                 w.reopen.store(true, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
