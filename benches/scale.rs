@@ -126,7 +126,6 @@ async fn main() {
     let wall = w0.elapsed().as_secs_f64();
     let (s1, m1) = (ticks(spid), ticks(std::process::id()));
     let st = api.cluster_status().await.unwrap();
-    sim.abort();
     println!(
         "coordinator saw all {count} nodes after {:.2} s (cluster.status total_nodes {})",
         seen.as_secs_f64(),
@@ -138,6 +137,8 @@ async fn main() {
         rss_mib(spid),
         rss_mib(std::process::id())
     );
+    waiting_requests(&client, count, spid).await;
+    sim.abort();
 
     // One real idle node.
     let node = Proc::spawn(&[
@@ -156,4 +157,52 @@ async fn main() {
         rss_mib(node.pid() as u32),
         (c1 - c0) / 5.0 * 100.0
     );
+}
+
+/// What idle nodes' waiting pull requests add: every simulated node keeps
+/// one request waiting on each of the four priority consumers of
+/// `default`, as an idle real node does (expiry 3.5 s, the default
+/// `0.7 x ack_wait`), on top of the heartbeats and discovery refreshes.
+async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = Subjects::new("weave").unwrap();
+    let mut loops = Vec::new();
+    for p in jetweave::protocol::Priority::ALL {
+        let c =
+            jetweave::store::task_consumer(&js, &subjects, "default", p, Duration::from_secs(5))
+                .await
+                .unwrap();
+        for _ in 0..count {
+            let c = c.clone();
+            loops.push(tokio::spawn(async move {
+                loop {
+                    let batch = c
+                        .batch()
+                        .max_messages(1)
+                        .expires(Duration::from_millis(3500))
+                        .heartbeat(Duration::from_millis(1400))
+                        .messages()
+                        .await;
+                    match batch {
+                        Ok(mut b) => while b.next().await.is_some() {},
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s0 = ticks(spid);
+    let w0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let wall = w0.elapsed().as_secs_f64();
+    let s1 = ticks(spid);
+    println!(
+        "with {} waiting pull requests ({count} idle nodes x 4 priorities, expiry 3.5 s): nats-server CPU {:.0} %, RSS {:.1} MiB",
+        count * 4,
+        (s1 - s0) / wall * 100.0,
+        rss_mib(spid)
+    );
+    loops.iter().for_each(|l| l.abort());
 }
