@@ -159,10 +159,11 @@ async fn main() {
     );
 }
 
-/// What idle nodes' waiting pull requests add: every simulated node keeps
-/// one request waiting on each of the four priority consumers of
-/// `default`, as an idle real node does (expiry 3.5 s, the default
-/// `0.7 x ack_wait`), on top of the heartbeats and discovery refreshes.
+/// What idle nodes' waiting pull requests would add (the long-poll design
+/// of the performance issue, tried and reverted): every simulated node
+/// keeps one request waiting on each of the four priority consumers of
+/// `default` (expiry 3.5 s), on top of the heartbeats and discovery
+/// refreshes.
 async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) {
     use futures::StreamExt;
     let js = async_nats::jetstream::new(client.clone());

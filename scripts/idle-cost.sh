@@ -31,4 +31,4 @@ for c in json.load(sys.stdin)["connections"]:
         print(c["in_msgs"])'
 }
 a=$(in_msgs); sleep "$W"; b=$(in_msgs)
-python3 -c "print(f'idle node: {($b - $a) / $W:.2f} messages/s to the server over $W s (heartbeat, discovery refresh, waiting pull requests)')"
+python3 -c "print(f'idle node: {($b - $a) / $W:.2f} messages/s to the server over $W s')"

@@ -13,11 +13,10 @@
 //! takes as many free slots as it can and fetches at most that many
 //! messages, trying `critical`, `high`, `normal`, `low` in turn: it never
 //! pulls work it has no slot for (no prefetch starvation), and higher
-//! priority goes first. When every consumer is empty it leaves one pull
-//! request waiting at the server on each of them (see [`super::long_poll`]):
-//! a task published, retried or redelivered then goes straight to the
-//! node, and an idle node asks the server once per consumer every
-//! [`super::long_poll::long_poll`] (3.5 s by default) instead of polling.
+//! priority goes first. When every consumer is empty it subscribes to the
+//! queue's subjects as a doorbell (core NATS, only while idle) and sleeps
+//! until a task is published or a short poll interval passes (retries and
+//! redeliveries become available without a publish).
 //!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
@@ -44,7 +43,6 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::run_task;
-use super::long_poll::{wait_on, Waiting};
 use super::{CancelReason, NodeState};
 use crate::error::Error;
 use crate::store::{cancels_bucket, task_consumer};
@@ -53,8 +51,7 @@ use crate::wire::subjects::decode_key;
 
 /// Bound on one fetch round trip.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an idle dispatcher whose pull requests could not all be left
-/// waiting (a consumer being re-created) sleeps before it looks again.
+/// How long an idle dispatcher sleeps between polls.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
 const SATURATED_GATHER: Duration = Duration::from_millis(1);
@@ -154,17 +151,25 @@ pub(crate) type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
 pub(crate) async fn queue_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<Ready, Error> {
     let source = Source::Queue(queue.to_string());
     let consumers = open_consumers(s, &source).await?;
-    Ok(Box::pin(dispatch_loop(s.clone(), source, consumers)))
+    let doorbell = s.subjects.task_queue_wildcard(queue);
+    Ok(Box::pin(dispatch_loop(
+        s.clone(),
+        source,
+        consumers,
+        doorbell,
+    )))
 }
 
 /// Prepares the dispatcher of this node's shard assignments.
 pub(crate) async fn shard_dispatcher(s: &Arc<NodeState>) -> Result<Ready, Error> {
     crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
     let consumers = open_consumers(s, &Source::Shards).await?;
+    let doorbell = s.subjects.shards(&s.cfg.node_id);
     Ok(Box::pin(dispatch_loop(
         s.clone(),
         Source::Shards,
         consumers,
+        doorbell,
     )))
 }
 
@@ -201,51 +206,55 @@ async fn shard_consumer(s: &NodeState) -> Result<consumer::PullConsumer, Error> 
 }
 
 /// One dispatcher: takes free slots, fetches at most that many messages
-/// (highest priority first) and starts an attempt for each; leaves pull
-/// requests waiting at the server while idle.
+/// (highest priority first) and starts an attempt for each; rings a
+/// doorbell while idle.
 struct Dispatcher {
     s: Arc<NodeState>,
     source: Source,
     consumers: Vec<consumer::PullConsumer>,
-    /// One per consumer: its waiting pull request.
-    polls: Vec<Waiting>,
-    /// Wakes the dispatcher when a waiting request got a message or ended.
-    arrived: Arc<tokio::sync::Notify>,
+    doorbell_subject: String,
+    doorbell: Option<async_nats::Subscriber>,
     health: tokio::sync::watch::Receiver<Health>,
     saturated: bool,
     batch_min: usize,
-    /// A fetch or a waiting request failed: re-open the consumers before
-    /// the next round.
-    reopen: Arc<std::sync::atomic::AtomicBool>,
+    /// A fetch failed: re-open the consumers before the next round.
+    reopen: std::sync::atomic::AtomicBool,
 }
 
 /// What ended a wait.
 enum Woke {
     Go,
+    /// The doorbell rang: a task was published.
+    Rang,
     Stop,
 }
 
-async fn dispatch_loop(s: Arc<NodeState>, source: Source, consumers: Vec<consumer::PullConsumer>) {
-    let arrived = Arc::new(tokio::sync::Notify::new());
-    let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let polls = consumers
-        .iter()
-        .map(|_| Waiting {
-            waiting: Default::default(),
-            arrived: arrived.clone(),
-            reopen: reopen.clone(),
-        })
-        .collect();
+/// Re-fetches after a doorbell that found nothing (see [`Dispatcher::run`]).
+const EARLY_RING_RETRIES: [Duration; 6] = [
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+];
+
+async fn dispatch_loop(
+    s: Arc<NodeState>,
+    source: Source,
+    consumers: Vec<consumer::PullConsumer>,
+    doorbell_subject: String,
+) {
     let mut d = Dispatcher {
         health: s.health.subscribe(),
         batch_min: (s.cfg.concurrency as usize / 4).clamp(1, 64),
         s,
         source,
         consumers,
-        polls,
-        arrived,
+        doorbell_subject,
+        doorbell: None,
         saturated: false,
-        reopen,
+        reopen: Default::default(),
     };
     d.run().await
 }
@@ -256,11 +265,17 @@ impl Dispatcher {
     }
 
     async fn run(&mut self) {
+        // After a ring, the rounds that found nothing yet: the doorbell (a
+        // core subscription) can arrive before the stream has stored the
+        // message, and a fetch then finds nothing; without a quick second
+        // look that task waited for the next poll (~250 ms).
+        let mut early: Option<usize> = None;
         while !self.stopping() {
             if *self.health.borrow_and_update() == Health::Draining {
+                self.doorbell = None;
                 match self.wait_health().await {
                     Woke::Stop => break,
-                    Woke::Go => continue,
+                    Woke::Go | Woke::Rang => continue,
                 }
             }
             let first = tokio::select! {
@@ -282,10 +297,21 @@ impl Dispatcher {
             let got = self.fetch_round(permits).await;
             self.saturated = got == wanted && got > 0;
             if got > 0 {
+                early = None;
+                if self.saturated {
+                    // The doorbell would only add traffic.
+                    self.doorbell = None;
+                }
                 continue;
             }
-            if let Woke::Stop = self.idle().await {
-                break;
+            // A quick second look after a ring that found nothing, still
+            // woken at once by the next ring.
+            let retry = early.and_then(|i| EARLY_RING_RETRIES.get(i));
+            early = early.map(|i| i + 1).filter(|_| retry.is_some());
+            match self.idle(retry.copied().unwrap_or(IDLE_POLL)).await {
+                Woke::Stop => break,
+                Woke::Rang => early = Some(0),
+                Woke::Go => {}
             }
         }
     }
@@ -378,32 +404,39 @@ impl Dispatcher {
         }
     }
 
-    /// Idle: leave a pull request waiting on every consumer that has
-    /// none, then sleep until one brings a message (or ends), the health
-    /// changes or the node stops. Should a request not be left waiting (a
-    /// consumer being re-created), look again after [`IDLE_POLL`].
-    async fn idle(&mut self) -> Woke {
-        let mut all_waiting = true;
-        for (c, w) in self.consumers.iter().zip(&self.polls) {
-            if w.waiting.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                continue;
+    /// Idle: subscribe to the doorbell, then look once more before
+    /// sleeping (so a task published in between is not missed); then sleep
+    /// until it rings or the poll interval passes.
+    async fn idle(&mut self, wait: Duration) -> Woke {
+        if self.doorbell.is_none() {
+            match self.s.client.subscribe(self.doorbell_subject.clone()).await {
+                Ok(sub) => {
+                    let _ = self.s.client.flush().await;
+                    self.doorbell = Some(sub);
+                    return Woke::Go;
+                }
+                Err(e) => tracing::warn!(error = %e, "doorbell subscribe failed"),
             }
-            if self.reopen.load(std::sync::atomic::Ordering::Relaxed) {
-                w.waiting.store(false, std::sync::atomic::Ordering::Relaxed);
-                all_waiting = false;
-                continue;
-            }
-            let (s, source) = (self.s.clone(), self.source.clone());
-            self.s.loops.spawn(wait_on(s, source, c.clone(), w.clone()));
         }
-        let far = super::long_poll::long_poll(self.s.cfg.ack_wait, &self.source) * 4;
-        let wait = if all_waiting { far } else { IDLE_POLL };
-        tokio::select! {
-            _ = self.arrived.notified() => Woke::Go,
+        let ring = async {
+            match self.doorbell.as_mut() {
+                Some(d) => {
+                    d.next().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let woke = tokio::select! {
+            _ = ring => Woke::Rang,
             _ = tokio::time::sleep(wait) => Woke::Go,
             _ = self.s.shutdown.wait() => Woke::Stop,
             _ = self.s.stop_requested.wait() => Woke::Stop,
             _ = self.health.changed() => Woke::Go,
+        };
+        // Swallow what else rang meanwhile; one fetch round serves it all.
+        if let Some(d) = self.doorbell.as_mut() {
+            while let Some(Some(_)) = futures::FutureExt::now_or_never(d.next()) {}
         }
+        woke
     }
 }

@@ -24,7 +24,6 @@
 mod attempt;
 mod dispatch;
 mod limits;
-mod long_poll;
 mod process;
 mod spans;
 
