@@ -93,24 +93,30 @@ impl Checkpoints {
     ) -> Result<Self, Error> {
         let js = jetstream::new(client);
         let name = subjects.checkpoints_store();
+        let config = object_store::Config {
+            bucket: name.clone(),
+            description: Some("jetweave checkpoints".into()),
+            num_replicas: replicas.max(1),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        // A create that fails as a whole (a forming cluster with a peer
+        // not placed yet: "no suitable peers") or times out is tried
+        // again, as for every other resource (see `settle`).
+        let passes = |e: &jetstream::context::CreateObjectStoreError| {
+            use jetstream::context::CreateKeyValueErrorKind as K;
+            matches!(e.kind(), K::TimedOut | K::BucketCreate)
+        };
         let store = match js.get_object_store(&name).await {
             Ok(s) => s,
-            Err(_) => match js
-                .create_object_store(object_store::Config {
-                    bucket: name.clone(),
-                    description: Some("jetweave checkpoints".into()),
-                    num_replicas: replicas.max(1),
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => js
-                    .get_object_store(&name)
-                    .await
-                    .map_err(|_| Error::nats(format!("cannot open object store {name}: {e}")))?,
-            },
+            Err(_) => {
+                match super::settle(|| js.create_object_store(config.clone()), passes).await {
+                    Ok(s) => s,
+                    Err(e) => js.get_object_store(&name).await.map_err(|_| {
+                        Error::nats(format!("cannot open object store {name}: {e}"))
+                    })?,
+                }
+            }
         };
         let index = super::open_bucket(
             &js,
