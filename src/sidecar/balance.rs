@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode};
-use crate::wire::protocol::{parse_rfc3339, NodeInfo};
+use crate::wire::protocol::NodeInfo;
 
 /// An agent-selection strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,9 +62,7 @@ impl FromStr for Strategy {
 
 /// An agent's health score in `[0.05, 1]` (see the module doc).
 pub fn health_score(n: &NodeInfo) -> f64 {
-    let age = parse_rfc3339(&n.last_heartbeat_at)
-        .map(|t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64())
-        .unwrap_or(0.0);
+    let age = n.heartbeat_age_s().unwrap_or(0.0);
     let missed = (age - 1.0).max(0.0);
     let count = |k: &str| n.metadata.get(k).and_then(Value::as_u64).unwrap_or(0) as f64;
     let (done, failed) = (count("completed"), count("failed"));

@@ -296,15 +296,13 @@ async fn queue_gauges(app: &App) {
     if let Ok(Ok(nodes)) = tokio::time::timeout(wait, app.client.nodes()).await {
         app.metrics.node_active.reset();
         app.metrics.heartbeat_age.reset();
-        let now = time::OffsetDateTime::now_utc();
         for n in nodes.iter().filter(|n| n.max_concurrency > 0) {
             let id = [n.node_id.as_str()];
             app.metrics
                 .node_active
                 .with_label_values(&id)
                 .set(i64::from(n.active_tasks));
-            if let Ok(t) = crate::wire::protocol::parse_rfc3339(&n.last_heartbeat_at) {
-                let age = (now - t).as_seconds_f64().max(0.0);
+            if let Some(age) = n.heartbeat_age_s() {
                 app.metrics.heartbeat_age.with_label_values(&id).set(age);
             }
         }

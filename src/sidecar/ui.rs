@@ -207,13 +207,7 @@ async fn snapshot(app: &App) -> Value {
 }
 
 fn node_view(n: &crate::wire::protocol::NodeInfo) -> Value {
-    let age = crate::wire::protocol::parse_rfc3339(&n.last_heartbeat_at)
-        .map(|t| {
-            (time::OffsetDateTime::now_utc() - t)
-                .as_seconds_f64()
-                .max(0.0)
-        })
-        .ok();
+    let age = n.heartbeat_age_s();
     json!({
         "node_id": n.node_id,
         "role": n.role,

@@ -229,6 +229,12 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// Seconds since its last heartbeat (`None` when the time does not parse).
+    pub fn heartbeat_age_s(&self) -> Option<f64> {
+        let t = parse_rfc3339(&self.last_heartbeat_at).ok()?;
+        Some((OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0))
+    }
+
     /// The task types this node has handlers for (from `metadata.handlers`).
     pub fn handlers(&self) -> Vec<String> {
         self.metadata
