@@ -203,6 +203,9 @@ pub async fn task_consumer(
         ack_wait,
         max_deliver: -1,
         max_ack_pending: 20_000,
+        // Every idle node leaves a pull request waiting on each consumer
+        // of its queues (the server's default allows 512).
+        max_waiting: 100_000,
         ..Default::default()
     };
     durable_consumer(js, &subjects.tasks_stream(), config).await

@@ -13,10 +13,11 @@
 //! takes as many free slots as it can and fetches at most that many
 //! messages, trying `critical`, `high`, `normal`, `low` in turn: it never
 //! pulls work it has no slot for (no prefetch starvation), and higher
-//! priority goes first. When every consumer is empty it subscribes to the
-//! queue's subjects as a doorbell (core NATS, only while idle) and sleeps
-//! until a task is published or a short poll interval passes (retries and
-//! redeliveries become available without a publish).
+//! priority goes first. When a consumer is empty it leaves a pull request
+//! for one message waiting on it at the server (see [`super::long_poll`]):
+//! a task published, retried or redelivered then goes straight to an idle
+//! node, and an idle node asks each consumer twice a minute rather than
+//! polling.
 //!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
@@ -43,6 +44,7 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::run_task;
+use super::long_poll::{self, hand_back, LongPolls, Reply, CHECK_EVERY};
 use super::{CancelReason, NodeState};
 use crate::error::Error;
 use crate::store::{cancels_bucket, task_consumer};
@@ -51,8 +53,12 @@ use crate::wire::subjects::decode_key;
 
 /// Bound on one fetch round trip.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an idle dispatcher sleeps between polls.
+/// How long an idle dispatcher whose pull requests could not be left
+/// waiting sleeps before it looks again.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How long a message that came for a waiting request while every slot
+/// was taken waits for one before it goes back to the queue.
+const SLOT_WAIT: Duration = Duration::from_millis(250);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
 const SATURATED_GATHER: Duration = Duration::from_millis(1);
 
@@ -151,28 +157,19 @@ pub(crate) type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
 pub(crate) async fn queue_dispatcher(s: &Arc<NodeState>, queue: &str) -> Result<Ready, Error> {
     let source = Source::Queue(queue.to_string());
     let consumers = open_consumers(s, &source).await?;
-    let doorbell = s.subjects.task_queue_wildcard(queue);
-    Ok(Box::pin(dispatch_loop(
-        s.clone(),
-        source,
-        consumers,
-        doorbell,
-    )))
+    Ok(Box::pin(dispatch_loop(s.clone(), source, consumers)))
 }
 
 /// Prepares the dispatcher of this node's shard assignments.
 pub(crate) async fn shard_dispatcher(s: &Arc<NodeState>) -> Result<Ready, Error> {
     crate::store::ensure_shards_stream(&s.js, &s.subjects, s.replicas).await?;
     let consumers = open_consumers(s, &Source::Shards).await?;
-    let doorbell = s.subjects.shards(&s.cfg.node_id);
     Ok(Box::pin(dispatch_loop(
         s.clone(),
         Source::Shards,
         consumers,
-        doorbell,
     )))
 }
-
 /// The durable consumers a dispatcher pulls from (created when missing:
 /// also used to re-create them when they were deleted, e.g. the shard
 /// consumer of a node the coordinator gave up on while it was paused).
@@ -206,57 +203,50 @@ async fn shard_consumer(s: &NodeState) -> Result<consumer::PullConsumer, Error> 
 }
 
 /// One dispatcher: takes free slots, fetches at most that many messages
-/// (highest priority first) and starts an attempt for each; rings a
-/// doorbell while idle.
+/// (highest priority first) and starts an attempt for each; leaves pull
+/// requests waiting at the server while idle ([`LongPolls`]).
 struct Dispatcher {
     s: Arc<NodeState>,
     source: Source,
     consumers: Vec<consumer::PullConsumer>,
-    doorbell_subject: String,
-    doorbell: Option<async_nats::Subscriber>,
+    /// The requests waiting while idle; `None` until its inbox is
+    /// subscribed (then the dispatcher polls every [`IDLE_POLL`]).
+    polls: Option<LongPolls>,
     health: tokio::sync::watch::Receiver<Health>,
     saturated: bool,
     batch_min: usize,
-    /// A fetch failed: re-open the consumers before the next round.
+    /// A fetch or a request failed: re-open the consumers before the next
+    /// round.
     reopen: std::sync::atomic::AtomicBool,
 }
 
 /// What ended a wait.
 enum Woke {
     Go,
-    /// The doorbell rang: a task was published.
-    Rang,
     Stop,
 }
 
-/// Re-fetches after a doorbell that found nothing (see [`Dispatcher::run`]).
-const EARLY_RING_RETRIES: [Duration; 6] = [
-    Duration::from_micros(500),
-    Duration::from_millis(1),
-    Duration::from_millis(2),
-    Duration::from_millis(4),
-    Duration::from_millis(8),
-    Duration::from_millis(16),
-];
-
-async fn dispatch_loop(
-    s: Arc<NodeState>,
-    source: Source,
-    consumers: Vec<consumer::PullConsumer>,
-    doorbell_subject: String,
-) {
+async fn dispatch_loop(s: Arc<NodeState>, source: Source, consumers: Vec<consumer::PullConsumer>) {
     let mut d = Dispatcher {
         health: s.health.subscribe(),
         batch_min: (s.cfg.concurrency as usize / 4).clamp(1, 64),
         s,
         source,
         consumers,
-        doorbell_subject,
-        doorbell: None,
+        polls: None,
         saturated: false,
         reopen: Default::default(),
     };
-    d.run().await
+    d.run().await;
+    d.finish().await;
+}
+
+/// The next reply of `polls`, or never when there are none.
+async fn next_reply(polls: &mut Option<LongPolls>) -> Reply {
+    match polls {
+        Some(p) if p.any() => p.next().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Dispatcher {
@@ -265,64 +255,126 @@ impl Dispatcher {
     }
 
     async fn run(&mut self) {
-        // After a ring, the rounds that found nothing yet: the doorbell (a
-        // core subscription) can arrive before the stream has stored the
-        // message, and a fetch then finds nothing; without a quick second
-        // look that task waited for the next poll (~250 ms).
-        let mut early: Option<usize> = None;
         while !self.stopping() {
             if *self.health.borrow_and_update() == Health::Draining {
-                self.doorbell = None;
                 match self.wait_health().await {
                     Woke::Stop => break,
-                    Woke::Go | Woke::Rang => continue,
+                    Woke::Go => continue,
                 }
             }
             let first = tokio::select! {
                 p = self.s.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                r = next_reply(&mut self.polls) => { self.on_reply(r).await; continue }
                 _ = self.s.shutdown.wait() => break,
                 _ = self.health.changed() => continue,
             };
-            if self
-                .reopen
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
-                match open_consumers(&self.s, &self.source).await {
-                    Ok(c) => self.consumers = c,
-                    Err(e) => tracing::warn!(error = %e, "cannot reopen the consumers yet"),
-                }
-            }
+            self.reopen_if_asked().await;
             let permits = self.gather(first).await;
             let wanted = permits.len();
             let got = self.fetch_round(permits).await;
             self.saturated = got == wanted && got > 0;
+            // Replies that came meanwhile (the slots are back now).
+            while let Some(r) = self.polls.as_mut().and_then(LongPolls::try_next) {
+                self.on_reply(r).await;
+            }
             if got > 0 {
-                early = None;
-                if self.saturated {
-                    // The doorbell would only add traffic.
-                    self.doorbell = None;
-                }
                 continue;
             }
-            // A quick second look after a ring that found nothing, still
-            // woken at once by the next ring.
-            let retry = early.and_then(|i| EARLY_RING_RETRIES.get(i));
-            early = early.map(|i| i + 1).filter(|_| retry.is_some());
-            match self.idle(retry.copied().unwrap_or(IDLE_POLL)).await {
-                Woke::Stop => break,
-                Woke::Rang => early = Some(0),
-                Woke::Go => {}
+            if let Woke::Stop = self.idle().await {
+                break;
             }
         }
     }
 
-    /// While draining: wait for a health change or a stop.
-    async fn wait_health(&mut self) -> Woke {
-        tokio::select! {
-            _ = self.s.shutdown.wait() => Woke::Stop,
-            _ = self.s.stop_requested.wait() => Woke::Stop,
-            r = self.health.changed() => if r.is_err() { Woke::Stop } else { Woke::Go },
+    /// Hands back what already came for the waiting requests; dropping
+    /// the inbox then ends them at the server.
+    async fn finish(&mut self) {
+        while let Some(r) = self.polls.as_mut().and_then(LongPolls::try_next) {
+            if let Reply::Message(msg) = r {
+                hand_back(&msg, "the node stops").await;
+            }
         }
+    }
+
+    /// While draining: wait for a health change or a stop (what the
+    /// waiting requests still bring goes back to the queue).
+    async fn wait_health(&mut self) -> Woke {
+        loop {
+            return tokio::select! {
+                r = next_reply(&mut self.polls) => { self.on_reply(r).await; continue }
+                _ = self.s.shutdown.wait() => Woke::Stop,
+                _ = self.s.stop_requested.wait() => Woke::Stop,
+                r = self.health.changed() => if r.is_err() { Woke::Stop } else { Woke::Go },
+            };
+        }
+    }
+
+    async fn reopen_if_asked(&mut self) {
+        if !self
+            .reopen
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        match open_consumers(&self.s, &self.source).await {
+            Ok(c) => {
+                self.polls = self.polls.take().map(|p| p.with_consumers(&c));
+                self.consumers = c;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reopen the consumers yet"),
+        }
+    }
+
+    /// One reply for the waiting requests: a message runs in a free slot
+    /// (or goes straight back to the queue when there is none, or the
+    /// node drains or stops).
+    async fn on_reply(&mut self, r: Reply) -> bool {
+        match r {
+            Reply::Message(msg) => {
+                if *self.health.borrow() != Health::Healthy || self.stopping() {
+                    hand_back(&msg, "the node drains or stops").await;
+                } else {
+                    match self.s.slots.clone().try_acquire_owned() {
+                        Ok(p) => self.start(*msg, p),
+                        Err(_) => self.start_when_free(*msg),
+                    }
+                }
+                true
+            }
+            Reply::Ended { failed } => {
+                if failed {
+                    self.reopen
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                true
+            }
+            Reply::Quiet => false,
+            Reply::Closed => {
+                self.polls = None;
+                true
+            }
+        }
+    }
+
+    /// A message that came while every slot was taken: another
+    /// dispatcher's fetch round may hold the free slots for a moment, so
+    /// wait briefly for one; else hand the message straight back.
+    fn start_when_free(&self, msg: jetstream::Message) {
+        let (s, source) = (self.s.clone(), self.source.clone());
+        self.s.work.spawn(async move {
+            let slot = tokio::time::timeout(SLOT_WAIT, s.slots.clone().acquire_owned()).await;
+            match slot {
+                Ok(Ok(p)) if s.health() == Health::Healthy && !s.stop_requested.is_triggered() => {
+                    run_task(s, source, msg, p).await
+                }
+                _ => hand_back(&msg, "no free slot").await,
+            }
+        });
+    }
+
+    fn start(&self, msg: jetstream::Message, permit: OwnedSemaphorePermit) {
+        let (s, source) = (self.s.clone(), self.source.clone());
+        self.s.work.spawn(run_task(s, source, msg, permit));
     }
 
     /// Every free slot, starting with `first`. Under full load, gather a
@@ -344,12 +396,20 @@ impl Dispatcher {
     }
 
     /// Fetches from each consumer in priority order until the permits are
-    /// used; starts an attempt per message. Returns how many started.
-    async fn fetch_round(&self, mut permits: Vec<OwnedSemaphorePermit>) -> usize {
+    /// used; starts an attempt per message. A consumer with a request
+    /// waiting has nothing to fetch (the request would have taken it).
+    /// Returns how many started.
+    async fn fetch_round(&mut self, mut permits: Vec<OwnedSemaphorePermit>) -> usize {
+        if let Some(p) = self.polls.as_mut() {
+            p.forget_lost(&self.s.client);
+        }
         let mut got = 0usize;
-        for c in &self.consumers {
+        for (i, c) in self.consumers.iter().enumerate() {
             if permits.is_empty() {
                 break;
+            }
+            if self.polls.as_ref().is_some_and(|p| p.waits(i)) {
+                continue;
             }
             let Some(msgs) = self.fetch(c, permits.len()).await else {
                 break;
@@ -357,8 +417,7 @@ impl Dispatcher {
             for msg in msgs {
                 let Some(permit) = permits.pop() else { break };
                 got += 1;
-                let (s, source) = (self.s.clone(), self.source.clone());
-                self.s.work.spawn(run_task(s, source, msg, permit));
+                self.start(msg, permit);
             }
         }
         got
@@ -404,39 +463,57 @@ impl Dispatcher {
         }
     }
 
-    /// Idle: subscribe to the doorbell, then look once more before
-    /// sleeping (so a task published in between is not missed); then sleep
-    /// until it rings or the poll interval passes.
-    async fn idle(&mut self, wait: Duration) -> Woke {
-        if self.doorbell.is_none() {
-            match self.s.client.subscribe(self.doorbell_subject.clone()).await {
-                Ok(sub) => {
-                    let _ = self.s.client.flush().await;
-                    self.doorbell = Some(sub);
+    /// Idle: leave a request waiting on every consumer that has none,
+    /// then wait until a reply brings a message or ends a request, a
+    /// request is lost, the health changes or the node stops. When the
+    /// requests could not be sent, look again after [`IDLE_POLL`].
+    async fn idle(&mut self) -> Woke {
+        let asked = self.ask_all().await;
+        let every = if asked { CHECK_EVERY } else { IDLE_POLL };
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                r = next_reply(&mut self.polls) => if self.on_reply(r).await {
                     return Woke::Go;
+                },
+                _ = check.tick() => {
+                    let client = &self.s.client;
+                    if !asked || self.polls.as_mut().is_some_and(|p| p.forget_lost(client)) {
+                        return Woke::Go;
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "doorbell subscribe failed"),
+                _ = self.s.shutdown.wait() => return Woke::Stop,
+                _ = self.s.stop_requested.wait() => return Woke::Stop,
+                _ = self.health.changed() => return Woke::Go,
             }
         }
-        let ring = async {
-            match self.doorbell.as_mut() {
-                Some(d) => {
-                    d.next().await;
+    }
+
+    /// Leaves a request waiting on every consumer that has none; false
+    /// when that failed (no inbox, a request not sent).
+    async fn ask_all(&mut self) -> bool {
+        if self.polls.is_none() {
+            match LongPolls::new(&self.s.client, &self.s.js, &self.consumers).await {
+                Ok(p) => self.polls = Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe the dispatcher's inbox");
+                    return false;
                 }
-                None => std::future::pending::<()>().await,
             }
-        };
-        let woke = tokio::select! {
-            _ = ring => Woke::Rang,
-            _ = tokio::time::sleep(wait) => Woke::Go,
-            _ = self.s.shutdown.wait() => Woke::Stop,
-            _ = self.s.stop_requested.wait() => Woke::Stop,
-            _ = self.health.changed() => Woke::Go,
-        };
-        // Swallow what else rang meanwhile; one fetch round serves it all.
-        if let Some(d) = self.doorbell.as_mut() {
-            while let Some(Some(_)) = futures::FutureExt::now_or_never(d.next()) {}
         }
-        woke
+        let Some(polls) = self.polls.as_mut() else {
+            return false;
+        };
+        let expiry = long_poll::expiry(&self.s, &self.source);
+        for (i, c) in self.consumers.iter().enumerate() {
+            if polls.waits(i) {
+                continue;
+            }
+            if let Err(e) = polls.ask(c, i, expiry).await {
+                tracing::warn!(error = %e, "cannot leave a pull request waiting");
+                return false;
+            }
+        }
+        true
     }
 }

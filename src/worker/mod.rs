@@ -24,6 +24,7 @@
 mod attempt;
 mod dispatch;
 mod limits;
+mod long_poll;
 mod process;
 mod spans;
 
