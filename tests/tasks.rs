@@ -1582,3 +1582,60 @@ async fn ignore_result_stores_no_result_for_completed_tasks() {
     .await;
     assert_eq!(bad["code"], "invalid_value", "{bad}");
 }
+
+/// The pull requests an idle node leaves waiting at the server come back
+/// by themselves when its consumers are deleted and when the server
+/// restarts: a task published afterwards is taken at once, not after a
+/// request's 30 s expiry.
+#[tokio::test]
+async fn waiting_pull_requests_survive_consumer_deletion_and_a_restart() {
+    let mut server = NatsServer::start();
+    let _n = start_node(&server, node_config("w1")).await;
+    let mut nats = server.client().await;
+    waiting_on_normal(&nats).await;
+    assert_eq!(delete_consumers(&nats, "WEAVE_TASKS").await, 4);
+    waiting_on_normal(&nats).await;
+    round_trip_within(&nats, "after-delete", Duration::from_secs(2)).await;
+
+    server.restart();
+    nats = server.client().await;
+    waiting_on_normal(&nats).await;
+    round_trip_within(&nats, "after-restart", Duration::from_secs(2)).await;
+}
+
+/// Waits until a pull request waits on the `default/normal` consumer.
+async fn waiting_on_normal(nats: &async_nats::Client) {
+    let js = async_nats::jetstream::new(nats.clone());
+    wait_for(
+        "a pull request waiting on tasks_default_normal",
+        Duration::from_secs(10),
+        || async {
+            let mut c = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    "tasks_default_normal",
+                    "WEAVE_TASKS",
+                )
+                .await
+                .ok()?;
+            (c.info().await.ok()?.num_waiting >= 1).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Publishes an echo task and waits `bound` for its result.
+async fn round_trip_within(nats: &async_nats::Client, id: &str, bound: Duration) {
+    use futures::StreamExt;
+    let mut sub = nats.subscribe(format!("weave.results.{id}")).await.unwrap();
+    nats.flush().await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    let body = json!({"id": id, "type": "echo", "payload": id}).to_string();
+    js.publish("weave.tasks.default.normal", body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::timeout(bound, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("no result for {id} within {bound:?}"));
+}
