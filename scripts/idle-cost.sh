@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What an idle node costs the server: the messages it sends (its
-# connection's in_msgs in the server's /connz) over W seconds, with one
+# connection's in_msgs in the server's /connz; out_msgs for what it gets) over W seconds, with one
 # coordinator and one idle `jetweave node` (release build, default timings
 # unless NODE_ARGS says otherwise). Never in CI.
 # Usage: scripts/idle-cost.sh [W=60]   e.g. NODE_ARGS="--ack-wait 10" scripts/idle-cost.sh
@@ -23,12 +23,12 @@ sleep 2
 $jw --nats-url "nats://127.0.0.1:$P" node --node-id idle1 ${NODE_ARGS:-} >"$d/n.log" 2>&1 &
 pids+=($!)
 sleep 6
-in_msgs() {
+counts() {
   curl -s "http://127.0.0.1:$M/connz?limit=1000" | python3 -c '
 import json, sys
 for c in json.load(sys.stdin)["connections"]:
     if "idle1" in c.get("name", ""):
-        print(c["in_msgs"])'
+        print(c["in_msgs"], c["out_msgs"])'
 }
-a=$(in_msgs); sleep "$W"; b=$(in_msgs)
-python3 -c "print(f'idle node: {($b - $a) / $W:.2f} messages/s to the server over $W s')"
+read -r a_in a_out < <(counts); sleep "$W"; read -r b_in b_out < <(counts)
+python3 -c "print(f'idle node: {($b_in - $a_in) / $W:.2f} messages/s to the server, {($b_out - $a_out) / $W:.2f} from it, over $W s')"
