@@ -1,7 +1,11 @@
-//! The jetweave side of `scripts/bench-celery.sh`: the same workloads as
-//! `bench/celery/drive.py` — N no-op tasks submitted then all awaited, and
-//! sequential submit-to-result latency — on a fresh nats-server with one
-//! coordinator and one node in this process. Prints one JSON line.
+//! The jetweave side of `scripts/bench-peers.sh`: the same workloads as
+//! `bench/celery/drive.py` and `bench/taskiq/drive.py` — N no-op tasks
+//! submitted then all awaited, and sequential submit-to-result latency —
+//! on a fresh nats-server with one coordinator and one node in this
+//! process; then a killed worker: a 1 s task on one of two node
+//! processes, that process killed with SIGKILL once the task runs, and
+//! the time from the kill to the task's result (default timings). Prints
+//! one JSON line.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -44,12 +48,45 @@ async fn main() {
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
+    let recovery = killed_worker().await;
     println!(
         "{}",
         serde_json::json!({
             "tasks_per_s": tput,
             "seq_p50_ms": lat[lat.len() / 2],
             "seq_p99_ms": lat[(lat.len() * 99 / 100).saturating_sub(1)],
+            "killed_worker_s": recovery,
         })
     );
+}
+
+/// Seconds from the SIGKILL of the node running a 1 s task to the task's
+/// result, with a second node alive.
+async fn killed_worker() -> f64 {
+    let server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let mut nodes = [
+        spawn_node_proc(&server, "k1").await,
+        spawn_node_proc(&server, "k2").await,
+    ];
+    let api = api_client(&server).await;
+    let req = SubmitRequest {
+        envelope: TaskEnvelope::new("sleep", serde_json::json!({"ms": 1000})),
+        ..Default::default()
+    };
+    let id = api.submit(&req).await.expect("submit").task_id;
+    let node = wait_for("the task runs", Duration::from_secs(10), || async {
+        api.get(&id).await.ok()?.node_id
+    })
+    .await;
+    let victim = if node == "k1" { 0 } else { 1 };
+    nodes[victim].kill9();
+    let killed = Instant::now();
+    let r = api
+        .wait(&id, Duration::from_secs(120))
+        .await
+        .expect("result");
+    let survivor = if victim == 0 { "k2" } else { "k1" };
+    assert_eq!(r.node_id.as_deref(), Some(survivor));
+    killed.elapsed().as_secs_f64()
 }

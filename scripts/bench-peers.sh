@@ -3,8 +3,10 @@
 # broker and backend, apply_async in a loop, prefork pool of 2) and taskiq
 # (its NATS JetStream pull broker and NATS object-store result backend,
 # 2 worker processes, on a nats-server of the same pinned version).
-# Workloads: N no-op tasks submitted then all awaited, and SEQ sequential
-# submit-to-result round trips. Installs redis-server (Debian), Celery and
+# Workloads: N no-op tasks submitted then all awaited, SEQ sequential
+# submit-to-result round trips, and a killed worker (a 1 s task whose
+# worker process gets SIGKILL once it runs: the time from the kill to the
+# task's result, and whether it completed). Installs redis-server (Debian), Celery and
 # taskiq (PyPI) into .tools/; never part of CI.
 # Usage: scripts/bench-peers.sh [N] [SEQ]
 set -euo pipefail
@@ -25,6 +27,7 @@ if [ ! -x "$taskiq_venv/bin/taskiq" ]; then
   "$taskiq_venv/bin/python" -m pip install --quiet --disable-pip-version-check "taskiq==0.13.0" "taskiq-nats==0.7.0"
 fi
 work=$(mktemp -d)
+export PEERS_MARK="$work"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -53,6 +56,7 @@ unset NATS_URL
 
 # jetweave (its own nats-server, same binary)
 export NATS_SERVER_BIN="$PWD/.tools/bin/nats-server"
+cargo build --release -q --bin jetweave  # the killed-worker part runs node processes
 jw=$(cargo run --release -q --example compare -- "$N" "$SEQ")
 
 python3 - "$jw" "$celery" "$taskiq" <<'PY'
@@ -61,6 +65,8 @@ j, c, t = (json.loads(a) for a in sys.argv[1:4])
 print(f"{'':34} {'jetweave':>10} {'Celery+Redis':>13} {'taskiq+NATS':>12}")
 for key, label, fmt in [("tasks_per_s", "no-op throughput, tasks/s", ".0f"),
                         ("seq_p50_ms", "sequential round trip p50, ms", ".2f"),
-                        ("seq_p99_ms", "sequential round trip p99, ms", ".2f")]:
+                        ("seq_p99_ms", "sequential round trip p99, ms", ".2f"),
+                        ("killed_worker_s", "killed worker: kill to result, s", ".2f")]:
     print(f"{label:34} {j[key]:>10{fmt}} {c[key]:>13{fmt}} {t[key]:>12{fmt}}")
+print(f"{'killed worker: outcome':34} {'completed':>10} {c['killed_worker_outcome']:>13} {t['killed_worker_outcome']:>12}")
 PY

@@ -12,3 +12,14 @@ app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, result_expire
 @app.task
 def noop(x):
     return x
+
+
+@app.task
+def slow(mark):
+    """Writes this worker process's pid to `mark`, then works 1 s."""
+    import time
+    with open(mark + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(mark + ".tmp", mark)
+    time.sleep(1)
+    return "done"

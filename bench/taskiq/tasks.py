@@ -13,3 +13,14 @@ broker = broker.with_result_backend(NATSObjectStoreResultBackend(url, bucket_nam
 @broker.task
 async def noop(i: int) -> int:
     return i
+
+
+@broker.task
+async def slow(mark: str) -> str:
+    """Writes this worker process's pid to `mark`, then works 1 s."""
+    import asyncio
+    with open(mark + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(mark + ".tmp", mark)
+    await asyncio.sleep(1)
+    return "done"

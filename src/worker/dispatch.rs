@@ -13,11 +13,12 @@
 //! takes as many free slots as it can and fetches at most that many
 //! messages, trying `critical`, `high`, `normal`, `low` in turn: it never
 //! pulls work it has no slot for (no prefetch starvation), and higher
-//! priority goes first. When a consumer is empty it leaves a pull request
-//! for one message waiting on it at the server (see [`super::long_poll`]):
-//! a task published, retried or redelivered then goes straight to an idle
-//! node, and an idle node asks each consumer twice a minute rather than
-//! polling.
+//! priority goes first. When its consumers are empty and it has a free
+//! slot for each, it leaves a pull request for one message waiting on each
+//! at the server (see [`super::long_poll`]): a task published, retried or
+//! redelivered then goes straight to an idle node, and an idle node asks
+//! each consumer twice a minute rather than polling. A node with fewer
+//! free slots than consumers looks again every 250 ms instead.
 //!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
@@ -56,9 +57,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle dispatcher whose pull requests could not be left
 /// waiting sleeps before it looks again.
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// How long a message that came for a waiting request while every slot
-/// was taken waits for one before it goes back to the queue.
-const SLOT_WAIT: Duration = Duration::from_millis(250);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
 const SATURATED_GATHER: Duration = Duration::from_millis(1);
 
@@ -238,7 +236,7 @@ async fn dispatch_loop(s: Arc<NodeState>, source: Source, consumers: Vec<consume
         reopen: Default::default(),
     };
     d.run().await;
-    d.finish().await;
+    d.let_go().await;
 }
 
 /// The next reply of `polls`, or never when there are none.
@@ -257,6 +255,9 @@ impl Dispatcher {
     async fn run(&mut self) {
         while !self.stopping() {
             if *self.health.borrow_and_update() == Health::Draining {
+                // Unsubscribing ends the waiting requests: the server
+                // skips a request nobody listens to (no NAK, no delivery).
+                self.let_go().await;
                 match self.wait_health().await {
                     Woke::Stop => break,
                     Woke::Go => continue,
@@ -286,26 +287,25 @@ impl Dispatcher {
         }
     }
 
-    /// Hands back what already came for the waiting requests; dropping
-    /// the inbox then ends them at the server.
-    async fn finish(&mut self) {
-        while let Some(r) = self.polls.as_mut().and_then(LongPolls::try_next) {
+    /// Ends the waiting requests: hands back what already came for them
+    /// and drops the inbox, so that the server skips them from now on.
+    async fn let_go(&mut self) {
+        let Some(mut polls) = self.polls.take() else {
+            return;
+        };
+        while let Some(r) = polls.try_next() {
             if let Reply::Message(msg) = r {
-                hand_back(&msg, "the node stops").await;
+                hand_back(&msg, "the node drains or stops").await;
             }
         }
     }
 
-    /// While draining: wait for a health change or a stop (what the
-    /// waiting requests still bring goes back to the queue).
+    /// While draining: wait for a health change or a stop.
     async fn wait_health(&mut self) -> Woke {
-        loop {
-            return tokio::select! {
-                r = next_reply(&mut self.polls) => { self.on_reply(r).await; continue }
-                _ = self.s.shutdown.wait() => Woke::Stop,
-                _ = self.s.stop_requested.wait() => Woke::Stop,
-                r = self.health.changed() => if r.is_err() { Woke::Stop } else { Woke::Go },
-            };
+        tokio::select! {
+            _ = self.s.shutdown.wait() => Woke::Stop,
+            _ = self.s.stop_requested.wait() => Woke::Stop,
+            r = self.health.changed() => if r.is_err() { Woke::Stop } else { Woke::Go },
         }
     }
 
@@ -356,13 +356,17 @@ impl Dispatcher {
         }
     }
 
-    /// A message that came while every slot was taken: another
-    /// dispatcher's fetch round may hold the free slots for a moment, so
-    /// wait briefly for one; else hand the message straight back.
+    /// A message that came while every slot was taken (another
+    /// dispatcher's fetch round holds the free slots for a moment, or the
+    /// node filled up after it asked): it takes the next slot that frees
+    /// (first in line), waiting up to `ack_wait / 2`, else goes back to the
+    /// queue. Handing back is the last resort: the server counts it as a
+    /// delivery, and a task's deliveries are bounded.
     fn start_when_free(&self, msg: jetstream::Message) {
         let (s, source) = (self.s.clone(), self.source.clone());
+        let patience = self.s.cfg.ack_wait / 2;
         self.s.work.spawn(async move {
-            let slot = tokio::time::timeout(SLOT_WAIT, s.slots.clone().acquire_owned()).await;
+            let slot = tokio::time::timeout(patience, s.slots.clone().acquire_owned()).await;
             match slot {
                 Ok(Ok(p)) if s.health() == Health::Healthy && !s.stop_requested.is_triggered() => {
                     run_task(s, source, msg, p).await
@@ -504,6 +508,13 @@ impl Dispatcher {
         let Some(polls) = self.polls.as_mut() else {
             return false;
         };
+        // A free slot for every request, or none is asked: a node that is
+        // (nearly) full, or has fewer slots than consumers, looks again
+        // after [`IDLE_POLL`] instead, so that what comes for its requests
+        // finds a slot.
+        if self.s.slots.available_permits() < self.consumers.len() {
+            return false;
+        }
         let expiry = long_poll::expiry(&self.s, &self.source);
         for (i, c) in self.consumers.iter().enumerate() {
             if polls.waits(i) {

@@ -8,10 +8,14 @@
 //! a request costs one publish and no subscribe.
 //!
 //! ## Never more messages than free slots
-//! A request holds no slot. A message that arrives when the node has no
-//! free slot (it got busy after it asked) or is draining is handed
-//! straight back (a NAK without delay); one request brings at most one
-//! message.
+//! A request holds no slot, so a dispatcher asks only while the node has
+//! a free slot for each of its requests, and one request brings at most
+//! one message. A message that still finds no free slot (the node filled
+//! up after it asked) takes the next one that frees, waiting up to
+//! `ack_wait / 2`, else goes back to the queue (a NAK without delay: the
+//! server counts it as a delivery). A node that drains or stops drops its
+//! inbox: the server skips requests nobody listens to, so nothing comes
+//! to be handed back.
 //!
 //! ## Requests that are lost
 //! A request lives at the consumer's leader. It is lost with that server
