@@ -220,9 +220,6 @@ fn node(s: &Subjects, id: &str) -> Permissions {
         s.ctl_node_wildcard(id),
         s.ctl_all_wildcard(),
         s.event_node_wildcard(id),
-        // Doorbells: a task or shard was published for it.
-        any_task,
-        s.shards(id),
     ];
     subscribe.extend(micro_service(NODE_SERVICE));
     Permissions {
