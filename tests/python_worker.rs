@@ -80,6 +80,14 @@ async fn python_worker_and_rust_node_share_the_queue() {
         .await
         .unwrap()
         .task_id;
+    // A node with fewer slots than priorities polls (every 250 ms) rather
+    // than leaving pull requests waiting, so the python worker may see the
+    // sleep first (and hand it back): wait until the Rust node runs it.
+    wait_for("rs1 runs the sleep", Duration::from_secs(10), || async {
+        let t = api.get(&busy).await.ok()?;
+        (t.status == TaskStatus::Running && t.node_id.as_deref() == Some("rs1")).then_some(())
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..60 {
         let req = SubmitRequest {
