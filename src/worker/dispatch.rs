@@ -252,6 +252,11 @@ impl Dispatcher {
         self.s.shutdown.is_triggered() || self.s.stop_requested.is_triggered()
     }
 
+    /// Healthy (not draining) and not stopping.
+    fn takes_work(&self) -> bool {
+        *self.health.borrow() == Health::Healthy && !self.stopping()
+    }
+
     async fn run(&mut self) {
         while !self.stopping() {
             if *self.health.borrow_and_update() == Health::Draining {
@@ -331,7 +336,7 @@ impl Dispatcher {
     async fn on_reply(&mut self, r: Reply) -> bool {
         match r {
             Reply::Message(msg) => {
-                if *self.health.borrow() != Health::Healthy || self.stopping() {
+                if !self.takes_work() {
                     hand_back(&msg, "the node drains or stops").await;
                 } else {
                     match self.s.slots.clone().try_acquire_owned() {
@@ -415,10 +420,19 @@ impl Dispatcher {
             if self.polls.as_ref().is_some_and(|p| p.waits(i)) {
                 continue;
             }
+            if !self.takes_work() {
+                break;
+            }
             let Some(msgs) = self.fetch(c, permits.len()).await else {
                 break;
             };
             for msg in msgs {
+                // A drain or stop that came during the fetch: nothing new
+                // starts once it has been answered.
+                if !self.takes_work() {
+                    hand_back(&msg, "the node drains or stops").await;
+                    continue;
+                }
                 let Some(permit) = permits.pop() else { break };
                 got += 1;
                 self.start(msg, permit);
