@@ -1630,11 +1630,16 @@ async fn round_trip_within(nats: &async_nats::Client, id: &str, bound: Duration)
     nats.flush().await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
     let body = json!({"id": id, "type": "echo", "payload": id}).to_string();
-    js.publish("weave.tasks.default.normal", body.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    // Right after a whole cluster restarts, the stream may not take
+    // publishes yet ("no stream found"): what is timed is the node.
+    wait_for("the task stored", Duration::from_secs(10), || async {
+        let ack = js
+            .publish("weave.tasks.default.normal", body.clone().into())
+            .await
+            .ok()?;
+        ack.await.ok()
+    })
+    .await;
     tokio::time::timeout(bound, sub.next())
         .await
         .unwrap_or_else(|_| panic!("no result for {id} within {bound:?}"));
