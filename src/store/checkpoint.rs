@@ -46,9 +46,17 @@ pub struct CheckpointOwner {
     pub node_id: String,
 }
 
-/// Access to the checkpoint store.
+/// Access to the checkpoint store. Cheap to clone (every attempt's
+/// context gets one): the store handles are shared.
 #[derive(Clone)]
 pub struct Checkpoints {
+    inner: std::sync::Arc<Parts>,
+}
+
+/// What a [`Checkpoints`] shares: cloning the object store and KV handles
+/// themselves copies their streams' info (a profile of the throughput
+/// bench showed it per task).
+struct Parts {
     store: object_store::ObjectStore,
     index: kv::Store,
     keep: usize,
@@ -130,10 +138,12 @@ impl Checkpoints {
         )
         .await?;
         Ok(Checkpoints {
-            store,
-            index,
-            keep: keep.max(1),
-            written: Default::default(),
+            inner: std::sync::Arc::new(Parts {
+                store,
+                index,
+                keep: keep.max(1),
+                written: Default::default(),
+            }),
         })
     }
 
@@ -173,12 +183,13 @@ impl Checkpoints {
             chunk_size: Some(CHUNK),
             ..Default::default()
         };
-        self.store
+        self.inner
+            .store
             .put(meta, &mut body.as_slice())
             .await
             .map_err(Error::nats_source)?;
         for old in self.index_add(&record.task_id, name).await? {
-            let _ = self.store.delete(&old).await;
+            let _ = self.inner.store.delete(&old).await;
         }
         Ok(())
     }
@@ -186,6 +197,7 @@ impl Checkpoints {
     /// A task's index entry and its revision (none yet: revision 0).
     async fn index_get(&self, task_id: &str) -> Result<(Index, u64), Error> {
         let entry = self
+            .inner
             .index
             .entry(index_key(task_id))
             .await
@@ -217,14 +229,14 @@ impl Checkpoints {
             idx.names.push(name.clone());
             idx.names.sort();
             idx.names.dedup();
-            let over = idx.names.len().saturating_sub(self.keep);
+            let over = idx.names.len().saturating_sub(self.inner.keep);
             let dropped: Vec<String> = idx.names.drain(..over).collect();
             let body: bytes::Bytes = serde_json::to_vec(&idx)?.into();
             let written = if revision == 0 {
-                let r = self.index.create(&key, body).await;
+                let r = self.inner.index.create(&key, body).await;
                 r.map_err(|e| e.to_string())
             } else {
-                let r = self.index.update(&key, body, revision).await;
+                let r = self.inner.index.update(&key, body, revision).await;
                 r.map_err(|e| e.to_string())
             };
             match written {
@@ -243,12 +255,12 @@ impl Checkpoints {
     /// What this process last wrote to a task's index entry, if anything:
     /// a new task's entry does not exist yet (revision 0: create).
     fn written(&self, task_id: &str) -> Option<(Index, u64)> {
-        let cache = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.inner.written.lock().unwrap_or_else(|p| p.into_inner());
         Some(cache.get(task_id).cloned().unwrap_or_default())
     }
 
     fn remember(&self, task_id: &str, idx: Index, revision: u64) {
-        let mut cache = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.inner.written.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: the tasks of one process's recent checkpoints.
         if cache.len() >= WRITTEN_KEPT {
             cache.clear();
@@ -260,7 +272,7 @@ impl Checkpoints {
     async fn names(&self, task_id: &str) -> Result<Vec<String>, Error> {
         validate_task_id(task_id)?;
         let prefix = format!("{task_id}/");
-        let mut list = self.store.list().await.map_err(Error::nats_source)?;
+        let mut list = self.inner.store.list().await.map_err(Error::nats_source)?;
         let mut names = Vec::new();
         while let Some(info) = list.next().await {
             let info = info.map_err(Error::nats_source)?;
@@ -280,7 +292,7 @@ impl Checkpoints {
 
     /// A checkpoint, or `None` when its object is gone (pruned).
     async fn read_if_there(&self, name: &str) -> Result<Option<CheckpointRecord>, Error> {
-        let mut obj = match self.store.get(name).await {
+        let mut obj = match self.inner.store.get(name).await {
             Ok(o) => o,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::nats_source(e)),
