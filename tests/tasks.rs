@@ -1586,11 +1586,11 @@ async fn ignore_result_stores_no_result_for_completed_tasks() {
 /// The pull requests an idle node leaves waiting at the server come back
 /// by themselves when its consumers are deleted and when the server
 /// restarts: a task published afterwards is taken at once, not after a
-/// request's 30 s expiry.
+/// request's 30 s expiry. A node that shuts down leaves none behind.
 #[tokio::test]
 async fn waiting_pull_requests_survive_consumer_deletion_and_a_restart() {
     let mut server = NatsServer::start();
-    let _n = start_node(&server, node_config("w1")).await;
+    let n = start_node(&server, node_config("w1")).await;
     let mut nats = server.client().await;
     waiting_on_normal(&nats).await;
     assert_eq!(delete_consumers(&nats, "WEAVE_TASKS").await, 4);
@@ -1601,25 +1601,31 @@ async fn waiting_pull_requests_survive_consumer_deletion_and_a_restart() {
     nats = server.client().await;
     waiting_on_normal(&nats).await;
     round_trip_within(&nats, "after-restart", Duration::from_secs(2)).await;
+
+    // A node that stops leaves nothing waiting (its inbox is gone, and
+    // the server drops requests nobody listens to).
+    n.handle.shutdown(Duration::from_secs(5)).await;
+    waiting_on_normal_is(&nats, |w| w == 0, "no pull request left waiting").await;
 }
 
 /// Waits until a pull request waits on the `default/normal` consumer.
 async fn waiting_on_normal(nats: &async_nats::Client) {
+    waiting_on_normal_is(nats, |w| w >= 1, "a pull request waiting").await;
+}
+
+/// Waits until `tasks_default_normal`'s waiting-request count passes `ok`.
+async fn waiting_on_normal_is(nats: &async_nats::Client, ok: fn(usize) -> bool, what: &str) {
     let js = async_nats::jetstream::new(nats.clone());
-    wait_for(
-        "a pull request waiting on tasks_default_normal",
-        Duration::from_secs(10),
-        || async {
-            let mut c = js
-                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                    "tasks_default_normal",
-                    "WEAVE_TASKS",
-                )
-                .await
-                .ok()?;
-            (c.info().await.ok()?.num_waiting >= 1).then_some(())
-        },
-    )
+    wait_for(what, Duration::from_secs(10), || async {
+        let mut c = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                "tasks_default_normal",
+                "WEAVE_TASKS",
+            )
+            .await
+            .ok()?;
+        ok(c.info().await.ok()?.num_waiting).then_some(())
+    })
     .await;
 }
 
