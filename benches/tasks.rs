@@ -2,10 +2,14 @@
 //! same server in the same run (the machine is noisy; compare ratios).
 //!
 //! `cargo bench --bench tasks` (env: BENCH_N tasks per pass, default 20000;
-//! BENCH_REPS repetitions, default 3).
+//! BENCH_REPS repetitions, default 3; BENCH_ONLY=ff runs only raw and
+//! the fire-and-forget pass, =results only raw and one node with results,
+//! for profiling one of them).
 //!
 //! (a) raw: an async-nats publisher (pipelined acks) and a pull consumer
 //!     (fetch + ack) on a work-queue stream, running concurrently;
+//! (a') the bound for tasks with a stored result: (a) plus a result
+//!     stored per message the way a node stores it (no node logic);
 //! (b) jetweave: `echo` tasks published on `weave.tasks.default.normal`
 //!     (pipelined acks) until every terminal result is on `P_RESULTS`,
 //!     with 1 and 2 in-process nodes;
@@ -120,6 +124,43 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
     (q(0.5), q(0.99), q(0.999))
 }
 
+/// `BENCH_ONLY`: raw and one jetweave pass (`ff` or `results`), one
+/// node, so that a profiler sees one workload at a time.
+async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
+    let spid = server.pid().unwrap_or(0);
+    // The server's CPU seconds while `f` runs, per 1 000 messages.
+    let cpu = |t0: f64| (server_ticks(spid) - t0) * 1000.0 / n as f64;
+    for pass in 0..reps {
+        let t = server_ticks(spid);
+        let a = raw(server, n, pass).await;
+        let ca = cpu(t);
+        let t = server_ticks(spid);
+        let bound = raw_with_result(server, n, pass).await;
+        let cb = cpu(t);
+        let ns = nodes(server, 1, pass * 10).await;
+        let t = server_ticks(spid);
+        let b = match only {
+            "ff" => weave_fire_and_forget(server, n, pass * 10).await,
+            _ => weave(server, n, pass * 10).await,
+        };
+        let cw = cpu(t);
+        stop(ns).await;
+        println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
+        println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, jetweave {cw:.3}");
+    }
+}
+
+/// CPU seconds a process has used so far (0 when unknown).
+fn server_ticks(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -143,8 +184,14 @@ async fn main() {
     let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
     let mut rtt = vec![];
     let mut ff = vec![];
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if !only.is_empty() {
+        return profile_one(&server, &only, n, reps).await;
+    }
+    let mut bound = vec![];
     for pass in 0..reps {
         a.push(raw(&server, n, pass).await);
+        bound.push(raw_with_result(&server, n, pass).await);
         for (k, &count) in node_counts.iter().enumerate() {
             let tag = pass * 10 + k;
             let ns = nodes(&server, count, tag).await;
@@ -160,8 +207,8 @@ async fn main() {
         }
         rtt.push(core_rtt(&server, 2000).await);
         println!(
-            "pass {pass}: raw {:.0} msg/s | jetweave 1/2/4 nodes {:.0}/{:.0}/{:.0} tasks/s | p50 at 100/1000/5000 per s: {:.2}/{:.2}/{:.2} ms | core rtt p50 {:.3} ms",
-            a[pass], b[0][pass], b[1][pass], b[2][pass], lat[0][pass].0, lat[1][pass].0, lat[2][pass].0, rtt[pass].0
+            "pass {pass}: raw {:.0} msg/s | raw with a stored result {:.0} | jetweave 1/2/4 nodes {:.0}/{:.0}/{:.0} tasks/s | p50 at 100/1000/5000 per s: {:.2}/{:.2}/{:.2} ms | core rtt p50 {:.3} ms",
+            a[pass], bound[pass], b[0][pass], b[1][pass], b[2][pass], lat[0][pass].0, lat[1][pass].0, lat[2][pass].0, rtt[pass].0
         );
     }
     let show = |name: &str, v: &[f64], unit: &str| {
@@ -170,6 +217,9 @@ async fn main() {
     };
     println!();
     show("(a) raw JetStream work queue", &a, "msg/s");
+    show("(a') raw with a stored result (the bound)", &bound, "msg/s");
+    let br: Vec<f64> = bound.iter().zip(&a).map(|(b, a)| b / a).collect();
+    show("    ratio (a')/(a)", &br, "");
     for (k, count) in node_counts.iter().enumerate() {
         show(
             &format!("(b) jetweave echo, {count} node(s)"),
@@ -204,6 +254,8 @@ async fn main() {
     let report = serde_json::json!({
         "n": n, "reps": reps,
         "raw_msgs_per_s": med(&a),
+        "raw_with_result_msgs_per_s": med(&bound),
+        "raw_with_result_ratio": med(&br),
         "throughput": node_counts.iter().enumerate().map(|(k, c)| serde_json::json!({
             "nodes": c, "tasks_per_s": med(&b[k]),
             "ratio": med(&b[k].iter().zip(&a).map(|(b, a)| b / a).collect::<Vec<_>>()),

@@ -94,6 +94,88 @@ pub async fn raw(server: &NatsServer, n: usize, pass: usize) -> f64 {
     rate
 }
 
+/// (a') the bound for tasks with a stored result: raw (a) plus, per
+/// message, what jetweave's stream work adds — a result published to a
+/// stream configured like `WEAVE_RESULTS` (one subject per task, one
+/// message per subject, `Nats-Expected-Last-Subject-Sequence: 0`), its
+/// ack awaited before the task is acked, up to 256 in flight (one node's
+/// slots). No parsing, no handler, no bookkeeping: only the server's work.
+#[allow(dead_code)] // benches/tasks.rs only
+pub async fn raw_with_result(server: &NatsServer, n: usize, pass: usize) -> f64 {
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let (name, rname) = (format!("RAWR{pass}"), format!("RAWRES{pass}"));
+    let s = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("rawr{pass}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.create_stream(stream::Config {
+        name: rname.clone(),
+        subjects: vec![format!("rawres{pass}.>")],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c: consumer::PullConsumer = s
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("w".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 256,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
+    let result = bytes::Bytes::from(
+        r#"{"task_id":"0123456789abcdef0123456789abcdef","status":"completed","result":{"n":1},"error":null,"attempts":1,"node_id":"bench0-0","started_at":"2026-12-02T20:00:00.000000Z","finished_at":"2026-12-02T20:00:00.000100Z","duration_s":0.0001}"#,
+    );
+    let t0 = Instant::now();
+    let rjs = js.clone();
+    let consumer_task = tokio::spawn(async move {
+        let mut msgs = c.messages().await.unwrap();
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut got = 0;
+        while got < n {
+            tokio::select! {
+                Some(m) = msgs.next(), if inflight.len() < 256 => {
+                    let m = m.unwrap();
+                    let (rjs, result) = (rjs.clone(), result.clone());
+                    let subject = format!("rawres{pass}.{}", m.info().unwrap().stream_sequence);
+                    inflight.push(async move {
+                        let p = jetstream::message::PublishMessage::build()
+                            .payload(result)
+                            .expected_last_subject_sequence(0);
+                        rjs.send_publish(subject, p).await.unwrap().await.unwrap();
+                        m.ack().await.unwrap();
+                    });
+                }
+                Some(()) = inflight.next() => got += 1,
+            }
+        }
+    });
+    let pjs = jetstream::new(server.client().await);
+    publish_all(
+        &pjs,
+        &format!("rawr{pass}.q"),
+        n,
+        &body,
+        &format!("rawr{pass}-"),
+    )
+    .await;
+    consumer_task.await.unwrap();
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    js.delete_stream(&name).await.unwrap();
+    js.delete_stream(&rname).await.unwrap();
+    rate
+}
+
 /// (b) jetweave echo tasks: tasks/s from first submit until every result
 /// is stored in `WEAVE_RESULTS` (read from the stream state, so the
 /// measurement adds no subscriber traffic).
@@ -137,6 +219,7 @@ pub async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<Proc> {
     .unwrap();
     let mut out = Vec::new();
     let mut ids = Vec::new();
+    let slots = env_usize("BENCH_CONCURRENCY", 256).to_string();
     for i in 0..k {
         let id = format!("bench{pass}-{i}");
         out.push(Proc::spawn(&[
@@ -146,7 +229,7 @@ pub async fn nodes(server: &NatsServer, k: usize, pass: usize) -> Vec<Proc> {
             "--node-id",
             &id,
             "--concurrency",
-            "256",
+            &slots,
             "--ack-wait",
             "30",
         ]));

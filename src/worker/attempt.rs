@@ -79,14 +79,17 @@ pub(super) async fn run_task(
     msg: jetstream::Message,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Some((d, handler, taken)) = admit(&s, &source, msg).await else {
+    // The stages are boxed: a spawned future is moved several times on its
+    // way into the runtime, and one state machine holding all of them was
+    // 9 KiB (perf: memmove was 13 % of the node's CPU under load).
+    let Some((d, handler, taken)) = Box::pin(admit(&s, &source, msg)).await else {
         return;
     };
     let started_at = now_rfc3339();
     let mut spans = attempt_spans(&s, &d);
     let t0 = Instant::now();
     let traceparent = spans.handler_traceparent();
-    let outcome = execute(&s, &d, handler, &started_at, traceparent).await;
+    let outcome = Box::pin(execute(&s, &d, handler, &started_at, traceparent)).await;
     let duration = t0.elapsed().as_secs_f64();
     spans.handler_ended(outcome_error(&outcome).as_deref());
     // The limits count running handlers: the slots go back now.
@@ -103,7 +106,7 @@ pub(super) async fn run_task(
         s.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let (label, error) = verdict_label(&verdict);
-    conclude(&s, d, verdict, Some(started_at), duration).await;
+    Box::pin(conclude(&s, d, verdict, Some(started_at), duration)).await;
     spans.ended(label, error.as_deref());
 }
 

@@ -374,7 +374,7 @@ impl Dispatcher {
             let slot = tokio::time::timeout(patience, s.slots.clone().acquire_owned()).await;
             match slot {
                 Ok(Ok(p)) if s.health() == Health::Healthy && !s.stop_requested.is_triggered() => {
-                    run_task(s, source, msg, p).await
+                    Box::pin(run_task(s, source, msg, p)).await
                 }
                 _ => hand_back(&msg, "no free slot").await,
             }
@@ -383,7 +383,10 @@ impl Dispatcher {
 
     fn start(&self, msg: jetstream::Message, permit: OwnedSemaphorePermit) {
         let (s, source) = (self.s.clone(), self.source.clone());
-        self.s.work.spawn(run_task(s, source, msg, permit));
+        // Boxed: the runtime moves a spawned future several times.
+        self.s
+            .work
+            .spawn(Box::pin(run_task(s, source, msg, permit)));
     }
 
     /// Every free slot, starting with `first`. Under full load, gather a
