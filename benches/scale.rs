@@ -3,13 +3,19 @@
 //! server and one coordinator: time until the coordinator sees all of
 //! them, CPU of this process (simulator + coordinator) and of the server,
 //! server RSS; and one real idle node's RSS (target ≤ 15 MiB).
-//! `cargo bench --bench scale` (BENCH_NODES, default 1000).
+//! `cargo bench --bench scale` (BENCH_NODES, default 1000;
+//! BENCH_HEARTBEAT_S, the simulated nodes' heartbeat interval, default 1).
+//! The nodes register at once, up to 512 writes in flight, as separate
+//! processes starting together would; their refreshes then go one at a
+//! time.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use jetweave::discovery::KvDiscovery;
 use jetweave::protocol::{now_rfc3339, Health, NodeInfo, Role};
 use jetweave::subjects::Subjects;
@@ -66,7 +72,16 @@ async fn main() {
     let api = api_client(&server).await;
     let client = server.client().await;
     let subjects = Subjects::new("weave").unwrap();
-    let d = KvDiscovery::open(client.clone(), &subjects, Duration::from_secs(5), 1)
+    // BENCH_HEARTBEAT_S: the nodes' --heartbeat-interval (contract default 1).
+    let every = Duration::from_secs_f64(
+        std::env::var("BENCH_HEARTBEAT_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0),
+    );
+    // --node-ttl: the contract's 5 s, or three intervals if longer.
+    let ttl = (every * 3).max(Duration::from_secs(5));
+    let d = KvDiscovery::open(client.clone(), &subjects, ttl, 1)
         .await
         .unwrap();
     let info = |i: usize| NodeInfo {
@@ -87,25 +102,41 @@ async fn main() {
         available: true,
         metadata: Default::default(),
     };
-    println!("scale: {count} simulated nodes, heartbeat + discovery refresh every 1 s each, one server, one coordinator");
+    println!("scale: {count} simulated nodes, heartbeat + discovery refresh every {every:?} each, one server, one coordinator");
     let t0 = Instant::now();
+    // When the first round of registrations has been acknowledged.
+    let written = Arc::new(std::sync::OnceLock::<Duration>::new());
     let sim = {
         let d = d.clone();
         let client = client.clone();
+        let written = written.clone();
         tokio::spawn(async move {
             loop {
                 let round = Instant::now();
-                for i in 0..count {
-                    let n = info(i);
-                    let _ = client
-                        .publish(
-                            subjects.heartbeat(&n.node_id),
-                            serde_json::to_vec(&n).unwrap().into(),
-                        )
-                        .await;
-                    let _ = d.put_info(&n).await;
-                }
-                tokio::time::sleep(Duration::from_secs(1).saturating_sub(round.elapsed())).await;
+                // The nodes start at once, each writing on its own as
+                // separate processes would (up to 512 writes in flight);
+                // later refreshes go one after the other, spread over the
+                // second like independent timers, so that the server reads
+                // them one at a time, as it would from 5,000 connections
+                // (pipelined writes would understate its steady-state CPU).
+                let in_flight = if written.get().is_none() { 512 } else { 1 };
+                futures::stream::iter(0..count)
+                    .for_each_concurrent(in_flight, |i| {
+                        let (d, client, subjects) = (&d, &client, &subjects);
+                        let n = info(i);
+                        async move {
+                            let _ = client
+                                .publish(
+                                    subjects.heartbeat(&n.node_id),
+                                    serde_json::to_vec(&n).unwrap().into(),
+                                )
+                                .await;
+                            let _ = d.put_info(&n).await;
+                        }
+                    })
+                    .await;
+                let _ = written.set(t0.elapsed());
+                tokio::time::sleep(every.saturating_sub(round.elapsed())).await;
             }
         })
     };
@@ -127,9 +158,10 @@ async fn main() {
     let (s1, m1) = (ticks(spid), ticks(std::process::id()));
     let st = api.cluster_status().await.unwrap();
     println!(
-        "coordinator saw all {count} nodes after {:.2} s (cluster.status total_nodes {})",
+        "coordinator saw all {count} nodes after {:.2} s (cluster.status total_nodes {}); the simulator's {count} registrations were all acknowledged after {:.2} s",
         seen.as_secs_f64(),
-        st.total_nodes
+        st.total_nodes,
+        written.get().map_or(f64::NAN, |w| w.as_secs_f64()),
     );
     println!("steady state over {wall:.1} s: nats-server CPU {:.0} %, simulator+coordinator process CPU {:.0} %", (s1 - s0) / wall * 100.0, (m1 - m0) / wall * 100.0);
     println!(
@@ -159,10 +191,10 @@ async fn main() {
     );
 }
 
-/// What idle nodes' waiting pull requests would add (the long-poll design
-/// of the performance issue, tried and reverted): every simulated node
-/// keeps one request waiting on each of the four priority consumers of
-/// `default` (expiry 3.5 s), on top of the heartbeats and discovery
+/// What idle nodes' waiting pull requests add: every simulated node keeps
+/// one request waiting on each of the four priority consumers of
+/// `default`, with an idle node's expiry and idle heartbeat
+/// (worker/long_poll.rs), on top of the heartbeats and discovery
 /// refreshes.
 async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) {
     use futures::StreamExt;
@@ -181,8 +213,8 @@ async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) 
                     let batch = c
                         .batch()
                         .max_messages(1)
-                        .expires(Duration::from_millis(3500))
-                        .heartbeat(Duration::from_millis(1400))
+                        .expires(Duration::from_secs(30))
+                        .heartbeat(Duration::from_secs(2))
                         .messages()
                         .await;
                     match batch {
@@ -200,7 +232,7 @@ async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) 
     let wall = w0.elapsed().as_secs_f64();
     let s1 = ticks(spid);
     println!(
-        "with {} waiting pull requests ({count} idle nodes x 4 priorities, expiry 3.5 s): nats-server CPU {:.0} %, RSS {:.1} MiB",
+        "with {} waiting pull requests ({count} idle nodes x 4 priorities, expiry 30 s, idle heartbeat 2 s as an idle node's): nats-server CPU {:.0} %, RSS {:.1} MiB",
         count * 4,
         (s1 - s0) / wall * 100.0,
         rss_mib(spid)
