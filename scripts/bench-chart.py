@@ -23,6 +23,9 @@ nodes = [t["nodes"] for t in data["throughput"]]
 tps = [t["tasks_per_s"] for t in data["throughput"]]
 ax1.bar([str(n) for n in nodes], tps, color="#4477aa", label="jetweave echo tasks/s")
 ax1.axhline(data["raw_msgs_per_s"], color="#cc6677", linestyle="--", label="raw JetStream msg/s (same run)")
+if "raw_with_result_msgs_per_s" in data:
+    ax1.axhline(data["raw_with_result_msgs_per_s"], color="#228833", linestyle=":",
+                label="raw + a stored result per message (the bound)")
 for i, t in enumerate(data["throughput"]):
     ax1.annotate(f"{t['ratio']:.2f}×", (i, tps[i]), ha="center", va="bottom")
 ax1.set_xlabel("nodes (separate processes)")
