@@ -51,23 +51,7 @@ pub async fn raw(server: &NatsServer, n: usize, pass: usize) -> f64 {
     let client = server.client().await;
     let js = jetstream::new(client.clone());
     let name = format!("RAW{pass}");
-    let s = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("raw{pass}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let c: consumer::PullConsumer = s
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("w".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let c = work_queue(&js, &name, &format!("raw{pass}"), None).await;
     let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
     let t0 = Instant::now();
     let consumer_task = tokio::spawn(async move {
@@ -79,19 +63,54 @@ pub async fn raw(server: &NatsServer, n: usize, pass: usize) -> f64 {
             got += 1;
         }
     });
-    let pjs = jetstream::new(server.client().await);
-    publish_all(
-        &pjs,
-        &format!("raw{pass}.q"),
-        n,
-        &body,
-        &format!("raw{pass}-"),
-    )
-    .await;
-    consumer_task.await.unwrap();
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let rate =
+        publish_until_consumed(server, n, &format!("raw{pass}"), &body, t0, consumer_task).await;
     js.delete_stream(&name).await.unwrap();
     rate
+}
+
+/// A work-queue stream `name` on `<prefix>.>` with one explicit-ack pull
+/// consumer.
+async fn work_queue(
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    max_ack_pending: Option<i64>,
+) -> consumer::PullConsumer {
+    let s = js
+        .create_stream(stream::Config {
+            name: name.to_string(),
+            subjects: vec![format!("{prefix}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut config = consumer::pull::Config {
+        durable_name: Some("w".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    if let Some(m) = max_ack_pending {
+        config.max_ack_pending = m;
+    }
+    s.create_consumer(config).await.unwrap()
+}
+
+/// Publishes `n` messages on `<prefix>.q` (ids `<prefix>-<i>`), waits for
+/// `consumer` to take them all; messages/s since `t0`.
+async fn publish_until_consumed(
+    server: &NatsServer,
+    n: usize,
+    prefix: &str,
+    body: &bytes::Bytes,
+    t0: Instant,
+    consumer: tokio::task::JoinHandle<()>,
+) -> f64 {
+    let pjs = jetstream::new(server.client().await);
+    publish_all(&pjs, &format!("{prefix}.q"), n, body, &format!("{prefix}-")).await;
+    consumer.await.unwrap();
+    n as f64 / t0.elapsed().as_secs_f64()
 }
 
 /// (a') the bound for tasks with a stored result: raw (a) plus, per
@@ -105,15 +124,7 @@ pub async fn raw_with_result(server: &NatsServer, n: usize, pass: usize) -> f64 
     let client = server.client().await;
     let js = jetstream::new(client.clone());
     let (name, rname) = (format!("RAWR{pass}"), format!("RAWRES{pass}"));
-    let s = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("rawr{pass}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let c = work_queue(&js, &name, &format!("rawr{pass}"), Some(256)).await;
     js.create_stream(stream::Config {
         name: rname.clone(),
         subjects: vec![format!("rawres{pass}.>")],
@@ -123,15 +134,6 @@ pub async fn raw_with_result(server: &NatsServer, n: usize, pass: usize) -> f64 
     })
     .await
     .unwrap();
-    let c: consumer::PullConsumer = s
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("w".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 256,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
     let result = bytes::Bytes::from(
         r#"{"task_id":"0123456789abcdef0123456789abcdef","status":"completed","result":{"n":1},"error":null,"attempts":1,"node_id":"bench0-0","started_at":"2026-12-02T20:00:00.000000Z","finished_at":"2026-12-02T20:00:00.000100Z","duration_s":0.0001}"#,
@@ -160,17 +162,8 @@ pub async fn raw_with_result(server: &NatsServer, n: usize, pass: usize) -> f64 
             }
         }
     });
-    let pjs = jetstream::new(server.client().await);
-    publish_all(
-        &pjs,
-        &format!("rawr{pass}.q"),
-        n,
-        &body,
-        &format!("rawr{pass}-"),
-    )
-    .await;
-    consumer_task.await.unwrap();
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let rate =
+        publish_until_consumed(server, n, &format!("rawr{pass}"), &body, t0, consumer_task).await;
     js.delete_stream(&name).await.unwrap();
     js.delete_stream(&rname).await.unwrap();
     rate
