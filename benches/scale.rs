@@ -20,15 +20,6 @@ use jetweave::discovery::KvDiscovery;
 use jetweave::protocol::{now_rfc3339, Health, NodeInfo, Role};
 use jetweave::subjects::Subjects;
 
-fn ticks(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (utime + stime) / 100.0
-}
-
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -151,11 +142,11 @@ async fn main() {
     .await;
     let seen = t0.elapsed();
     // Steady state: 10 s of CPU.
-    let (s0, m0) = (ticks(spid), ticks(std::process::id()));
+    let (s0, m0) = (cpu_seconds(spid), cpu_seconds(std::process::id()));
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let wall = w0.elapsed().as_secs_f64();
-    let (s1, m1) = (ticks(spid), ticks(std::process::id()));
+    let (s1, m1) = (cpu_seconds(spid), cpu_seconds(std::process::id()));
     let st = api.cluster_status().await.unwrap();
     println!(
         "coordinator saw all {count} nodes after {:.2} s (cluster.status total_nodes {}); the simulator's {count} registrations were all acknowledged after {:.2} s",
@@ -181,9 +172,9 @@ async fn main() {
         "idle-real",
     ]);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let c0 = ticks(node.pid() as u32);
+    let c0 = cpu_seconds(node.pid() as u32);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let c1 = ticks(node.pid() as u32);
+    let c1 = cpu_seconds(node.pid() as u32);
     println!(
         "one real idle node: RSS {:.1} MiB (target ≤ 15 MiB), CPU {:.1} %",
         rss_mib(node.pid() as u32),
@@ -226,11 +217,11 @@ async fn waiting_requests(client: &async_nats::Client, count: usize, spid: u32) 
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let s0 = ticks(spid);
+    let s0 = cpu_seconds(spid);
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let wall = w0.elapsed().as_secs_f64();
-    let s1 = ticks(spid);
+    let s1 = cpu_seconds(spid);
     println!(
         "with {} waiting pull requests ({count} idle nodes x 4 priorities, expiry 30 s, idle heartbeat 2 s as an idle node's): nats-server CPU {:.0} %, RSS {:.1} MiB",
         count * 4,

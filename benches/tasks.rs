@@ -129,16 +129,16 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
 async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
     let spid = server.pid().unwrap_or(0);
     // The server's CPU seconds while `f` runs, per 1 000 messages.
-    let cpu = |t0: f64| (server_ticks(spid) - t0) * 1000.0 / n as f64;
+    let cpu = |t0: f64| (cpu_seconds(spid) - t0) * 1000.0 / n as f64;
     for pass in 0..reps {
-        let t = server_ticks(spid);
+        let t = cpu_seconds(spid);
         let a = raw(server, n, pass).await;
         let ca = cpu(t);
-        let t = server_ticks(spid);
+        let t = cpu_seconds(spid);
         let bound = raw_with_result(server, n, pass).await;
         let cb = cpu(t);
         let ns = nodes(server, 1, pass * 10).await;
-        let t = server_ticks(spid);
+        let t = cpu_seconds(spid);
         let b = match only {
             "ff" => weave_fire_and_forget(server, n, pass * 10).await,
             _ => weave(server, n, pass * 10).await,
@@ -148,17 +148,6 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
         println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
         println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, jetweave {cw:.3}");
     }
-}
-
-/// CPU seconds a process has used so far (0 when unknown).
-fn server_ticks(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
