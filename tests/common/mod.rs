@@ -391,6 +391,18 @@ pub async fn start_coordinator(server: &NatsServer, id: &str) -> TestCoordinator
     let coordinator = jetweave::Coordinator::start(server.client().await, cfg, shutdown.clone())
         .await
         .expect("coordinator start");
+    // On a cluster, the API's subscriptions reach the other servers a
+    // moment later: wait until a client answers from here (a request with
+    // no responder yet fails at once). Not fatal: a standby may not answer.
+    let client = server.client().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for subject in ["weave.api.cluster.status", "weave.api.nodes.list"] {
+            while client.request(subject, "{}".into()).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
     TestCoordinator {
         coordinator,
         shutdown,
