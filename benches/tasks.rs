@@ -130,23 +130,32 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
     let spid = server.pid().unwrap_or(0);
     // The server's CPU seconds while `f` runs, per 1 000 messages.
     let cpu = |t0: f64| (cpu_seconds(spid) - t0) * 1000.0 / n as f64;
+    // This process's (publisher, and the raw consumers).
+    let me = std::process::id();
+    let mine = |t0: f64| (cpu_seconds(me) - t0) * 1000.0 / n as f64;
     for pass in 0..reps {
-        let t = cpu_seconds(spid);
+        let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
         let a = raw(server, n, pass).await;
-        let ca = cpu(t);
-        let t = cpu_seconds(spid);
+        let (ca, ma) = (cpu(t), mine(tm));
+        let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
         let bound = raw_with_result(server, n, pass).await;
-        let cb = cpu(t);
+        let (cb, mb) = (cpu(t), mine(tm));
         let ns = nodes(server, 1, pass * 10).await;
-        let t = cpu_seconds(spid);
+        let npid = ns[0].pid() as u32;
+        let (t, tn, tm) = (cpu_seconds(spid), cpu_seconds(npid), cpu_seconds(me));
         let b = match only {
             "ff" => weave_fire_and_forget(server, n, pass * 10).await,
             _ => weave(server, n, pass * 10).await,
         };
-        let cw = cpu(t);
+        let (cw, cn, mw) = (
+            cpu(t),
+            (cpu_seconds(npid) - tn) * 1000.0 / n as f64,
+            mine(tm),
+        );
         stop(ns).await;
         println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
-        println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, jetweave {cw:.3}");
+        println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, jetweave {cw:.3}; the node's {cn:.3}");
+        println!("        bench process CPU s per 1 000 (publisher, raw consumers): raw {ma:.3}, raw with result {mb:.3}, jetweave {mw:.3}");
     }
 }
 

@@ -843,6 +843,62 @@ async fn high_before_normal_before_low() {
     assert_eq!(ranks, sorted, "dispatch order {order:?}");
 }
 
+/// Under load a node keeps requests for its free slots waiting on the
+/// busiest consumer; a critical task published in the middle of a backlog
+/// of low ones still starts within about one node's worth of low tasks.
+#[tokio::test]
+async fn a_critical_task_overtakes_a_backlog_under_load() {
+    let server = NatsServer::start();
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut cfg = node_config("busy");
+    cfg.concurrency = 8;
+    let mut n = Node::new(cfg);
+    let o = order.clone();
+    n.handler("mark", move |_ctx, p| {
+        let o = o.clone();
+        async move {
+            o.lock()
+                .unwrap()
+                .push(p.as_str().unwrap_or_default().to_string());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(Value::Null)
+        }
+    });
+    let node = start_node_with(&server, n).await;
+    // The backlog is there before the node takes work: no request of an
+    // idle node is left waiting on the critical consumer.
+    node.handle.drain().await;
+    let nats = server.client().await;
+    for i in 0..400 {
+        let id = format!("low-{i}");
+        let body = json!({"type": "mark", "id": id, "payload": id});
+        publish_task(&nats, "weave.tasks.default.low", None, body).await;
+    }
+    node.handle.resume().await;
+    wait_for("40 low tasks started", Duration::from_secs(20), || async {
+        (order.lock().unwrap().len() >= 40).then_some(())
+    })
+    .await;
+    let body = json!({"type": "mark", "id": "crit", "payload": "crit"});
+    let published_after = order.lock().unwrap().len();
+    publish_task(&nats, "weave.tasks.default.critical", None, body).await;
+    let api = api_client(&server).await;
+    api.wait("crit", Duration::from_secs(10)).await.unwrap();
+    let order = order.lock().unwrap().clone();
+    let at = order.iter().position(|s| s == "crit").unwrap();
+    assert!(
+        order.len() < 400,
+        "the backlog must still be running when crit is done"
+    );
+    // What was running or already delivered (8 slots, 8 asked for at most
+    // per request, a few requests in flight), not the rest of the backlog.
+    assert!(
+        at - published_after <= 32,
+        "crit started {} low tasks after it was published",
+        at - published_after
+    );
+}
+
 /// §5: a timed-out attempt that is not the last is retried; a long task
 /// that sends progress acks is not redelivered while its node lives, even
 /// with a second node waiting on the queue.

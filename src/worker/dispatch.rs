@@ -20,6 +20,15 @@
 //! each consumer twice a minute rather than polling. A node with fewer
 //! free slots than consumers looks again every 250 ms instead.
 //!
+//! Under load (a fetch filled every free slot) the dispatcher *streams*
+//! the consumer that had messages: it keeps requests for its free slots
+//! waiting there, each holding the slots its messages will run in, and
+//! asks again as slots free (see [`super::long_poll`]). Each consumer of
+//! higher priority keeps a request for one message waiting meanwhile; a
+//! message from one of them ends the stream, so the next fetch round
+//! takes the higher priority first. The stream also ends when its
+//! consumer runs dry (a request expires short).
+//!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
 //! `ack_wait / 4`, so a long task on a live node is never redelivered,
@@ -57,6 +66,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle dispatcher whose pull requests could not be left
 /// waiting sleeps before it looks again.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How long a request asked for under load waits at the server: one that
+/// ends with messages still owed means its consumer ran dry.
+const CREDIT_EXPIRY: Duration = Duration::from_millis(100);
 /// How long a saturated dispatcher waits for more free slots before a fetch.
 const SATURATED_GATHER: Duration = Duration::from_millis(1);
 
@@ -218,6 +230,15 @@ struct Dispatcher {
     reopen: std::sync::atomic::AtomicBool,
 }
 
+/// What happened while streaming ([`Dispatcher::stream`]).
+enum Streamed {
+    /// Free slots to ask for messages for.
+    Slots(OwnedSemaphorePermit),
+    Reply(Reply),
+    /// Time to look for lost requests.
+    Check,
+}
+
 /// What ended a wait.
 enum Woke {
     Go,
@@ -277,11 +298,14 @@ impl Dispatcher {
             self.reopen_if_asked().await;
             let permits = self.gather(first).await;
             let wanted = permits.len();
-            let got = self.fetch_round(permits).await;
+            let (got, last) = self.fetch_round(permits).await;
             self.saturated = got == wanted && got > 0;
             // Replies that came meanwhile (the slots are back now).
             while let Some(r) = self.polls.as_mut().and_then(LongPolls::try_next) {
                 self.on_reply(r).await;
+            }
+            if self.saturated {
+                self.stream(last).await;
             }
             if got > 0 {
                 continue;
@@ -299,7 +323,7 @@ impl Dispatcher {
             return;
         };
         while let Some(r) = polls.try_next() {
-            if let Reply::Message(msg) = r {
+            if let Reply::Message(msg, _) = r {
                 hand_back(&msg, "the node drains or stops").await;
             }
         }
@@ -335,11 +359,11 @@ impl Dispatcher {
     /// node drains or stops).
     async fn on_reply(&mut self, r: Reply) -> bool {
         match r {
-            Reply::Message(msg) => {
+            Reply::Message(msg, slot) => {
                 if !self.takes_work() {
                     hand_back(&msg, "the node drains or stops").await;
                 } else {
-                    match self.s.slots.clone().try_acquire_owned() {
+                    match slot.map_or_else(|| self.s.slots.clone().try_acquire_owned(), Ok) {
                         Ok(p) => self.start(*msg, p),
                         Err(_) => self.start_when_free(*msg),
                     }
@@ -410,12 +434,12 @@ impl Dispatcher {
     /// Fetches from each consumer in priority order until the permits are
     /// used; starts an attempt per message. A consumer with a request
     /// waiting has nothing to fetch (the request would have taken it).
-    /// Returns how many started.
-    async fn fetch_round(&mut self, mut permits: Vec<OwnedSemaphorePermit>) -> usize {
+    /// Returns how many started, and the last consumer that had messages.
+    async fn fetch_round(&mut self, mut permits: Vec<OwnedSemaphorePermit>) -> (usize, usize) {
         if let Some(p) = self.polls.as_mut() {
             p.forget_lost(&self.s.client);
         }
-        let mut got = 0usize;
+        let (mut got, mut last) = (0usize, 0usize);
         for (i, c) in self.consumers.iter().enumerate() {
             if permits.is_empty() {
                 break;
@@ -437,11 +461,11 @@ impl Dispatcher {
                     continue;
                 }
                 let Some(permit) = permits.pop() else { break };
-                got += 1;
+                (got, last) = (got + 1, i);
                 self.start(msg, permit);
             }
         }
-        got
+        (got, last)
     }
 
     /// One bounded fetch: a fetch answered by nobody (the server
@@ -484,6 +508,112 @@ impl Dispatcher {
         }
     }
 
+    /// Under load, on consumer `i` (the highest priority with messages):
+    /// keeps requests for the free slots waiting at the server, each
+    /// holding the slots its messages will run in, and asks again as
+    /// slots free, so that messages flow without a fetch round trip per
+    /// batch and the server sends as they come. Each consumer of higher
+    /// priority keeps a request for one message waiting. A message from
+    /// one of them, a request that ends short (its consumer ran dry, or
+    /// refused), a lost request, a drain or a stop ends the stream once
+    /// what was asked for has come or expired.
+    async fn stream(&mut self, i: usize) {
+        if !self.ask_higher(i).await {
+            return;
+        }
+        let chunk = self.batch_min as u32;
+        let start = tokio::time::Instant::now() + CHECK_EVERY;
+        let mut check = tokio::time::interval_at(start, CHECK_EVERY);
+        let mut ending = false;
+        loop {
+            let Some(polls) = self.polls.as_mut() else {
+                return;
+            };
+            if ending && polls.credit(i) == 0 {
+                return;
+            }
+            let slots = &self.s.slots;
+            let event = tokio::select! {
+                p = slots.clone().acquire_many_owned(chunk), if !ending => match p {
+                    Ok(p) => Streamed::Slots(p),
+                    Err(_) => return,
+                },
+                r = polls.next() => Streamed::Reply(r),
+                _ = check.tick() => Streamed::Check,
+                _ = self.s.shutdown.wait() => return,
+                _ = self.s.stop_requested.wait() => return,
+                _ = self.health.changed() => return,
+            };
+            ending |= self.streamed(event, i).await;
+        }
+    }
+
+    /// Handles one event of [`Self::stream`]; true when the stream ends.
+    async fn streamed(&mut self, event: Streamed, i: usize) -> bool {
+        let Some(polls) = self.polls.as_mut() else {
+            return true;
+        };
+        match event {
+            Streamed::Slots(p) => {
+                let asked = polls.ask_credit(&self.consumers[i], i, p, CREDIT_EXPIRY);
+                if let Err(e) = asked.await {
+                    tracing::warn!(error = %e, "cannot ask for messages; fetching instead");
+                    return true;
+                }
+                false
+            }
+            Streamed::Check => polls.forget_lost(&self.s.client),
+            Streamed::Reply(r) => {
+                let own = |m: &jetstream::Message| {
+                    *m.subject == self.consumers[i].cached_info().config.filter_subject
+                };
+                let end = match &r {
+                    Reply::Message(m, _) => !own(m),
+                    Reply::Ended { .. } | Reply::Closed => true,
+                    Reply::Quiet => false,
+                };
+                self.on_reply(r).await;
+                end
+            }
+        }
+    }
+
+    /// Leaves a request for one message waiting on each consumer of
+    /// higher priority than `i` that has none; false when that failed.
+    async fn ask_higher(&mut self, i: usize) -> bool {
+        if !self.subscribe_inbox().await {
+            return false;
+        }
+        let Some(polls) = self.polls.as_mut() else {
+            return false;
+        };
+        let expiry = long_poll::expiry(&self.s, &self.source);
+        for (j, c) in self.consumers.iter().enumerate().take(i) {
+            if polls.waits(j) {
+                continue;
+            }
+            if let Err(e) = polls.ask(c, j, expiry).await {
+                tracing::warn!(error = %e, "cannot leave a pull request waiting");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Subscribes the dispatcher's inbox if it is not; false if that failed.
+    async fn subscribe_inbox(&mut self) -> bool {
+        if self.polls.is_none() {
+            match LongPolls::new(&self.s.client, &self.s.js, &self.consumers).await {
+                Ok(p) => self.polls = Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe the dispatcher's inbox");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Idle: leave a request waiting on every consumer that has none,
     /// then wait until a reply brings a message or ends a request, a
     /// request is lost, the health changes or the node stops. When the
@@ -513,14 +643,8 @@ impl Dispatcher {
     /// Leaves a request waiting on every consumer that has none; false
     /// when that failed (no inbox, a request not sent).
     async fn ask_all(&mut self) -> bool {
-        if self.polls.is_none() {
-            match LongPolls::new(&self.s.client, &self.s.js, &self.consumers).await {
-                Ok(p) => self.polls = Some(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe the dispatcher's inbox");
-                    return false;
-                }
-            }
+        if !self.subscribe_inbox().await {
+            return false;
         }
         let Some(polls) = self.polls.as_mut() else {
             return false;

@@ -7,10 +7,18 @@
 //! requests come to one subscription (`<inbox>.<consumer>.<request>`), so
 //! a request costs one publish and no subscribe.
 //!
+//! ## Under load: credit requests
+//! A dispatcher under load ([`super::dispatch`]) asks its busiest consumer
+//! for as many messages as it has free slots, in requests that wait at the
+//! server for 100 ms and hold those slots ("credit"): each message runs in
+//! one of them, and what a request did not bring goes back when it ends.
+//! Several such requests can wait at once, so messages flow as the node
+//! frees slots, with no fetch round trip (and no subscription) per batch.
+//!
 //! ## Never more messages than free slots
-//! A request holds no slot, so a dispatcher asks only while the node has
-//! a free slot for each of its requests, and one request brings at most
-//! one message. A message that still finds no free slot (the node filled
+//! An idle request holds no slot, so a dispatcher asks only while the
+//! node has a free slot for each of its idle requests, and one idle
+//! request brings at most one message. A message that still finds no free slot (the node filled
 //! up after it asked) takes the next one that frees, waiting up to
 //! `ack_wait / 2`, else goes back to the queue (a NAK without delay: the
 //! server counts it as a delivery). A node that drains or stops drops its
@@ -39,6 +47,7 @@ use async_nats::jetstream::consumer::{self, pull::BatchConfig};
 use async_nats::jetstream::{self, AckKind};
 use async_nats::StatusCode;
 use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::dispatch::Source;
 use super::NodeState;
@@ -72,6 +81,13 @@ pub(super) fn expiry(s: &NodeState, source: &Source) -> (Duration, Duration) {
 /// One request waiting at the server.
 struct Request {
     id: u64,
+    /// The consumer it waits on.
+    consumer: usize,
+    /// Messages it may still bring.
+    left: u32,
+    /// The slots it holds for them (credit requests only: an idle
+    /// request holds none).
+    slots: Option<OwnedSemaphorePermit>,
     asked: Instant,
     /// When the server was last heard from about it.
     seen: Instant,
@@ -81,17 +97,23 @@ struct Request {
 
 impl Request {
     fn overdue(&self, now: Instant) -> bool {
-        now.duration_since(self.seen) > self.heartbeat * 2 + SLACK
-            || now.duration_since(self.asked) > self.expires + SLACK * 4
+        let unheard = if self.heartbeat.is_zero() {
+            false
+        } else {
+            now.duration_since(self.seen) > self.heartbeat * 2 + SLACK
+        };
+        unheard || now.duration_since(self.asked) > self.expires + SLACK * 4
     }
 }
 
 /// What one reply on the inbox meant.
 pub(super) enum Reply {
-    /// A task (or shard) message: run it in a free slot or hand it back.
-    Message(Box<jetstream::Message>),
-    /// A request ended without a message (expired, refused); `failed`
-    /// when the consumer may be gone and should be re-created.
+    /// A task (or shard) message, with the slot its request held for it
+    /// if it did: run it in that slot, or in a free one, or hand it back.
+    Message(Box<jetstream::Message>, Option<OwnedSemaphorePermit>),
+    /// A request ended before it brought all it asked for (expired: its
+    /// consumer ran dry; or refused); `failed` when the consumer may be
+    /// gone and should be re-created.
     Ended { failed: bool },
     /// A heartbeat, or news about a request already given up.
     Quiet,
@@ -99,7 +121,7 @@ pub(super) enum Reply {
     Closed,
 }
 
-/// The waiting requests of one dispatcher, one slot per consumer.
+/// The waiting requests of one dispatcher.
 pub(super) struct LongPolls {
     sub: async_nats::Subscriber,
     inbox: String,
@@ -108,7 +130,8 @@ pub(super) struct LongPolls {
     /// The consumers' filter subjects: a message's subject names the
     /// consumer (and so the request) it came for.
     filters: Vec<String>,
-    waiting: Vec<Option<Request>>,
+    /// Oldest first: a consumer fills its waiting requests in order.
+    waiting: Vec<Request>,
     next_id: u64,
     /// The client's connection count when the requests were sent.
     connects: u64,
@@ -145,31 +168,66 @@ impl LongPolls {
             .iter()
             .map(|c| c.cached_info().config.filter_subject.clone())
             .collect();
-        self.waiting = consumers.iter().map(|_| None).collect();
+        self.waiting.clear();
         self
     }
 
     /// Whether a request waits on consumer `i`.
     pub(super) fn waits(&self, i: usize) -> bool {
-        self.waiting.get(i).is_some_and(Option::is_some)
+        self.waiting.iter().any(|r| r.consumer == i)
     }
 
     /// Whether any request waits.
     pub(super) fn any(&self) -> bool {
-        self.waiting.iter().any(Option::is_some)
+        !self.waiting.is_empty()
     }
 
-    /// Leaves a request for one message waiting on consumer `i`.
+    /// Slots held by the credit requests waiting on consumer `i`.
+    pub(super) fn credit(&self, i: usize) -> usize {
+        self.waiting
+            .iter()
+            .filter(|r| r.consumer == i)
+            .filter_map(|r| r.slots.as_ref())
+            .map(OwnedSemaphorePermit::num_permits)
+            .sum()
+    }
+
+    /// Leaves a request for one message waiting on consumer `i`; it holds
+    /// no slot (see the module docs).
     pub(super) async fn ask(
         &mut self,
         c: &consumer::PullConsumer,
         i: usize,
         (expires, heartbeat): (Duration, Duration),
     ) -> Result<(), Error> {
+        self.send(c, i, None, expires, heartbeat).await
+    }
+
+    /// Leaves a request waiting on consumer `i` for as many messages as
+    /// `slots` holds, each of which runs in one of them.
+    pub(super) async fn ask_credit(
+        &mut self,
+        c: &consumer::PullConsumer,
+        i: usize,
+        slots: OwnedSemaphorePermit,
+        expires: Duration,
+    ) -> Result<(), Error> {
+        self.send(c, i, Some(slots), expires, Duration::ZERO).await
+    }
+
+    async fn send(
+        &mut self,
+        c: &consumer::PullConsumer,
+        i: usize,
+        slots: Option<OwnedSemaphorePermit>,
+        expires: Duration,
+        heartbeat: Duration,
+    ) -> Result<(), Error> {
         self.next_id += 1;
         let id = self.next_id;
+        let left = slots.as_ref().map_or(1, |p| p.num_permits() as u32);
         let config = BatchConfig {
-            batch: 1,
+            batch: left as usize,
             expires: Some(expires),
             idle_heartbeat: heartbeat,
             ..Default::default()
@@ -179,32 +237,29 @@ impl LongPolls {
             .await
             .map_err(Error::nats_source)?;
         let now = Instant::now();
-        if let Some(w) = self.waiting.get_mut(i) {
-            *w = Some(Request {
-                id,
-                asked: now,
-                seen: now,
-                expires,
-                heartbeat,
-            });
-        }
+        self.waiting.push(Request {
+            id,
+            consumer: i,
+            left,
+            slots,
+            asked: now,
+            seen: now,
+            expires,
+            heartbeat,
+        });
         Ok(())
     }
 
     /// Gives up the requests that are overdue or were sent before the
-    /// client reconnected; returns whether any was.
+    /// client reconnected (their slots go back); returns whether any was.
     pub(super) fn forget_lost(&mut self, client: &async_nats::Client) -> bool {
         let connects = client.statistics().connects.load(Ordering::Relaxed);
         let reconnected = connects != self.connects;
         self.connects = connects;
         let now = Instant::now();
-        let mut lost = false;
-        for w in &mut self.waiting {
-            if w.as_ref().is_some_and(|r| reconnected || r.overdue(now)) {
-                *w = None;
-                lost = true;
-            }
-        }
+        let before = self.waiting.len();
+        self.waiting.retain(|r| !(reconnected || r.overdue(now)));
+        let lost = self.waiting.len() != before;
         if lost {
             tracing::info!(reconnected, "waiting pull request lost; asking again");
         }
@@ -226,36 +281,49 @@ impl LongPolls {
 
     fn reply(&mut self, msg: async_nats::Message) -> Reply {
         let Some(status) = msg.status.filter(|s| *s != StatusCode::OK) else {
-            // A message: its subject names its consumer.
-            if let Some(i) = self.filters.iter().position(|f| *f == *msg.subject) {
-                self.waiting[i] = None;
-            }
-            return Reply::Message(Box::new(jetstream::Message {
+            let slot = self.delivered(&msg.subject);
+            let msg = jetstream::Message {
                 message: msg,
                 context: self.js.clone(),
-            }));
+            };
+            return Reply::Message(Box::new(msg), slot);
         };
-        let Some((i, id)) = parse_reply(&msg.subject, &self.inbox) else {
+        let Some((_, id)) = parse_reply(&msg.subject, &self.inbox) else {
             return Reply::Quiet;
         };
-        let Some(slot) = self.waiting.get_mut(i) else {
+        let Some(at) = self.waiting.iter().position(|r| r.id == id) else {
             return Reply::Quiet;
         };
-        if slot.as_ref().is_none_or(|r| r.id != id) {
-            return Reply::Quiet;
-        }
         if status == StatusCode::IDLE_HEARTBEAT {
-            if let Some(r) = slot.as_mut() {
-                r.seen = Instant::now();
-            }
+            self.waiting[at].seen = Instant::now();
             return Reply::Quiet;
         }
-        *slot = None;
+        // Ended: the slots it held for what did not come go back.
+        self.waiting.remove(at);
         let failed = status != StatusCode::TIMEOUT;
         if failed {
             tracing::debug!(%status, description = ?msg.description, "waiting pull request refused");
         }
         Reply::Ended { failed }
+    }
+
+    /// A message came on `subject`: it counts against the oldest request
+    /// of its consumer (a consumer fills its requests in order) and takes
+    /// one of the slots that request holds.
+    fn delivered(&mut self, subject: &str) -> Option<OwnedSemaphorePermit> {
+        let i = self.filters.iter().position(|f| f == subject)?;
+        let at = self.waiting.iter().position(|r| r.consumer == i)?;
+        let r = &mut self.waiting[at];
+        r.left = r.left.saturating_sub(1);
+        let slot = match r.slots.as_mut() {
+            Some(p) if p.num_permits() > 1 => p.split(1),
+            Some(_) => r.slots.take(),
+            None => None,
+        };
+        if r.left == 0 {
+            self.waiting.remove(at);
+        }
+        slot
     }
 }
 
