@@ -4,7 +4,8 @@
 //! `cargo bench --bench tasks` (env: BENCH_N tasks per pass, default 20000;
 //! BENCH_REPS repetitions, default 3; BENCH_ONLY=ff runs only raw and
 //! the fire-and-forget pass, =results only raw and one node with results,
-//! for profiling one of them).
+//! for profiling one of them; =latency only the latency passes at 100 and
+//! 1 000 tasks/s).
 //!
 //! (a) raw: an async-nats publisher (pipelined acks) and a pull consumer
 //!     (fetch + ack) on a work-queue stream, running concurrently;
@@ -92,6 +93,13 @@ async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64,
         let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
         let t = sent.lock().unwrap()[i].unwrap();
         lat.push(now.duration_since(t).as_secs_f64() * 1000.0);
+        if std::env::var("BENCH_SLOW").is_ok() && *lat.last().unwrap() > 20.0 {
+            eprintln!(
+                "slow: task {i} sent at +{:?}, took {:.1} ms",
+                t.duration_since(start.into_std()),
+                lat.last().unwrap()
+            );
+        }
     }
     publisher.await.unwrap();
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -159,6 +167,22 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
     }
 }
 
+/// `BENCH_ONLY=latency`: only (c), at 100 and 1 000 tasks/s, one node,
+/// `reps` passes (to compare two builds' tails).
+async fn latency_only(server: &NatsServer, reps: usize) {
+    let ns = nodes(server, 1, 0).await;
+    for pass in 0..reps {
+        for rate in [100.0, 1000.0] {
+            let m = ((rate * 2.0) as usize).clamp(200, 10_000);
+            let (p50, p99, p999) = latency(server, rate, m, pass * 10 + rate as usize).await;
+            println!(
+                "pass {pass}: {rate} tasks/s p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms"
+            );
+        }
+    }
+    stop(ns).await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -183,6 +207,9 @@ async fn main() {
     let mut rtt = vec![];
     let mut ff = vec![];
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "latency" {
+        return latency_only(&server, reps).await;
+    }
     if !only.is_empty() {
         return profile_one(&server, &only, n, reps).await;
     }

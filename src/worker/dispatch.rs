@@ -66,6 +66,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle dispatcher whose pull requests could not be left
 /// waiting sleeps before it looks again.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How long an idle dispatcher waits for a free slot per consumer before
+/// it falls back to polling (another dispatcher's fetch round holds them
+/// for a round trip).
+const SLOTS_WAIT: Duration = Duration::from_millis(20);
 /// How long a request asked for under load waits at the server: one that
 /// ends with messages still owed means its consumer ran dry.
 const CREDIT_EXPIRY: Duration = Duration::from_millis(100);
@@ -620,7 +624,11 @@ impl Dispatcher {
     /// requests could not be sent, look again after [`IDLE_POLL`].
     async fn idle(&mut self) -> Woke {
         let asked = self.ask_all().await;
-        let every = if asked { CHECK_EVERY } else { IDLE_POLL };
+        let every = if asked == Asked::Yes {
+            CHECK_EVERY
+        } else {
+            IDLE_POLL
+        };
         let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
@@ -629,7 +637,7 @@ impl Dispatcher {
                 },
                 _ = check.tick() => {
                     let client = &self.s.client;
-                    if !asked || self.polls.as_mut().is_some_and(|p| p.forget_lost(client)) {
+                    if asked != Asked::Yes || self.polls.as_mut().is_some_and(|p| p.forget_lost(client)) {
                         return Woke::Go;
                     }
                 }
@@ -640,21 +648,26 @@ impl Dispatcher {
         }
     }
 
-    /// Leaves a request waiting on every consumer that has none; false
-    /// when that failed (no inbox, a request not sent).
-    async fn ask_all(&mut self) -> bool {
+    /// Leaves a request waiting on every consumer that has none.
+    async fn ask_all(&mut self) -> Asked {
         if !self.subscribe_inbox().await {
-            return false;
+            return Asked::Failed;
         }
         let Some(polls) = self.polls.as_mut() else {
-            return false;
+            return Asked::Failed;
         };
-        // A free slot for every request, or none is asked: a node that is
-        // (nearly) full, or has fewer slots than consumers, looks again
-        // after [`IDLE_POLL`] instead, so that what comes for its requests
-        // finds a slot.
-        if self.s.slots.available_permits() < self.consumers.len() {
-            return false;
+        // A free slot for every request, or none is asked, so that what
+        // comes for the requests finds a slot. Another dispatcher's fetch
+        // round may hold the free slots for a round trip (at start, the
+        // shard dispatcher's): wait that long for them rather than a
+        // whole [`IDLE_POLL`] (fresh-node tasks waited ~245 ms).
+        let need = self.consumers.len() as u32;
+        let enough = need <= self.s.cfg.concurrency
+            && tokio::time::timeout(SLOTS_WAIT, self.s.slots.acquire_many(need))
+                .await
+                .is_ok_and(|p| p.is_ok());
+        if !enough {
+            return Asked::NoSlots;
         }
         let expiry = long_poll::expiry(&self.s, &self.source);
         for (i, c) in self.consumers.iter().enumerate() {
@@ -663,9 +676,19 @@ impl Dispatcher {
             }
             if let Err(e) = polls.ask(c, i, expiry).await {
                 tracing::warn!(error = %e, "cannot leave a pull request waiting");
-                return false;
+                return Asked::Failed;
             }
         }
-        true
+        Asked::Yes
     }
+}
+
+/// Whether [`Dispatcher::ask_all`] left its requests waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Yes,
+    /// Fewer free slots than consumers.
+    NoSlots,
+    /// No inbox, or a request not sent.
+    Failed,
 }
