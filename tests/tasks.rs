@@ -290,9 +290,19 @@ async fn cancel_queued_and_running_tasks_and_delayed_tasks() {
 /// A drained node with one slot whose `mark` handler records each task's
 /// payload in start order.
 async fn drained_marking_node(server: &NatsServer) -> (TestNode, Arc<Mutex<Vec<String>>>) {
+    marking_node(server, 1, Duration::ZERO).await
+}
+
+/// A drained node with `slots` slots whose `mark` handler records each
+/// task's payload in start order, then takes `work`.
+async fn marking_node(
+    server: &NatsServer,
+    slots: u32,
+    work: Duration,
+) -> (TestNode, Arc<Mutex<Vec<String>>>) {
     let order = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut cfg = node_config("w1");
-    cfg.concurrency = 1;
+    cfg.concurrency = slots;
     let mut n = Node::new(cfg);
     let o = order.clone();
     n.handler("mark", move |_ctx, p| {
@@ -301,6 +311,9 @@ async fn drained_marking_node(server: &NatsServer) -> (TestNode, Arc<Mutex<Vec<S
             o.lock()
                 .unwrap()
                 .push(p.as_str().unwrap_or_default().to_string());
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
             Ok(Value::Null)
         }
     });
@@ -849,25 +862,9 @@ async fn high_before_normal_before_low() {
 #[tokio::test]
 async fn a_critical_task_overtakes_a_backlog_under_load() {
     let server = NatsServer::start();
-    let order = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cfg = node_config("busy");
-    cfg.concurrency = 8;
-    let mut n = Node::new(cfg);
-    let o = order.clone();
-    n.handler("mark", move |_ctx, p| {
-        let o = o.clone();
-        async move {
-            o.lock()
-                .unwrap()
-                .push(p.as_str().unwrap_or_default().to_string());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            Ok(Value::Null)
-        }
-    });
-    let node = start_node_with(&server, n).await;
     // The backlog is there before the node takes work: no request of an
     // idle node is left waiting on the critical consumer.
-    node.handle.drain().await;
+    let (node, order) = marking_node(&server, 8, Duration::from_millis(5)).await;
     let nats = server.client().await;
     for i in 0..400 {
         let id = format!("low-{i}");
