@@ -342,6 +342,11 @@ impl Dispatcher {
         }
     }
 
+    /// Re-creates the consumers if a fetch or a request failed, for at
+    /// most [`FETCH_TIMEOUT`]. Replies keep being served meanwhile: after a
+    /// cluster restarts, the JetStream API can take seconds to answer,
+    /// while the requests still waiting on the other consumers bring tasks
+    /// (a task waited over 7 s behind a reopen in the 3-server test pass).
     async fn reopen_if_asked(&mut self) {
         if !self
             .reopen
@@ -349,7 +354,26 @@ impl Dispatcher {
         {
             return;
         }
-        match open_consumers(&self.s, &self.source).await {
+        let (s, source) = (self.s.clone(), self.source.clone());
+        let mut open = std::pin::pin!(async move { open_consumers(&s, &source).await });
+        // A JetStream API request sent as a server restarts may get no
+        // answer until it times out (10 s): give up after a fetch's bound
+        // and try again on the next round, asking with the consumers as
+        // they were meanwhile (requests name a consumer, not a handle).
+        let mut bound = std::pin::pin!(tokio::time::sleep(FETCH_TIMEOUT));
+        let opened = loop {
+            tokio::select! {
+                r = &mut open => break r,
+                r = next_reply(&mut self.polls) => { self.on_reply(r).await; }
+                _ = &mut bound => {
+                    tracing::warn!("consumers not reopened yet; trying again");
+                    self.reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                _ = self.s.shutdown.wait() => return,
+            }
+        };
+        match opened {
             Ok(c) => {
                 self.polls = self.polls.take().map(|p| p.with_consumers(&c));
                 self.consumers = c;
