@@ -479,18 +479,29 @@ pub async fn publish_task(
     id: Option<&str>,
     body: serde_json::Value,
 ) -> u64 {
+    use async_nats::jetstream::context::PublishErrorKind;
     let js = async_nats::jetstream::new(client.clone());
-    let mut m =
-        async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into());
-    if let Some(id) = id {
-        m = m.message_id(id);
+    let body = bytes::Bytes::from(body.to_string());
+    // A stream created a moment ago on a cluster may have no leader yet:
+    // the publish finds no responder (nothing stored) and is sent again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut m = async_nats::jetstream::message::PublishMessage::build().payload(body.clone());
+        if let Some(id) = id {
+            m = m.message_id(id);
+        }
+        let ack = js
+            .send_publish(subject.to_string(), m)
+            .await
+            .expect("publish");
+        match ack.await {
+            Ok(a) => return a.sequence,
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish ack: {e}"),
+        }
     }
-    js.send_publish(subject.to_string(), m)
-        .await
-        .expect("publish")
-        .await
-        .expect("publish ack")
-        .sequence
 }
 
 /// Every message stored in `stream` on subjects matching `filter`, oldest
