@@ -34,7 +34,8 @@ const LOOKUP_WAIT: Duration = Duration::from_millis(200);
 /// Most queued messages `tasks.get` reads looking for a task.
 const SCAN_LIMIT: u64 = 100_000;
 
-/// Every endpoint: (name, subject suffix).
+/// Every endpoint: (name, subject suffix), subscribed in this order (the
+/// test harness waits for the last one to answer on a cluster).
 const ENDPOINTS: [(&str, &str); 18] = [
     ("tasks-submit", "tasks.submit"),
     ("tasks-get", "tasks.get"),

@@ -394,9 +394,12 @@ pub async fn start_coordinator(server: &NatsServer, id: &str) -> TestCoordinator
     // On a cluster, the API's subscriptions reach the other servers a
     // moment later: wait until a client answers from here (a request with
     // no responder yet fails at once). Not fatal: a standby may not answer.
+    // `limits.delete` is the last endpoint subscribed (subscriptions reach
+    // the other servers in order), and `{}` only gets an error from it.
     let client = server.client().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        for subject in ["weave.api.cluster.status", "weave.api.nodes.list"] {
+        let last = "weave.api.limits.delete";
+        for subject in ["weave.api.cluster.status", "weave.api.nodes.list", last] {
             while client.request(subject, "{}".into()).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
