@@ -1705,6 +1705,36 @@ async fn waiting_pull_requests_survive_consumer_deletion_and_a_restart() {
     waiting_on_normal_is(&nats, |w| w == 0, "no pull request left waiting").await;
 }
 
+/// A node streaming a backlog (every slot busy, requests for its free
+/// slots waiting) through a server restart: every task finishes, and once
+/// the node stops nothing of it is left waiting at the server.
+#[tokio::test]
+async fn a_streaming_node_survives_a_server_restart() {
+    let mut server = NatsServer::start();
+    let _c = start_coordinator(&server, "c1").await;
+    let mut cfg = node_config("s1");
+    cfg.concurrency = 2;
+    let n = start_node(&server, cfg).await;
+    let nats = server.client().await;
+    for i in 0..20 {
+        let id = format!("st-{i}");
+        let body = json!({"id": id, "type": "sleep", "payload": {"ms": 100}});
+        publish_task(&nats, "weave.tasks.default.normal", Some(&id), body).await;
+    }
+    server.restart();
+    let api = api_client(&server).await;
+    for i in 0..20 {
+        let r = api
+            .wait(&format!("st-{i}"), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    }
+    n.handle.shutdown(Duration::from_secs(5)).await;
+    let nats = server.client().await;
+    waiting_on_normal_is(&nats, |w| w == 0, "no pull request left waiting").await;
+}
+
 /// Waits until a pull request waits on the `default/normal` consumer.
 async fn waiting_on_normal(nats: &async_nats::Client) {
     waiting_on_normal_is(nats, |w| w >= 1, "a pull request waiting").await;
