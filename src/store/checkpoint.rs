@@ -15,11 +15,16 @@
 //! older jetweave, or a writer that skips it) is seen by `all` only.
 //! The object store chunks large bodies (512 KiB chunks), so checkpoints
 //! of several MiB work.
+//!
+//! The body is the contract's JSON CheckpointRecord; a string payload that
+//! needs no escaping is streamed into the object store from the record
+//! itself (see `body`), so a save copies it once, into the chunks.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
 
@@ -88,6 +93,81 @@ fn index_key(task_id: &str) -> String {
         }
     }
     key
+}
+
+/// A [`CheckpointRecord`] body but its payload, which [`body`] appends.
+#[derive(Serialize)]
+struct Head<'a> {
+    checkpoint_id: &'a str,
+    task_id: &'a str,
+    run_id: &'a Option<String>,
+    iteration: Option<u64>,
+    shard_key: &'a Option<String>,
+    node_id: &'a str,
+    created_at: &'a str,
+    metadata: &'a Map<String, Value>,
+}
+
+/// A record's JSON body in three parts to read one after the other.
+struct Body<'a> {
+    head: Vec<u8>,
+    payload: &'a [u8],
+    tail: &'static [u8],
+}
+
+impl Body<'_> {
+    fn reader(&self) -> impl tokio::io::AsyncRead + Unpin + '_ {
+        self.head.as_slice().chain(self.payload).chain(self.tail)
+    }
+}
+
+/// A record's JSON body in three parts to read one after the other: the
+/// other fields, the payload and the closing bytes. A string payload that
+/// needs no escaping (the common large one: text, base64) is not copied:
+/// the object store reads it from the record (at 1 MiB, the copy and
+/// serde_json's byte-by-byte escape scan were 0.5 ms of a 6-8 ms save+load).
+fn body(record: &CheckpointRecord) -> Result<Body<'_>, Error> {
+    let mut head = serde_json::to_vec(&Head {
+        checkpoint_id: &record.checkpoint_id,
+        task_id: &record.task_id,
+        run_id: &record.run_id,
+        iteration: record.iteration,
+        shard_key: &record.shard_key,
+        node_id: &record.node_id,
+        created_at: &record.created_at,
+        metadata: &record.metadata,
+    })?;
+    head.pop(); // the closing brace; the payload comes before it
+    head.extend_from_slice(b",\"payload\":");
+    match &record.payload {
+        Value::String(s) if needs_no_escape(s.as_bytes()) => {
+            head.push(b'"');
+            Ok(Body {
+                head,
+                payload: s.as_bytes(),
+                tail: b"\"}",
+            })
+        }
+        other => {
+            serde_json::to_writer(&mut head, other)?;
+            Ok(Body {
+                head,
+                payload: b"",
+                tail: b"}",
+            })
+        }
+    }
+}
+
+/// Whether `bytes` may stand in a JSON string as they are: no quote,
+/// backslash or control character. Checked 64 bytes at a time without an
+/// early exit, which the compiler turns into vector instructions.
+fn needs_no_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(64).all(|c| {
+        !c.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    })
 }
 
 impl Checkpoints {
@@ -177,15 +257,16 @@ impl Checkpoints {
             .unix_timestamp_nanos()
             .max(0);
         let name = format!("{}/{:020}-{}", record.task_id, nanos, record.checkpoint_id);
-        let body = serde_json::to_vec(record)?;
+        let body = body(record)?;
         let meta = object_store::ObjectMetadata {
             name: name.clone(),
             chunk_size: Some(CHUNK),
             ..Default::default()
         };
+        let mut reader = body.reader();
         self.inner
             .store
-            .put(meta, &mut body.as_slice())
+            .put(meta, &mut reader)
             .await
             .map_err(Error::nats_source)?;
         for old in self.index_add(&record.task_id, name).await? {
@@ -345,5 +426,59 @@ impl Checkpoints {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(payload: Value) -> CheckpointRecord {
+        let mut metadata = Map::new();
+        metadata.insert("step".into(), Value::from(3));
+        CheckpointRecord {
+            checkpoint_id: "c1".into(),
+            task_id: "t:1".into(),
+            run_id: Some("r1".into()),
+            iteration: Some(2),
+            shard_key: Some("s0".into()),
+            node_id: "n1".into(),
+            created_at: now_rfc3339(),
+            payload,
+            metadata,
+        }
+    }
+
+    fn encoded(r: &CheckpointRecord) -> Vec<u8> {
+        let b = body(r).expect("encodes");
+        [b.head.as_slice(), b.payload, b.tail].concat()
+    }
+
+    #[test]
+    fn every_field_and_payload_kind_round_trips() {
+        let payloads = [
+            Value::from("plain text, no escapes"),
+            Value::from("quote \" backslash \\ newline \n tab \t bell \u{7} é ✓"),
+            Value::from(""),
+            serde_json::json!({"n": 1, "list": [1, "two", null], "s": "a\"b"}),
+            Value::Null,
+            Value::from(1.5),
+        ];
+        for p in payloads {
+            let r = record(p);
+            let bytes = encoded(&r);
+            let back: CheckpointRecord = serde_json::from_slice(&bytes).expect("valid JSON");
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn only_quotes_backslashes_and_control_characters_need_escaping() {
+        assert!(needs_no_escape(b"abc \x7f \xc3\xa9"));
+        for bad in [b'"', b'\\', b'\n', 0u8, 0x1f] {
+            let mut long = vec![b'a'; 300];
+            long[257] = bad;
+            assert!(!needs_no_escape(&long), "byte {bad:#x}");
+        }
     }
 }
