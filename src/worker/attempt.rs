@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -82,14 +82,22 @@ pub(super) async fn run_task(
     // The stages are boxed: a spawned future is moved several times on its
     // way into the runtime, and one state machine holding all of them was
     // 9 KiB (perf: memmove was 13 % of the node's CPU under load).
-    let Some((d, handler, taken)) = Box::pin(admit(&s, &source, msg)).await else {
+    let Some((mut d, handler, taken)) = Box::pin(admit(&s, &source, msg)).await else {
         return;
     };
     let started_at = now_rfc3339();
     let mut spans = attempt_spans(&s, &d);
     let t0 = Instant::now();
     let traceparent = spans.handler_traceparent();
-    let outcome = Box::pin(execute(&s, &d, handler, &started_at, traceparent)).await;
+    // The handler owns its input: nothing after it reads the payload or
+    // metadata (a DLQ copy keeps the message's own bytes), so they move
+    // instead of being copied per attempt.
+    let input = HandlerInput {
+        payload: std::mem::take(&mut d.env.payload),
+        metadata: std::mem::take(&mut d.env.metadata),
+        traceparent,
+    };
+    let outcome = Box::pin(execute(&s, &d, handler, &started_at, input)).await;
     let duration = t0.elapsed().as_secs_f64();
     spans.handler_ended(outcome_error(&outcome).as_deref());
     // The limits count running handlers: the slots go back now.
@@ -461,11 +469,12 @@ async fn failed_attempts(s: &NodeState, task_id: &str) -> u32 {
 /// the task has ended. Best effort: a lost write is bounded by
 /// [`max_deliveries`].
 async fn count_failed(s: &NodeState, d: &Delivery, ended: bool) {
+    if ended && d.attempt <= 1 {
+        return; // nothing was counted
+    }
     let key = crate::wire::ids::encode_key(&d.task_id);
     if ended {
-        if d.attempt > 1 {
-            let _ = s.attempts.delete(&key).await;
-        }
+        let _ = s.attempts.delete(&key).await;
     } else if let Err(e) = s.attempts.put(&key, d.attempt.to_string().into()).await {
         tracing::warn!(task_id = %d.task_id, error = %e, "failed attempt not counted");
     }
@@ -625,7 +634,7 @@ async fn execute(
     d: &Delivery,
     handler: HandlerFn,
     started_at: &str,
-    traceparent: Option<String>,
+    input: HandlerInput,
 ) -> Outcome {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
@@ -639,10 +648,10 @@ async fn execute(
         cancel.cancel();
     }
     let (extend_tx, mut extend_rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = handler_context(s, d, &cancel, extend_tx, traceparent);
+    let (ctx, payload) = handler_context(s, d, &cancel, extend_tx, input);
     // A handler that panics fails its attempt; it never takes the node's
     // bookkeeping (slot, running set) down with it.
-    let run = invoke(handler, ctx, d.env.payload.clone());
+    let run = invoke(handler, ctx, payload);
     tokio::pin!(run);
     // The task's own bound, else the node's default (`--task-timeout`;
     // not for run shards, which checkpoint and may run long).
@@ -705,15 +714,22 @@ fn handler_context(
     d: &Delivery,
     cancel: &CancellationToken,
     extend: tokio::sync::mpsc::UnboundedSender<Duration>,
-    traceparent: Option<String>,
-) -> TaskContext {
+    input: HandlerInput,
+) -> (TaskContext, Value) {
     let mut ctx = TaskContext::new(d.task_id.clone(), d.env.task_type.clone(), d.attempt)
         .with_runtime(&s.cfg.node_id, cancel.clone(), s.checkpoints.clone())
         .with_extend(extend);
-    ctx.metadata = d.env.metadata.clone();
+    ctx.metadata = input.metadata;
     ctx.shard = d.shard.clone();
-    ctx.traceparent = traceparent;
-    ctx
+    ctx.traceparent = input.traceparent;
+    (ctx, input.payload)
+}
+
+/// What an attempt hands its handler, taken out of the delivery.
+struct HandlerInput {
+    payload: Value,
+    metadata: Map<String, Value>,
+    traceparent: Option<String>,
 }
 
 /// What a running attempt knows of its lease: when the server last
@@ -831,7 +847,8 @@ fn parse_message(
         };
         return Ok((env, task_id, Some(shard)));
     }
-    let fallback_id = format!("{}-{}", s.subjects.tasks_stream(), seq);
+    // Only for a message that has no id of its own (rare: not built per task).
+    let fallback_id = || format!("{}-{}", s.subjects.tasks_stream(), seq);
     let header_id = header(msg, "Nats-Msg-Id");
     let env = parse_object::<TaskEnvelope>(&msg.payload)
         .and_then(|e| e.validate().map(|_| e))
@@ -839,7 +856,7 @@ fn parse_message(
             let id = header_id
                 .clone()
                 .filter(|h| validate_task_id(h).is_ok())
-                .unwrap_or_else(|| fallback_id.clone());
+                .unwrap_or_else(fallback_id);
             (id, format!("rejected task message: {}", err.reason()))
         })?;
     let task_id = match (&env.id, header_id) {
@@ -847,11 +864,11 @@ fn parse_message(
         (None, Some(h)) if validate_task_id(&h).is_ok() => h,
         (None, Some(h)) => {
             return Err((
-                fallback_id,
+                fallback_id(),
                 format!("rejected task message: Nats-Msg-Id {h:?} is not a valid task id"),
             ))
         }
-        (None, None) => fallback_id,
+        (None, None) => fallback_id(),
     };
     Ok((env, task_id, None))
 }
