@@ -54,6 +54,16 @@ pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime, Error> {
 
 /// Parses a JSON object from a message body with a clear error.
 pub fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    // The common case, an object that fits `T`, parses straight into it
+    // (going through a `Value` first built a map of every field: a task's
+    // envelope was a fifth of a node's allocations per task). Anything else
+    // takes the two steps below, which tell bad JSON from a bad field.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        if let Ok(t) = serde_json::from_slice(body) {
+            return Ok(t);
+        }
+    }
     let value: Value = if body.iter().all(|b| b.is_ascii_whitespace()) {
         Value::Object(Map::new())
     } else {
