@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatch::Source;
 use super::limits::{Admission, Taken};
 use super::spans::{AttemptSpans, TaskLabels};
+use super::task_message::TaskMessage;
 use super::{CancelReason, NodeState, Running};
 use crate::error::Error;
 use crate::handler::{invoke, HandlerError, HandlerFn, ShardInfo, TaskContext};
@@ -42,7 +43,7 @@ struct Delivery {
     env: TaskEnvelope,
     task_id: String,
     shard: Option<ShardInfo>,
-    msg: jetstream::Message,
+    msg: TaskMessage,
 }
 
 /// How an attempt ended.
@@ -76,7 +77,7 @@ pub(super) enum Verdict {
 pub(super) async fn run_task(
     s: Arc<NodeState>,
     source: Source,
-    msg: jetstream::Message,
+    msg: TaskMessage,
     _permit: OwnedSemaphorePermit,
 ) {
     // The stages are boxed: a spawned future is moved several times on its
@@ -266,7 +267,7 @@ const STORE_PATIENCE: Duration = Duration::from_secs(30);
 /// `STORE_PATIENCE` across a brief outage of a stream (a server failover)
 /// and keeping the message's lease with progress acks meanwhile: an
 /// outage is not the task's fault and must not use one of its attempts.
-async fn durably<T, F, Fut>(msg: &jetstream::Message, what: &str, mut f: F) -> Result<T, Error>
+async fn durably<T, F, Fut>(msg: &TaskMessage, what: &str, mut f: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
@@ -288,11 +289,7 @@ where
 }
 
 /// Stores the terminal result durably (see [`durably`]).
-async fn store_durably(
-    s: &NodeState,
-    msg: &jetstream::Message,
-    r: &TaskResult,
-) -> Result<bool, Error> {
+async fn store_durably(s: &NodeState, msg: &TaskMessage, r: &TaskResult) -> Result<bool, Error> {
     durably(msg, "result", || store_result(&s.js, &s.subjects, r)).await
 }
 
@@ -301,9 +298,9 @@ async fn store_durably(
 async fn admit(
     s: &NodeState,
     source: &Source,
-    msg: jetstream::Message,
+    msg: TaskMessage,
 ) -> Option<(Delivery, HandlerFn, Taken)> {
-    let Ok(info) = msg.info() else {
+    let Some(info) = msg.info() else {
         settle(&msg, AckKind::Term).await;
         return None;
     };
@@ -402,7 +399,7 @@ async fn hold_back(s: &NodeState, d: &Delivery, limit_id: &str, wait: Duration) 
     }
 }
 
-fn priority_of(msg: &jetstream::Message) -> Priority {
+fn priority_of(msg: &TaskMessage) -> Priority {
     msg.subject
         .rsplit('.')
         .next()
@@ -758,7 +755,7 @@ impl Lease {
     }
 
     /// Sends a progress ack and waits up to `within` for the server.
-    async fn renew(&mut self, s: &NodeState, msg: &jetstream::Message, within: Duration) {
+    async fn renew(&mut self, s: &NodeState, msg: &TaskMessage, within: Duration) {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
@@ -769,7 +766,7 @@ impl Lease {
     }
 }
 
-fn header(msg: &jetstream::Message, name: &str) -> Option<String> {
+fn header(msg: &TaskMessage, name: &str) -> Option<String> {
     msg.headers
         .as_ref()
         .and_then(|h| h.get(name))
@@ -786,7 +783,7 @@ fn raw_envelope(payload: &[u8]) -> Value {
 
 /// Removes a dead-lettered message, or (when its dead letter or result
 /// could not be stored) hands it back to try again later.
-async fn term_or_return(msg: &jetstream::Message, buried: bool) {
+async fn term_or_return(msg: &TaskMessage, buried: bool) {
     let kind = if buried {
         AckKind::Term
     } else {
@@ -795,7 +792,7 @@ async fn term_or_return(msg: &jetstream::Message, buried: bool) {
     settle(msg, kind).await
 }
 
-async fn settle(msg: &jetstream::Message, kind: AckKind) {
+async fn settle(msg: &TaskMessage, kind: AckKind) {
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(error = %e, "ack failed (the task will be redelivered)");
     }
@@ -822,7 +819,7 @@ type Parsed = (TaskEnvelope, String, Option<ShardInfo>);
 fn parse_message(
     s: &NodeState,
     source: &Source,
-    msg: &jetstream::Message,
+    msg: &TaskMessage,
     seq: u64,
 ) -> Result<Parsed, (String, String)> {
     if *source == Source::Shards {

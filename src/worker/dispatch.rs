@@ -49,12 +49,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{consumer, kv};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::attempt::run_task;
 use super::long_poll::{self, hand_back, LongPolls, Reply, CHECK_EVERY};
+use super::task_message::TaskMessage;
 use super::{CancelReason, NodeState};
 use crate::error::Error;
 use crate::store::{cancels_bucket, task_consumer};
@@ -232,6 +233,9 @@ struct Dispatcher {
     /// A fetch or a request failed: re-open the consumers before the next
     /// round.
     reopen: std::sync::atomic::AtomicBool,
+    /// The client every message's ack goes through (shared: see
+    /// [`TaskMessage`]).
+    acks: Arc<async_nats::Client>,
 }
 
 /// What happened while streaming ([`Dispatcher::stream`]).
@@ -252,6 +256,7 @@ enum Woke {
 async fn dispatch_loop(s: Arc<NodeState>, source: Source, consumers: Vec<consumer::PullConsumer>) {
     let mut d = Dispatcher {
         health: s.health.subscribe(),
+        acks: Arc::new(s.client.clone()),
         batch_min: (s.cfg.concurrency as usize / 4).clamp(1, 64),
         s,
         source,
@@ -419,7 +424,7 @@ impl Dispatcher {
     /// (first in line), waiting up to `ack_wait / 2`, else goes back to the
     /// queue. Handing back is the last resort: the server counts it as a
     /// delivery, and a task's deliveries are bounded.
-    fn start_when_free(&self, msg: jetstream::Message) {
+    fn start_when_free(&self, msg: TaskMessage) {
         let (s, source) = (self.s.clone(), self.source.clone());
         let patience = self.s.cfg.ack_wait / 2;
         self.s.work.spawn(async move {
@@ -433,7 +438,7 @@ impl Dispatcher {
         });
     }
 
-    fn start(&self, msg: jetstream::Message, permit: OwnedSemaphorePermit) {
+    fn start(&self, msg: TaskMessage, permit: OwnedSemaphorePermit) {
         let (s, source) = (self.s.clone(), self.source.clone());
         // Boxed: the runtime moves a spawned future several times.
         self.s
@@ -499,17 +504,13 @@ impl Dispatcher {
     /// One bounded fetch: a fetch answered by nobody (the server
     /// restarting, a lost request) must not stall the dispatcher. Messages
     /// cut off by the bound come back after ack_wait.
-    async fn fetch(
-        &self,
-        c: &consumer::PullConsumer,
-        want: usize,
-    ) -> Option<Vec<jetstream::Message>> {
+    async fn fetch(&self, c: &consumer::PullConsumer, want: usize) -> Option<Vec<TaskMessage>> {
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, async {
             let mut out = Vec::with_capacity(want);
             let mut batch = c.fetch().max_messages(want).messages().await?;
             while let Some(m) = batch.next().await {
                 match m {
-                    Ok(msg) => out.push(msg),
+                    Ok(msg) => out.push(TaskMessage::new(msg.message, self.acks.clone())),
                     Err(e) if out.is_empty() => return Err(e),
                     Err(_) => break,
                 }
@@ -592,7 +593,7 @@ impl Dispatcher {
             }
             Streamed::Check => polls.forget_lost(&self.s.client),
             Streamed::Reply(r) => {
-                let own = |m: &jetstream::Message| {
+                let own = |m: &TaskMessage| {
                     *m.subject == self.consumers[i].cached_info().config.filter_subject
                 };
                 let end = match &r {
@@ -631,7 +632,7 @@ impl Dispatcher {
     /// Subscribes the dispatcher's inbox if it is not; false if that failed.
     async fn subscribe_inbox(&mut self) -> bool {
         if self.polls.is_none() {
-            match LongPolls::new(&self.s.client, &self.s.js, &self.consumers).await {
+            match LongPolls::new(&self.s.client, &self.acks, &self.consumers).await {
                 Ok(p) => self.polls = Some(p),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot subscribe the dispatcher's inbox");

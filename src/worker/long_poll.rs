@@ -41,15 +41,17 @@
 //! the pause, as running tasks send progress acks every `ack_wait / 4`).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{self, pull::BatchConfig};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::AckKind;
 use async_nats::StatusCode;
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::dispatch::Source;
+use super::task_message::TaskMessage;
 use super::NodeState;
 use crate::error::Error;
 
@@ -110,7 +112,7 @@ impl Request {
 pub(super) enum Reply {
     /// A task (or shard) message, with the slot its request held for it
     /// if it did: run it in that slot, or in a free one, or hand it back.
-    Message(Box<jetstream::Message>, Option<OwnedSemaphorePermit>),
+    Message(Box<TaskMessage>, Option<OwnedSemaphorePermit>),
     /// A request ended before it brought all it asked for (expired: its
     /// consumer ran dry; or refused); `failed` when the consumer may be
     /// gone and should be re-created.
@@ -125,8 +127,8 @@ pub(super) enum Reply {
 pub(super) struct LongPolls {
     sub: async_nats::Subscriber,
     inbox: String,
-    /// The context the messages' acks go through.
-    js: jetstream::Context,
+    /// The client the messages' acks go through.
+    acks: Arc<async_nats::Client>,
     /// The consumers' filter subjects: a message's subject names the
     /// consumer (and so the request) it came for.
     filters: Vec<String>,
@@ -141,7 +143,7 @@ impl LongPolls {
     /// Subscribes the dispatcher's inbox.
     pub(super) async fn new(
         client: &async_nats::Client,
-        js: &jetstream::Context,
+        acks: &Arc<async_nats::Client>,
         consumers: &[consumer::PullConsumer],
     ) -> Result<Self, Error> {
         let inbox = client.new_inbox();
@@ -152,7 +154,7 @@ impl LongPolls {
         Ok(LongPolls {
             sub,
             inbox,
-            js: js.clone(),
+            acks: acks.clone(),
             filters: Vec::new(),
             waiting: Vec::new(),
             next_id: 0,
@@ -282,10 +284,7 @@ impl LongPolls {
     fn reply(&mut self, msg: async_nats::Message) -> Reply {
         let Some(status) = msg.status.filter(|s| *s != StatusCode::OK) else {
             let slot = self.delivered(&msg.subject);
-            let msg = jetstream::Message {
-                message: msg,
-                context: self.js.clone(),
-            };
+            let msg = TaskMessage::new(msg, self.acks.clone());
             return Reply::Message(Box::new(msg), slot);
         };
         let Some((_, id)) = parse_reply(&msg.subject, &self.inbox) else {
@@ -336,7 +335,7 @@ fn parse_reply(subject: &str, inbox: &str) -> Option<(usize, u64)> {
 
 /// Hands a message straight back to its queue: the node has no slot for
 /// it (or is draining or stopping).
-pub(super) async fn hand_back(msg: &jetstream::Message, why: &str) {
+pub(super) async fn hand_back(msg: &TaskMessage, why: &str) {
     tracing::debug!(subject = %msg.subject, why, "message handed back to its queue");
     if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
         tracing::debug!(error = %e, "could not hand a message back; it returns after ack_wait");

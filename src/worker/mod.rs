@@ -27,6 +27,7 @@ mod limits;
 mod long_poll;
 mod process;
 mod spans;
+mod task_message;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
