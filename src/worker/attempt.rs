@@ -567,14 +567,14 @@ fn is_cancelled(s: &NodeState, task_id: &str) -> bool {
 /// (with the active count) on drop, whatever way the attempt ends.
 struct RunningGuard<'a> {
     s: &'a NodeState,
-    task_id: String,
+    task_id: &'a str,
     reason: Arc<Mutex<Option<CancelReason>>>,
 }
 
 impl<'a> RunningGuard<'a> {
     fn register(
         s: &'a NodeState,
-        d: &Delivery,
+        d: &'a Delivery,
         cancel: &CancellationToken,
         reason: &Arc<Mutex<Option<CancelReason>>>,
         started_at: &str,
@@ -602,7 +602,7 @@ impl<'a> RunningGuard<'a> {
         s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RunningGuard {
             s,
-            task_id: d.task_id.clone(),
+            task_id: &d.task_id,
             reason: reason.clone(),
         }
     }
@@ -612,10 +612,10 @@ impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut r) = self.s.running.lock() {
             // Only our own entry: a newer delivery may have replaced it.
-            if r.get(&self.task_id)
+            if r.get(self.task_id)
                 .is_some_and(|e| Arc::ptr_eq(&e.reason, &self.reason))
             {
-                r.remove(&self.task_id);
+                r.remove(self.task_id);
             }
         }
         self.s
@@ -660,7 +660,8 @@ async fn execute(
     let timeout = tokio::time::sleep_until(started + end);
     tokio::pin!(timeout);
     let every = (s.cfg.ack_wait / 4).max(Duration::from_millis(150));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let ticker = tokio::time::sleep(every); // (an `Interval` boxes its timer)
+    tokio::pin!(ticker);
     let mut lease = Lease::new(s.cfg.ack_wait);
     let why = || {
         reason
@@ -692,7 +693,8 @@ async fn execute(
                     timeout.as_mut().reset(until);
                 }
             }
-            _ = ticker.tick() => {
+            _ = &mut ticker => {
+                ticker.as_mut().reset(tokio::time::Instant::now() + every);
                 if lease.lost() {
                     tracing::warn!(task_id = %d.task_id, "lease lost (paused or cut off from NATS); the attempt stops");
                     reason.lock().expect("cancel reason poisoned").get_or_insert(CancelReason::LeaseLost);
