@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::header::{HeaderName, IntoHeaderName};
 use async_nats::jetstream::{self, AckKind};
 use serde_json::{json, Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -121,7 +122,7 @@ pub(super) async fn run_task(
 
 /// The attempt's spans, in the trace the task carries.
 fn attempt_spans(s: &NodeState, d: &Delivery) -> AttemptSpans {
-    let header = header(&d.msg, TRACEPARENT);
+    let header = header(&d.msg, TRACEPARENT_HEADER);
     let incoming = TraceParent::of_task(header.as_deref(), &d.env.metadata);
     let labels = TaskLabels {
         task_id: &d.task_id,
@@ -768,7 +769,11 @@ impl Lease {
     }
 }
 
-fn header(msg: &TaskMessage, name: &str) -> Option<String> {
+/// The `traceparent` header's name, built once (a name given as a `&str`
+/// is copied for every lookup).
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+
+fn header(msg: &TaskMessage, name: impl IntoHeaderName) -> Option<String> {
     msg.headers
         .as_ref()
         .and_then(|h| h.get(name))
@@ -848,7 +853,7 @@ fn parse_message(
     }
     // Only for a message that has no id of its own (rare: not built per task).
     let fallback_id = || format!("{}-{}", s.subjects.tasks_stream(), seq);
-    let header_id = header(msg, "Nats-Msg-Id");
+    let header_id = header(msg, async_nats::header::NATS_MESSAGE_ID);
     let env = parse_object::<TaskEnvelope>(&msg.payload)
         .and_then(|e| e.validate().map(|_| e))
         .map_err(|err| {
