@@ -263,8 +263,22 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.global.worker_threads > 0 {
+        runtime.worker_threads(cli.global.worker_threads);
+    }
+    match runtime.enable_all().build() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("jetweave: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) {
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -272,7 +286,6 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let cli = Cli::parse();
     let process = matches!(
         cli.command,
         Command::Node(_) | Command::Coordinator(_) | Command::Sidecar(_) | Command::Pool(_)

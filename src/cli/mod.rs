@@ -71,6 +71,19 @@ pub struct Global {
     /// How long to keep trying to reach NATS at start (seconds).
     #[arg(long, global = true, default_value = "10")]
     pub connect_wait: f64,
+    /// Runtime threads of this process (0: one per core). A node,
+    /// coordinator or sidecar mostly waits on NATS, HTTP and handler
+    /// processes; one thread spent a fifth less CPU per task than one per
+    /// core (a message and its ack no longer cross threads) and ran 5-10 %
+    /// more tasks per second on two cores beside the server
+    /// (BENCHMARKS.md). Raise it for CPU-heavy in-process handlers.
+    #[arg(
+        long,
+        global = true,
+        env = "JETWEAVE_WORKER_THREADS",
+        default_value = "1"
+    )]
+    pub worker_threads: usize,
     /// Export traces (OTLP/HTTP) to this collector, e.g.
     /// http://localhost:4318: nodes make spans for every attempt, in the
     /// task's W3C trace. Unset: no spans at all.
