@@ -2,8 +2,8 @@
 //! same server in the same run (the machine is noisy; compare ratios).
 //!
 //! `cargo bench --bench tasks` (env: BENCH_N tasks per pass, default 20000;
-//! BENCH_REPS repetitions, default 3; BENCH_ONLY=ff runs only raw and
-//! the fire-and-forget pass, =results only raw and one node with results,
+//! BENCH_REPS repetitions, default 3; BENCH_ONLY=ff runs only raw, (a''),
+//! and the fire-and-forget pass, =results only raw and one node with results,
 //! for profiling one of them; =latency only the latency passes at 100 and
 //! 1 000 tasks/s).
 //!
@@ -11,6 +11,8 @@
 //!     (fetch + ack) on a work-queue stream, running concurrently;
 //! (a') the bound for tasks with a stored result: (a) plus a result
 //!     stored per message the way a node stores it (no node logic);
+//! (a'') `BENCH_ONLY` only: (a) with jetweave's consumer layout (four
+//!     consumers filtered by priority, requests waiting on the idle ones);
 //! (b) jetweave: `echo` tasks published on `weave.tasks.default.normal`
 //!     (pipelined acks) until every terminal result is on `P_RESULTS`,
 //!     with 1 and 2 in-process nodes;
@@ -148,6 +150,9 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
         let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
         let bound = raw_with_result(server, n, pass).await;
         let (cb, mb) = (cpu(t), mine(tm));
+        let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
+        let prio = raw_priorities(server, n, pass).await;
+        let (cp, mp) = (cpu(t), mine(tm));
         let ns = nodes(server, 1, pass * 10).await;
         let npid = ns[0].pid() as u32;
         let (t, tn, tm) = (cpu_seconds(spid), cpu_seconds(npid), cpu_seconds(me));
@@ -162,8 +167,12 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
         );
         stop(ns).await;
         println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
-        println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, jetweave {cw:.3}; the node's {cn:.3}");
-        println!("        bench process CPU s per 1 000 (publisher, raw consumers): raw {ma:.3}, raw with result {mb:.3}, jetweave {mw:.3}");
+        println!(
+            "        raw with four priority consumers {prio:.0} msg/s ({:.3} x raw)",
+            prio / a
+        );
+        println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, raw with priorities {cp:.3}, jetweave {cw:.3}; the node's {cn:.3}");
+        println!("        bench process CPU s per 1 000 (publisher, raw consumers): raw {ma:.3}, raw with result {mb:.3}, raw with priorities {mp:.3}, jetweave {mw:.3}");
     }
 }
 

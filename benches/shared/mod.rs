@@ -69,6 +69,67 @@ pub async fn raw(server: &NatsServer, n: usize, pass: usize) -> f64 {
     rate
 }
 
+/// (a'') raw (a) with jetweave's consumer layout: four consumers on the
+/// stream filtered by priority (`<prefix>.critical|high|normal|low`), a
+/// pull request waiting on each of the three that get nothing, messages
+/// published to and consumed from `.normal`. What the priorities cost the
+/// server, with no jetweave code in the way.
+#[allow(dead_code)] // benches/tasks.rs only
+pub async fn raw_priorities(server: &NatsServer, n: usize, pass: usize) -> f64 {
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let (name, prefix) = (format!("RAWP{pass}"), format!("rawp{pass}"));
+    let s = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    let mut normal = None;
+    for p in ["critical", "high", "normal", "low"] {
+        let c: consumer::PullConsumer = s
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(p.into()),
+                filter_subject: format!("{prefix}.{p}"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        match p {
+            "normal" => normal = Some(c),
+            _ => idle.push(c.messages().await.unwrap()),
+        }
+    }
+    let c = normal.expect("normal consumer");
+    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
+    let t0 = Instant::now();
+    let consumer_task = tokio::spawn(async move {
+        let mut msgs = c.messages().await.unwrap();
+        for _ in 0..n {
+            msgs.next().await.unwrap().unwrap().ack().await.unwrap();
+        }
+    });
+    let pjs = jetstream::new(server.client().await);
+    publish_all(
+        &pjs,
+        &format!("{prefix}.normal"),
+        n,
+        &body,
+        &format!("{prefix}-"),
+    )
+    .await;
+    consumer_task.await.unwrap();
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    drop(idle);
+    js.delete_stream(&name).await.unwrap();
+    rate
+}
+
 /// A work-queue stream `name` on `<prefix>.>` with one explicit-ack pull
 /// consumer.
 async fn work_queue(
