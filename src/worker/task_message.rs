@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn other_subjects_do_not() {
         for bad in [
-            "weave.tasks.default.normal",
+            "not.an.ack.subject",
             "$JS.ACK.S.C.1.2.3",
             "$JS.ACK.S.C.x.2.3.4.5",
             "$JS.ACK.S.C.1.2.3.4.5.6",
