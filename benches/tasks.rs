@@ -136,17 +136,22 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
 
 /// `BENCH_ONLY`: raw and one jetweave pass (`ff` or `results`), one
 /// node, so that a profiler sees one workload at a time.
-async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
+async fn profile_one(server: &NatsServer, mport: u16, only: &str, n: usize, reps: usize) {
     let spid = server.pid().unwrap_or(0);
+    // Messages in and out of the server per task while `f` runs.
+    let msgs = |t0: (f64, f64)| {
+        let (i, o) = varz_msgs(mport);
+        ((i - t0.0) / n as f64, (o - t0.1) / n as f64)
+    };
     // The server's CPU seconds while `f` runs, per 1 000 messages.
     let cpu = |t0: f64| (cpu_seconds(spid) - t0) * 1000.0 / n as f64;
     // This process's (publisher, and the raw consumers).
     let me = std::process::id();
     let mine = |t0: f64| (cpu_seconds(me) - t0) * 1000.0 / n as f64;
     for pass in 0..reps {
-        let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
+        let (t, tm, v) = (cpu_seconds(spid), cpu_seconds(me), varz_msgs(mport));
         let a = raw(server, n, pass).await;
-        let (ca, ma) = (cpu(t), mine(tm));
+        let (ca, ma, va) = (cpu(t), mine(tm), msgs(v));
         let (t, tm) = (cpu_seconds(spid), cpu_seconds(me));
         let bound = raw_with_result(server, n, pass).await;
         let (cb, mb) = (cpu(t), mine(tm));
@@ -156,6 +161,7 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
         let ns = nodes(server, 1, pass * 10).await;
         let npid = ns[0].pid() as u32;
         let (t, tn, tm) = (cpu_seconds(spid), cpu_seconds(npid), cpu_seconds(me));
+        let v = varz_msgs(mport);
         let b = match only {
             "ff" => weave_fire_and_forget(server, n, pass * 10).await,
             _ => weave(server, n, pass * 10).await,
@@ -165,6 +171,7 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
             (cpu_seconds(npid) - tn) * 1000.0 / n as f64,
             mine(tm),
         );
+        let vw = msgs(v);
         stop(ns).await;
         println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
         println!(
@@ -173,7 +180,25 @@ async fn profile_one(server: &NatsServer, only: &str, n: usize, reps: usize) {
         );
         println!("        server CPU s per 1 000: raw {ca:.3}, raw with result {cb:.3}, raw with priorities {cp:.3}, jetweave {cw:.3}; the node's {cn:.3}");
         println!("        bench process CPU s per 1 000 (publisher, raw consumers): raw {ma:.3}, raw with result {mb:.3}, raw with priorities {mp:.3}, jetweave {mw:.3}");
+        println!(
+            "        server messages in/out per task: raw {:.2}/{:.2}, jetweave {:.2}/{:.2}",
+            va.0, va.1, vw.0, vw.1
+        );
     }
+}
+
+/// The server's `in_msgs` and `out_msgs` counters (`/varz`).
+fn varz_msgs(port: u16) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let get = || -> Option<(f64, f64)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /varz HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let v: serde_json::Value = serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()?;
+        Some((v["in_msgs"].as_f64()?, v["out_msgs"].as_f64()?))
+    };
+    get().unwrap_or_default()
 }
 
 /// `BENCH_ONLY=latency`: only (c), at 100 and 1 000 tasks/s, one node,
@@ -206,7 +231,14 @@ async fn main() {
     }
     let n = env_usize("BENCH_N", 20_000);
     let reps = env_usize("BENCH_REPS", 3);
-    let server = NatsServer::start();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    // Profiling passes also read the server's message counters (`/varz`).
+    let mport = free_port();
+    let server = if only.is_empty() {
+        NatsServer::start()
+    } else {
+        NatsServer::start_with(&["-m", &mport.to_string()])
+    };
     println!("jetweave task benchmark: N = {n} tasks per pass, {reps} repetitions, one nats-server (default fsync), loopback, 2 cores; nodes are separate processes (concurrency 256)");
     let mut a = vec![];
     let mut b: Vec<Vec<f64>> = vec![vec![], vec![], vec![]];
@@ -215,12 +247,11 @@ async fn main() {
     let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
     let mut rtt = vec![];
     let mut ff = vec![];
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "latency" {
         return latency_only(&server, reps).await;
     }
     if !only.is_empty() {
-        return profile_one(&server, &only, n, reps).await;
+        return profile_one(&server, mport, &only, n, reps).await;
     }
     let mut bound = vec![];
     for pass in 0..reps {

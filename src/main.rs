@@ -9,6 +9,14 @@ use cli::{ops, AuthCommand, Cli, Command, CoordinatorArgs, NodeArgs, SidecarArgs
 use jetweave::protocol::Role;
 use jetweave::{Coordinator, CoordinatorConfig, Node, Shutdown};
 
+/// mimalloc instead of glibc malloc: a node allocates and frees a few
+/// dozen small buffers per task, and glibc's malloc and free (with its
+/// fastbin consolidation) were a fifth of a node's CPU per task.
+/// Built without transparent huge pages (`no_thp`): with them an idle
+/// node's RSS was 23 MiB instead of 14.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
