@@ -273,10 +273,21 @@ async fn run_ops(cli: &Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if cli.global.worker_threads > 0 {
-        runtime.worker_threads(cli.global.worker_threads);
-    }
+    // One thread (the default): a single-threaded runtime. Its scheduler
+    // runs the woken tasks in order, so the connection's writer runs after
+    // the tasks that finished together and sends their acks and results
+    // in one write; a multi-threaded runtime runs it right after each
+    // task (one `writev` per 1-2 tasks, BENCHMARKS.md).
+    let mut runtime = match cli.global.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     match runtime.enable_all().build() {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {

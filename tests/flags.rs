@@ -352,13 +352,10 @@ async fn a_node_serves_its_own_metrics() {
         .is_err());
 }
 
-/// The runtime threads of a process (`tokio-rt-worker` in
-/// /proc/<pid>/task/*/comm).
-fn runtime_threads(pid: i32) -> usize {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("proc");
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim() == "tokio-rt-worker")
+/// The threads of a process (/proc/<pid>/task).
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("proc")
         .count()
 }
 
@@ -368,16 +365,17 @@ async fn worker_threads_sets_a_processes_runtime_threads() {
     let _c = start_coordinator(&server, "c1").await;
     let api = api_client(&server).await;
     let client = server.client().await;
-    // Default: one runtime thread. `--worker-threads 3`: three. Both run
-    // their tasks.
-    for (id, extra, want) in [("w1", vec![], 1), ("w3", vec!["--worker-threads", "3"], 3)] {
+    // Default: a single-threaded runtime, the whole node on its main
+    // thread. `--worker-threads 3`: three runtime threads beside it.
+    // Both run their tasks.
+    for (id, extra, want) in [("w1", vec![], 1), ("w3", vec!["--worker-threads", "3"], 4)] {
         let mut node = spawn_node_proc_with(&server, id, &extra).await;
         let task = format!("{id}-t");
         let body = json!({"type": "echo", "payload": {"on": id}});
         publish_task(&client, "weave.tasks.default.normal", Some(&task), body).await;
         let r = api.wait(&task, Duration::from_secs(10)).await.unwrap();
         assert_eq!(r.node_id.as_deref(), Some(id));
-        assert_eq!(runtime_threads(node.pid()), want, "{id}");
+        assert_eq!(threads(node.pid()), want, "{id}");
         node.kill9();
     }
 }

@@ -203,7 +203,7 @@ async fn bad_run_specs_get_clear_errors() {
         br#"{"run_id": "dup", "dataset_id": "d", "total_items": 1, "type": "count"}"#,
     )
     .await;
-    assert_eq!(ok["run_id"], "dup");
+    assert_eq!(ok["run_id"], "dup", "{ok}");
     let again = req(
         &nats,
         "weave.api.runs.create",

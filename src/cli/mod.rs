@@ -71,11 +71,12 @@ pub struct Global {
     /// How long to keep trying to reach NATS at start (seconds).
     #[arg(long, global = true, default_value = "10")]
     pub connect_wait: f64,
-    /// Runtime threads of this process (0: one per core). A node,
+    /// Runtime threads of this process: 1 = a single-threaded runtime
+    /// (everything on the main thread), 0 = one per core. A node,
     /// coordinator or sidecar mostly waits on NATS, HTTP and handler
-    /// processes; one thread spent a fifth less CPU per task than one per
-    /// core (a message and its ack no longer cross threads) and ran 5-10 %
-    /// more tasks per second on two cores beside the server
+    /// processes; on one thread the acks and results of tasks that finish
+    /// together go out in one write and nothing crosses threads: a third
+    /// less CPU per task than one worker of a multi-threaded runtime
     /// (BENCHMARKS.md). Raise it for CPU-heavy in-process handlers.
     #[arg(
         long,

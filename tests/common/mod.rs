@@ -117,8 +117,17 @@ impl NatsServer {
         }
     }
 
-    /// A single server with extra command-line flags (auth, TLS).
+    /// A single server with extra command-line flags (auth, TLS); tried
+    /// again on a new port if its port was taken before it bound it.
     pub fn start_with(extra: &[&str]) -> Self {
+        (0..3)
+            .find_map(|_| Self::try_start_with(extra))
+            .expect("nats-server did not start")
+    }
+
+    /// Like [`Self::start_with`], once: `None` if the server exited
+    /// before it listened (a port of its flags or config was taken).
+    pub fn try_start_with(extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = NatsServer {
             child: None,
@@ -127,8 +136,7 @@ impl NatsServer {
             extra: extra.iter().map(|a| a.to_string()).collect(),
             cluster: None,
         };
-        s.spawn();
-        s
+        s.spawn_checked().then_some(s)
     }
 
     /// The cluster standing in for this server, if any.
@@ -137,7 +145,12 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_bin())
+        assert!(self.spawn_checked(), "nats-server did not start");
+    }
+
+    /// Starts the process; false if it did not listen on its port.
+    fn spawn_checked(&mut self) -> bool {
+        let mut child = Command::new(nats_server_bin())
             .args([
                 "-js",
                 "-a",
@@ -152,8 +165,9 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
+        let listening = port_opens(self.port, Some(&mut child));
         self.child = Some(child);
-        wait_for_port(self.port);
+        listening
     }
 
     pub fn url(&self) -> String {
@@ -971,7 +985,14 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// Starts the hub, on new ports if one was taken before it bound it.
     pub fn start() -> Self {
+        (0..3)
+            .find_map(|_| Self::try_start())
+            .expect("the hub did not start")
+    }
+
+    fn try_start() -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (leaf_port, monitor_port) = (free_port(), free_port());
         let conf = dir.path().join("hub.conf");
@@ -979,13 +1000,13 @@ impl Hub {
             format!("leafnodes {{ listen: 127.0.0.1:{leaf_port} }}\njetstream {{ domain: hub }}\n");
         std::fs::write(&conf, text).expect("hub config");
         let c = conf.to_str().expect("utf-8 path");
-        let server = NatsServer::start_with(&["-c", c, "-m", &monitor_port.to_string()]);
-        Hub {
+        let server = NatsServer::try_start_with(&["-c", c, "-m", &monitor_port.to_string()])?;
+        Some(Hub {
             server,
             leaf_port,
             monitor_port,
             dir,
-        }
+        })
     }
 
     /// A leaf server for site `name`, linked to the hub (returned once the
