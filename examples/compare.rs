@@ -1,8 +1,11 @@
 //! The jetweave side of `scripts/bench-peers.sh`: the same workloads as
 //! `bench/celery/drive.py` and `bench/taskiq/drive.py` — N no-op tasks
-//! submitted then all awaited, and sequential submit-to-result latency —
-//! on a fresh nats-server with one coordinator and one node in this
-//! process; then a killed worker: a 1 s task on one of two node
+//! submitted (through `weave-api`, up to 256 requests in flight, as
+//! taskiq's drive gathers its `kiq()` calls) then all awaited (256 at a
+//! time), and
+//! sequential submit-to-result latency — on a fresh nats-server with one
+//! coordinator in this process and one `jetweave node` process (the
+//! shipped binary, release build); then a killed worker: a 1 s task on one of two node
 //! processes, that process killed with SIGKILL once the task runs, and
 //! the time from the kill to the task's result (default timings). Prints
 //! one JSON line.
@@ -12,6 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use jetweave::protocol::{SubmitRequest, TaskEnvelope};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -21,22 +25,28 @@ async fn main() {
     let seq: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(200);
     let server = NatsServer::start();
     let _c = start_coordinator(&server, "c1").await;
-    let _node = start_node(&server, node_config("w1")).await;
+    let _node = spawn_node_proc(&server, "w1").await;
     let api = api_client(&server).await;
     let req = |i: usize| SubmitRequest {
         envelope: TaskEnvelope::new("echo", serde_json::json!(i)),
         ..Default::default()
     };
     let t0 = Instant::now();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(api.submit(&req(i)).await.expect("submit").task_id);
-    }
-    for id in &ids {
-        api.wait(id, Duration::from_secs(300))
-            .await
-            .expect("result");
-    }
+    let ids: Vec<String> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (api, r) = (&api, req(i));
+            async move { api.submit(&r).await.expect("submit").task_id }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    futures::stream::iter(&ids)
+        .for_each_concurrent(256, |id| async {
+            api.wait(id, Duration::from_secs(300))
+                .await
+                .expect("result");
+        })
+        .await;
     let tput = n as f64 / t0.elapsed().as_secs_f64();
     let mut lat = Vec::with_capacity(seq);
     for i in 0..seq {
