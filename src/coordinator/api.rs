@@ -22,6 +22,7 @@ use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::store::results::{read_result, store_result};
 use crate::store::tasks::publish_task;
+use crate::store::write_settled;
 use crate::wire::protocol::{error_body, json_body};
 use crate::wire::protocol::{
     now_rfc3339, parse_object, ClusterStatus, Health, NoFields, Priority, QueueStats, SubmitReply,
@@ -382,9 +383,9 @@ async fn cancel(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
     }
     // Nodes watch this bucket: a running attempt is cancelled at once, a
     // queued copy is skipped if a node picks it up before we remove it.
-    cancels(s)
-        .await?
-        .put(encode_key(&r.task_id), now_rfc3339().into())
+    let cancels = cancels(s).await?;
+    let key = encode_key(&r.task_id);
+    write_settled(|| cancels.put(&key, now_rfc3339().into()))
         .await
         .map_err(Error::nats_source)?;
     let result = TaskResult {
@@ -403,7 +404,7 @@ async fn cancel(s: &CoordinatorState, body: &[u8]) -> Result<Value, Error> {
     };
     if current.status == TaskStatus::Queued {
         // Ours is the only result: nobody ran it.
-        if !store_result(&s.js, &s.subjects, &result).await? {
+        if !write_settled(|| store_result(&s.js, &s.subjects, &result)).await? {
             return already_finished(s, &r.task_id).await;
         }
         if let Some((seq, _)) = find_queued(s, &r.task_id).await? {
@@ -503,7 +504,5 @@ pub(super) async fn tasks_stream(
     js: &jetstream::Context,
     subjects: &crate::wire::subjects::Subjects,
 ) -> Result<stream::Stream, Error> {
-    js.get_stream(subjects.tasks_stream())
-        .await
-        .map_err(Error::nats_source)
+    crate::store::open_stream(js, &subjects.tasks_stream()).await
 }

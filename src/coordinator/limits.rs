@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::CoordinatorState;
 use crate::error::{Error, ErrorCode};
 use crate::store::limits::{limit_state_bucket, limits_bucket, parse_spec};
+use crate::store::write_settled;
 use crate::wire::protocol::{LimitInfo, LimitList, LimitRef, LimitSpec};
 use crate::wire::subjects::parse_limit_slot_key;
 
@@ -20,8 +21,8 @@ pub(super) async fn set(s: &CoordinatorState, spec: LimitSpec) -> Result<Value, 
     let spec = spec.validated()?;
     let store = limits_bucket(&s.js, &s.subjects, s.cfg.replicas).await?;
     let body = serde_json::to_vec(&spec)?;
-    store
-        .put(&spec.limit_id, body.into())
+    let body = bytes::Bytes::from(body);
+    write_settled(|| store.put(&spec.limit_id, body.clone()))
         .await
         .map_err(Error::nats_source)?;
     Ok(json!({"ok": true, "limit_id": spec.limit_id}))
@@ -87,8 +88,7 @@ pub(super) async fn delete(s: &CoordinatorState, r: LimitRef) -> Result<Value, E
             format!("no limit {:?}", r.limit_id),
         ));
     }
-    store
-        .delete(&r.limit_id)
+    write_settled(|| store.delete(&r.limit_id))
         .await
         .map_err(Error::nats_source)?;
     Ok(json!({"ok": true, "limit_id": r.limit_id}))

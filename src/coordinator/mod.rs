@@ -132,10 +132,7 @@ impl Coordinator {
         }
         let loops = TaskTracker::new();
         let view = ClusterView::start(&discovery, shutdown.clone(), &loops).await?;
-        let results = js
-            .get_stream(subjects.results_stream())
-            .await
-            .map_err(Error::nats_source)?;
+        let results = crate::store::open_stream(&js, &subjects.results_stream()).await?;
         let tasks = api::tasks_stream(&js, &subjects).await?;
         let runs = crate::store::runs_bucket(&js, &subjects, cfg.replicas).await?;
         let leader = Leader::open(&js, &subjects, &cfg.id, cfg.lease_ttl, cfg.replicas).await?;

@@ -32,6 +32,7 @@ use crate::error::{Error, ErrorCode};
 use crate::store::audit::{publish_audit, publish_audit_once};
 use crate::store::discovery::DiscoveryEvent;
 use crate::store::results::read_result;
+use crate::store::write_settled;
 use crate::wire::protocol::json_body;
 use crate::wire::protocol::{
     now_rfc3339, parse_object, ControlReply, Health, NodeInfo, NodeStatus, Role, RunRecord,
@@ -90,16 +91,19 @@ pub(super) async fn create(s: &Arc<CoordinatorState>, body: &[u8]) -> Result<Val
         spec,
     };
     let body = serde_json::to_vec(&record)?;
-    s.runs.create(&run_id, body.into()).await.map_err(|e| {
-        if e.kind() == kv::CreateErrorKind::AlreadyExists {
-            Error::invalid(
-                ErrorCode::InvalidValue,
-                format!("run {run_id:?} already exists"),
-            )
-        } else {
-            Error::nats(e)
-        }
-    })?;
+    let body = bytes::Bytes::from(body);
+    write_settled(|| s.runs.create(&run_id, body.clone()))
+        .await
+        .map_err(|e| {
+            if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                Error::invalid(
+                    ErrorCode::InvalidValue,
+                    format!("run {run_id:?} already exists"),
+                )
+            } else {
+                Error::nats(e)
+            }
+        })?;
     publish_audit(
         &s.js,
         &s.subjects,
@@ -182,11 +186,7 @@ impl Inputs {
         Ok(Inputs {
             done: sub(s.subjects.shard_done()).await?,
             rebalance: sub(s.subjects.rebalance()).await?,
-            watch: s
-                .runs
-                .watch_with_history(">")
-                .await
-                .map_err(Error::nats_source)?,
+            watch: crate::store::watch_all(&s.runs).await?,
             view_events: s
                 .view
                 .subscribe()

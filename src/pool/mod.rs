@@ -8,9 +8,10 @@
 //! `weave-pool`), worker exits, the workers' heartbeats (running and
 //! completed tasks) and a tick that reads the backlog — the task
 //! consumers' `num_pending`, no write per task — makes at most one
-//! auto-scaling step ([`scaling`]) and brings the processes to the desired
-//! count. Removing a worker sends it SIGTERM, which for a `jetweave node`
-//! means drain and finish what it runs: scaling never kills a task.
+//! auto-scaling step (the private `scaling` module) and brings the
+//! processes to the desired count. Removing a worker sends it SIGTERM,
+//! which for a `jetweave node` means drain and finish what it runs:
+//! scaling never kills a task.
 //!
 //! The pool talks to its workers only through their processes (spawn,
 //! SIGTERM, exit status) and their heartbeats; like the worker and the

@@ -471,7 +471,9 @@ impl ClusterView {
                 n.insert(info.node_id.clone(), info);
             }
         }
-        let mut stream = discovery.watch().await?;
+        // At start a busy or electing cluster may time the watch out.
+        let unavailable = |e: &Error| e.kind() == crate::error::ErrorKind::Unavailable;
+        let mut stream = super::settle(|| discovery.watch(), unavailable).await?;
         let v = view.clone();
         let d = discovery.clone();
         tracker.spawn(async move {

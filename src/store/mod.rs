@@ -231,6 +231,27 @@ pub(crate) async fn durable_consumer(
     .map_err(|e| Error::nats(format!("cannot create consumer {name}: {e}")))
 }
 
+/// Opens stream `name`, waiting out set-up errors that pass by themselves
+/// ([`settle`]): a process starting on a cluster still electing leaders.
+pub(crate) async fn open_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<stream::Stream, Error> {
+    settle(|| js.get_stream(name), get_stream_error_passes)
+        .await
+        .map_err(|e| Error::nats_source(e).context(format!("cannot open stream {name}")))
+}
+
+/// Watches every key of `store`, history first; a watch whose consumer
+/// create timed out (a busy or electing cluster) is tried again for up to
+/// 30 s ([`settle`]).
+pub(crate) async fn watch_all(store: &kv::Store) -> Result<kv::Watch, Error> {
+    let timed_out = |e: &kv::WatchError| matches!(e.kind(), kv::WatchErrorKind::TimedOut);
+    settle(|| store.watch_with_history(">"), timed_out)
+        .await
+        .map_err(|e| Error::nats_source(e).context(format!("cannot watch {}", store.name)))
+}
+
 /// A file-backed KV bucket that keeps one revision per key, with
 /// `replicas` copies and an optional max age (and expiry markers).
 fn bucket_config(
@@ -357,6 +378,55 @@ pub async fn replicas_for(client: &async_nats::Client, subjects: &Subjects) -> u
 /// timeout, a cluster electing a leader, or another process creating the
 /// same resource at the same moment. Other errors return at once.
 pub(crate) async fn settle<T, E, Fut>(
+    step: impl FnMut() -> Fut,
+    passes: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    settle_within(Duration::from_secs(30), step, passes).await
+}
+
+/// How long a write on behalf of a caller (a submit, a run, a cancel, a
+/// limit) waits for its stream to answer: under the 10 s a
+/// [`crate::Client`] waits for a reply, so that the caller gets an error
+/// it can retry rather than a timeout.
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(8);
+
+/// Sends a write again, for up to [`WRITE_PATIENCE`], while no stream
+/// answers on its subject (see [`no_stream_answered`]): on a cluster a
+/// stream created a moment ago is not yet known to every server, and a
+/// stream whose leader was lost has none until the election ends (4–9 s).
+/// Nothing was stored by such a try, so sending it again is safe.
+pub(crate) async fn write_settled<T, E, Fut>(step: impl FnMut() -> Fut) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + 'static,
+{
+    settle_within(WRITE_PATIENCE, step, |e: &E| no_stream_answered(e)).await
+}
+
+/// Whether `e`, or an error it wraps, is a JetStream publish or request
+/// that nobody answered (a publish's "no stream found", a request's "no
+/// responders"): the server got it and nothing acted on it.
+pub(crate) fn no_stream_answered(e: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::context::{PublishError, PublishErrorKind, RequestError, RequestErrorKind};
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(p) = e.downcast_ref::<PublishError>() {
+            return p.kind() == PublishErrorKind::StreamNotFound;
+        }
+        if let Some(r) = e.downcast_ref::<RequestError>() {
+            return r.kind() == RequestErrorKind::NoResponders;
+        }
+        next = e.source();
+    }
+    false
+}
+
+async fn settle_within<T, E, Fut>(
+    patience: Duration,
     mut step: impl FnMut() -> Fut,
     passes: impl Fn(&E) -> bool,
 ) -> Result<T, E>
@@ -364,12 +434,12 @@ where
     Fut: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + patience;
     let mut delay = Duration::from_millis(50);
     loop {
         match step().await {
             Err(e) if passes(&e) && tokio::time::Instant::now() + delay < deadline => {
-                tracing::debug!(error = %e, "JetStream set-up step failed; trying again");
+                tracing::debug!(error = %e, "JetStream step failed; trying again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }

@@ -24,7 +24,7 @@ pub async fn store_result(
     match ack.await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-        Err(e) => Err(Error::nats(e)),
+        Err(e) => Err(Error::nats_source(e)),
     }
 }
 

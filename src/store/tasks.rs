@@ -1,9 +1,12 @@
 //! Publishing tasks onto their queues in `P_TASKS`, now or (as message
-//! schedules) later.
+//! schedules) later. A publish that no stream answers yet (a cluster
+//! electing the stream's leader) is sent again for a while (see
+//! `write_settled` in the parent module).
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 
+use super::write_settled;
 use crate::error::Error;
 use crate::wire::protocol::{format_rfc3339, json_body, parse_rfc3339, Priority, TaskEnvelope};
 use crate::wire::subjects::Subjects;
@@ -34,14 +37,13 @@ pub async fn schedule(
         subjects.task(queue, priority).as_str(),
     );
     let body = json_body(env);
-    js.send_publish(
-        subjects.delayed(queue, priority, &id),
-        jetstream::message::PublishMessage::build()
-            .payload(body)
-            .headers(headers),
-    )
-    .await
-    .map_err(Error::nats_source)?
+    let subject = subjects.delayed(queue, priority, &id);
+    write_settled(|| async {
+        let m = jetstream::message::PublishMessage::build()
+            .payload(body.clone())
+            .headers(headers.clone());
+        js.send_publish(subject.clone(), m).await?.await
+    })
     .await
     .map_err(Error::nats_source)?;
     Ok(())
@@ -70,16 +72,14 @@ pub async fn publish_task(
         return Ok(false);
     }
     let body = json_body(env);
-    let ack = js
-        .send_publish(
-            subjects.task(queue, priority),
-            jetstream::message::PublishMessage::build()
-                .payload(body)
-                .message_id(id),
-        )
-        .await
-        .map_err(Error::nats_source)?
-        .await
-        .map_err(Error::nats_source)?;
+    let subject = subjects.task(queue, priority);
+    let ack = write_settled(|| async {
+        let m = jetstream::message::PublishMessage::build()
+            .payload(body.clone())
+            .message_id(id.as_str());
+        js.send_publish(subject.clone(), m).await?.await
+    })
+    .await
+    .map_err(Error::nats_source)?;
     Ok(ack.duplicate)
 }

@@ -81,10 +81,7 @@ const SATURATED_GATHER: Duration = Duration::from_millis(1);
 /// running ones at once.
 pub(crate) async fn start_cancel_watch(s: &Arc<NodeState>) -> Result<(), Error> {
     let store = cancels_bucket(&s.js, &s.subjects, s.replicas).await?;
-    let mut watch = store
-        .watch_with_history(">")
-        .await
-        .map_err(Error::nats_source)?;
+    let mut watch = crate::store::watch_all(&store).await?;
     let s = s.clone();
     let loops = s.loops.clone();
     loops.spawn(async move {

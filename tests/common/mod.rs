@@ -410,12 +410,21 @@ pub async fn start_coordinator(server: &NatsServer, id: &str) -> TestCoordinator
     // no responder yet fails at once). Not fatal: a standby may not answer.
     // `limits.delete` is the last endpoint subscribed (subscriptions reach
     // the other servers in order), and `{}` only gets an error from it.
-    let client = server.client().await;
+    // Asked on every server: interest reaches each one on its own.
+    let mut clients = vec![server.client().await];
+    if let Some(c) = server.cluster() {
+        for m in &c.servers {
+            let url = format!("nats://127.0.0.1:{}", m.port);
+            clients.extend(async_nats::connect(url).await.ok());
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let last = "weave.api.limits.delete";
-        for subject in ["weave.api.cluster.status", "weave.api.nodes.list", last] {
-            while client.request(subject, "{}".into()).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        for client in &clients {
+            for subject in ["weave.api.cluster.status", "weave.api.nodes.list", last] {
+                while client.request(subject, "{}".into()).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     })
@@ -707,6 +716,10 @@ impl NatsCluster {
             .iter()
             .map(|[_, c, _]| format!("nats-route://127.0.0.1:{c}"))
             .collect();
+        // A name of its own: a port that another test's cluster took a
+        // moment ago and listed in its routes must not merge the two (both
+        // have an `s1`), which left a cluster unhealthy for 20 s in CI.
+        let cluster_name = format!("chaos-{:08x}", fastrand::u32(..));
         let mut servers = Vec::new();
         for (i, [port, cport, mport]) in ports.iter().enumerate() {
             let name = format!("s{}", i + 1);
@@ -714,7 +727,7 @@ impl NatsCluster {
             let conf = dir.path().join(format!("{name}.conf"));
             let text = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mport}\n\
-                 cluster {{ name: chaos, listen: 127.0.0.1:{cport}, routes: [{}] }}\n\
+                 cluster {{ name: {cluster_name}, listen: 127.0.0.1:{cport}, routes: [{}] }}\n\
                  jetstream {{ store_dir: \"{}\" }}\n",
                 routes.join(", "),
                 store.display()
