@@ -81,13 +81,7 @@ async fn api_writes_wait_for_a_stream_that_does_not_answer_yet() {
     assert_eq!(run["run_id"], "parked-run", "{run}");
     assert_eq!(limit["ok"], true, "{limit}");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    let stored = req(
-        &nats,
-        "weave.api.tasks.get",
-        br#"{"task_id": "parked-task"}"#,
-    )
-    .await;
-    assert_eq!(stored["status"], "queued", "{stored}");
+    assert_eq!(status(&nats, "parked-task").await, "queued");
     let stored = req(&nats, "weave.api.runs.get", br#"{"run_id": "parked-run"}"#).await;
     assert_eq!(stored["run_id"], "parked-run", "{stored}");
 
@@ -110,13 +104,14 @@ async fn api_writes_wait_for_a_stream_that_does_not_answer_yet() {
     .await;
     restore.await.expect("restore");
     assert_eq!(cancel["ok"], true, "{cancel}");
-    let stored = req(
-        &nats,
-        "weave.api.tasks.get",
-        br#"{"task_id": "parked-task"}"#,
-    )
-    .await;
-    assert_eq!(stored["status"], "cancelled", "{stored}");
+    assert_eq!(status(&nats, "parked-task").await, "cancelled");
+}
+
+/// The task's status as `tasks.get` tells it.
+async fn status(nats: &async_nats::Client, task_id: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "task_id": task_id }).to_string();
+    let info = req(nats, "weave.api.tasks.get", body.as_bytes()).await;
+    info["status"].clone()
 }
 
 /// Takes the subjects of `streams` away; the handle puts them back after
