@@ -15,10 +15,13 @@
 //!     consumers filtered by priority, requests waiting on the idle ones);
 //! (b) jetweave: `echo` tasks published on `weave.tasks.default.normal`
 //!     (pipelined acks) until every terminal result is on `P_RESULTS`,
-//!     with 1 and 2 in-process nodes;
+//!     with 1, 2 and 4 `jetweave node` processes;
 //! (b') the same with `ignore_result` (fire and forget), 1 node, until the
 //!     task stream is empty;
-//! (c) submit-to-result latency at a steady 200 tasks/s, open loop.
+//! (c) submit-to-result latency at 100, 1 000 and 5 000 tasks/s, open
+//!     loop, one node; (c') the same through raw JetStream (a pull
+//!     consumer with a request waiting that stores a result and acks) and
+//!     core request/reply paced at the same rates: the floors at that rate.
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod shared;
@@ -30,13 +33,19 @@ use common::*;
 use futures::StreamExt;
 use shared::*;
 
+/// The raw references run in this process: they allocate with the same
+/// allocator as the `jetweave` binary (mimalloc), so that the ratios
+/// compare like with like.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Fire-and-forget throughput (`ignore_result`): `n` echo tasks published
 /// until the work-queue stream is empty again (every task acked; no result
 /// is stored to count).
 pub async fn weave_fire_and_forget(server: &NatsServer, n: usize, pass: usize) -> f64 {
     let client = server.client().await;
     let js = jetstream::new(client.clone());
-    let mut tasks = js.get_stream("WEAVE_TASKS").await.unwrap();
+    let tasks = js.get_stream("WEAVE_TASKS").await.unwrap();
     let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1},"ignore_result":true}"#);
     let t0 = Instant::now();
     let pjs = jetstream::new(server.client().await);
@@ -48,34 +57,62 @@ pub async fn weave_fire_and_forget(server: &NatsServer, n: usize, pass: usize) -
         &format!("f{pass}-"),
     )
     .await;
-    while tasks.info().await.unwrap().state.messages > 0 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let done = || {
+        let tasks = &tasks;
+        async move { n as u64 - tasks.get_info().await.unwrap().state.messages.min(n as u64) }
+    };
+    poll_until(done, n as u64, t0).await;
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
 /// (c) latency at a steady offered load, open loop: send times are fixed
 /// by the schedule, not by completions.
 async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64, f64, f64) {
+    let body = |id: &str, i: usize| format!(r#"{{"type":"echo","id":"{id}","payload":{i}}}"#);
+    let probe = Probe {
+        subject: "weave.tasks.default.normal".into(),
+        results: "weave.results".into(),
+        ids: format!("lat{pass}-"),
+    };
+    open_loop(server, rate, n, &probe, body).await
+}
+
+/// Where an open-loop pass publishes, where each result comes back
+/// (`<results>.<id>`), and the prefix of its ids (`<ids><i>`).
+struct Probe {
+    subject: String,
+    results: String,
+    ids: String,
+}
+
+/// Publishes `n` messages at `rate` on `probe.subject` and times each one
+/// until its result arrives: p50, p99, p99.9 in ms.
+async fn open_loop(
+    server: &NatsServer,
+    rate: f64,
+    n: usize,
+    probe: &Probe,
+    body: impl Fn(&str, usize) -> String + Send + 'static,
+) -> (f64, f64, f64) {
     let client = server.client().await;
-    let mut results = client.subscribe("weave.results.>").await.unwrap();
+    let mut results = client
+        .subscribe(format!("{}.>", probe.results))
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let js = jetstream::new(server.client().await);
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let sent = std::sync::Arc::new(std::sync::Mutex::new(vec![None::<Instant>; n]));
-    let s2 = sent.clone();
+    let (s2, subject, ids) = (sent.clone(), probe.subject.clone(), probe.ids.clone());
     let publisher = tokio::spawn(async move {
         let mut pending = Vec::with_capacity(n);
         for i in 0..n {
             tokio::time::sleep_until(start + interval * i as u32).await;
-            let body = format!(r#"{{"type":"echo","id":"lat{pass}-{i}","payload":{i}}}"#);
+            let body = body(&format!("{ids}{i}"), i);
             s2.lock().unwrap()[i] = Some(Instant::now());
             // Fire the publish; its ack is awaited off the schedule.
-            let ack = js
-                .publish("weave.tasks.default.normal", body.into())
-                .await
-                .unwrap();
+            let ack = js.publish(subject.clone(), body.into()).await.unwrap();
             pending.push(tokio::spawn(async move { ack.await.unwrap() }));
         }
         // The context must outlive its pending acks.
@@ -89,15 +126,15 @@ async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64,
         let m = results.next().await.unwrap();
         let now = Instant::now();
         let id = m.subject.rsplit('.').next().unwrap().to_string();
-        if !id.starts_with(&format!("lat{pass}-")) {
+        let Some(i) = id.strip_prefix(probe.ids.as_str()) else {
             continue;
-        }
-        let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
+        };
+        let i: usize = i.parse().unwrap();
         let t = sent.lock().unwrap()[i].unwrap();
         lat.push(now.duration_since(t).as_secs_f64() * 1000.0);
         if std::env::var("BENCH_SLOW").is_ok() && *lat.last().unwrap() > 20.0 {
             eprintln!(
-                "slow: task {i} sent at +{:?}, took {:.1} ms",
+                "slow: {id} sent at +{:?}, took {:.1} ms",
                 t.duration_since(start.into_std()),
                 lat.last().unwrap()
             );
@@ -109,9 +146,80 @@ async fn latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64,
     (q(0.5), q(0.99), q(0.999))
 }
 
+/// (c') the floor of (c) at the same rate, in raw JetStream: a work-queue
+/// stream, a pull consumer with a request waiting (async-nats `messages()`,
+/// on a thread and connection of its own as a node has its own process)
+/// that stores a result per message (first write wins, as a node's) and
+/// acks it.
+async fn raw_latency(server: &NatsServer, rate: f64, n: usize, pass: usize) -> (f64, f64, f64) {
+    let js = jetstream::new(server.client().await);
+    let (name, prefix) = (format!("RAWL{pass}"), format!("rawl{pass}"));
+    let (rname, rprefix) = (format!("RAWLRES{pass}"), format!("rawlres{pass}"));
+    let config = |name: &str, subjects: String, retention| jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: vec![subjects],
+        retention,
+        ..Default::default()
+    };
+    use jetstream::stream::RetentionPolicy::{Limits, WorkQueue};
+    let tasks = js
+        .create_stream(config(&name, format!("{prefix}.>"), WorkQueue))
+        .await
+        .unwrap();
+    js.create_stream(config(&rname, format!("{rprefix}.>"), Limits))
+        .await
+        .unwrap();
+    let consumer_config = jetstream::consumer::pull::Config {
+        durable_name: Some("w".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    tasks.create_consumer(consumer_config).await.unwrap();
+    let (url, stream, results) = (server.url(), name.clone(), rprefix.clone());
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(raw_worker(url, stream, results, n));
+    });
+    let probe = Probe {
+        subject: format!("{prefix}.q"),
+        results: rprefix,
+        ids: format!("r{pass}-"),
+    };
+    let out = open_loop(server, rate, n, &probe, |id, _| id.to_string()).await;
+    worker.join().unwrap();
+    js.delete_stream(&name).await.unwrap();
+    js.delete_stream(&rname).await.unwrap();
+    out
+}
+
+/// The raw consumer of (c'): for `n` messages, stores `<results>.<body>`
+/// and acks.
+async fn raw_worker(url: String, stream: String, results: String, n: usize) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream(&stream).await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer("w").await.unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    for _ in 0..n {
+        let m = msgs.next().await.unwrap().unwrap();
+        let id = String::from_utf8_lossy(&m.payload).to_string();
+        let p = jetstream::message::PublishMessage::build()
+            .payload(r#"{"status":"completed"}"#.into())
+            .expected_last_subject_sequence(0);
+        let subject = format!("{results}.{id}");
+        js.send_publish(subject, p).await.unwrap().await.unwrap();
+        m.ack().await.unwrap();
+    }
+}
+
 /// Core NATS request/reply round trip, the floor for any request on this
-/// machine: p50, p99, p99.9 in ms.
-async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
+/// machine: p50, p99, p99.9 in ms; back to back, or one request per
+/// `1 / rate` s (the processes go idle between requests as they do
+/// between tasks at that rate, and waking them costs on a VM).
+async fn core_rtt(server: &NatsServer, n: usize, rate: Option<f64>) -> (f64, f64, f64) {
     let responder = server.client().await;
     let mut sub = responder.subscribe("bench.rtt").await.unwrap();
     responder.flush().await.unwrap();
@@ -124,7 +232,11 @@ async fn core_rtt(server: &NatsServer, n: usize) -> (f64, f64, f64) {
     });
     let client = server.client().await;
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
         let t0 = Instant::now();
         client.request("bench.rtt", "x".into()).await.unwrap();
         lat.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -173,6 +285,12 @@ async fn profile_one(server: &NatsServer, mport: u16, only: &str, n: usize, reps
         );
         let vw = msgs(v);
         stop(ns).await;
+        if only == "results" {
+            let t = cpu_seconds(spid);
+            let on_weave = raw_on_weave(server, n, pass).await;
+            let c = cpu(t);
+            println!("        (a''') the bound on jetweave's streams {on_weave:.0} msg/s ({:.3} x raw), server CPU s per 1 000 {c:.3}", on_weave / a);
+        }
         println!("pass {pass}: raw {a:.0} msg/s | raw with a stored result {bound:.0} ({:.3} x raw) | jetweave {only} {b:.0} tasks/s ({:.3} x raw)", bound / a, b / a);
         println!(
             "        raw with four priority consumers {prio:.0} msg/s ({:.3} x raw)",
@@ -209,8 +327,10 @@ async fn latency_only(server: &NatsServer, reps: usize) {
         for rate in [100.0, 1000.0] {
             let m = ((rate * 2.0) as usize).clamp(200, 10_000);
             let (p50, p99, p999) = latency(server, rate, m, pass * 10 + rate as usize).await;
+            let (c50, c99, _) = core_rtt(server, m, Some(rate)).await;
+            let (r50, r99, _) = raw_latency(server, rate, m, pass * 10 + rate as usize).await;
             println!(
-                "pass {pass}: {rate} tasks/s p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms"
+                "pass {pass}: {rate} tasks/s p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms; raw JetStream p50 {r50:.3} ms, p99 {r99:.3} ms; core request/reply p50 {c50:.3} ms, p99 {c99:.3} ms"
             );
         }
     }
@@ -246,6 +366,10 @@ async fn main() {
     let rates = [100.0, 1000.0, 5000.0];
     let mut lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
     let mut rtt = vec![];
+    // Core request/reply paced at each latency rate: the floor at that rate.
+    let mut paced: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
+    // Raw JetStream at each latency rate (c'): the floor for a stored task.
+    let mut raw_lat: Vec<Vec<(f64, f64, f64)>> = vec![vec![], vec![], vec![]];
     let mut ff = vec![];
     if only == "latency" {
         return latency_only(&server, reps).await;
@@ -266,11 +390,13 @@ async fn main() {
                 for (r, &rate) in rates.iter().enumerate() {
                     let m = ((rate * 2.0) as usize).clamp(200, 10_000);
                     lat[r].push(latency(&server, rate, m, tag * 10 + r).await);
+                    paced[r].push(core_rtt(&server, m, Some(rate)).await);
+                    raw_lat[r].push(raw_latency(&server, rate, m, tag * 10 + r).await);
                 }
             }
             stop(ns).await;
         }
-        rtt.push(core_rtt(&server, 2000).await);
+        rtt.push(core_rtt(&server, 2000, None).await);
         println!(
             "pass {pass}: raw {:.0} msg/s | raw with a stored result {:.0} | jetweave 1/2/4 nodes {:.0}/{:.0}/{:.0} tasks/s | p50 at 100/1000/5000 per s: {:.2}/{:.2}/{:.2} ms | core rtt p50 {:.3} ms",
             a[pass], bound[pass], b[0][pass], b[1][pass], b[2][pass], lat[0][pass].0, lat[1][pass].0, lat[2][pass].0, rtt[pass].0
@@ -314,6 +440,28 @@ async fn main() {
             &p(|x| x.2),
             "ms",
         );
+        let w = |f: fn(&(f64, f64, f64)) -> f64| raw_lat[r].iter().map(f).collect::<Vec<_>>();
+        show(
+            &format!("(c') raw JetStream p50 at {rate}/s"),
+            &w(|x| x.0),
+            "ms",
+        );
+        show(
+            &format!("(c') raw JetStream p99 at {rate}/s"),
+            &w(|x| x.1),
+            "ms",
+        );
+        let c = |f: fn(&(f64, f64, f64)) -> f64| paced[r].iter().map(f).collect::<Vec<_>>();
+        show(
+            &format!("    core req/reply p50 at {rate}/s"),
+            &c(|x| x.0),
+            "ms",
+        );
+        show(
+            &format!("    core req/reply p99 at {rate}/s"),
+            &c(|x| x.1),
+            "ms",
+        );
     }
     let med = |v: &[f64]| stats(v.to_vec()).1;
     let report = serde_json::json!({
@@ -330,6 +478,10 @@ async fn main() {
             "p50_ms": med(&lat[r].iter().map(|x| x.0).collect::<Vec<_>>()),
             "p99_ms": med(&lat[r].iter().map(|x| x.1).collect::<Vec<_>>()),
             "p999_ms": med(&lat[r].iter().map(|x| x.2).collect::<Vec<_>>()),
+            "raw_p50_ms": med(&raw_lat[r].iter().map(|x| x.0).collect::<Vec<_>>()),
+            "raw_p99_ms": med(&raw_lat[r].iter().map(|x| x.1).collect::<Vec<_>>()),
+            "core_p50_ms": med(&paced[r].iter().map(|x| x.0).collect::<Vec<_>>()),
+            "core_p99_ms": med(&paced[r].iter().map(|x| x.1).collect::<Vec<_>>()),
         })).collect::<Vec<_>>(),
         "core_rtt_p50_ms": med(&rtt.iter().map(|x| x.0).collect::<Vec<_>>()),
         "fire_and_forget": {"nodes": 1, "tasks_per_s": med(&ff), "ratio": med(&ffr)},
@@ -358,4 +510,31 @@ async fn main() {
         &rtt.iter().map(|x| x.2).collect::<Vec<_>>(),
         "ms",
     );
+}
+
+/// (a''') `BENCH_ONLY=results`: the bound (a') run on jetweave's own
+/// streams (`WEAVE_TASKS` queue `probe`, results in `WEAVE_RESULTS`), to
+/// tell the streams' cost from the node's.
+async fn raw_on_weave(server: &NatsServer, n: usize, pass: usize) -> f64 {
+    let js = jetstream::new(server.client().await);
+    let tasks = js.get_stream("WEAVE_TASKS").await.unwrap();
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some("probe".into()),
+        filter_subject: "weave.tasks.probe.normal".into(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        max_ack_pending: 256,
+        ..Default::default()
+    };
+    let c = tasks.create_consumer(config).await.unwrap();
+    let t0 = Instant::now();
+    let subject = move |seq| format!("weave.results.probe{pass}-{seq}");
+    let consumer = store_results(c, js.clone(), n, subject);
+    let body = bytes::Bytes::from(r#"{"type":"echo","payload":{"n":1}}"#);
+    let pjs = jetstream::new(server.client().await);
+    let prefix = format!("probe{pass}-");
+    publish_all(&pjs, "weave.tasks.probe.normal", n, &body, &prefix).await;
+    consumer.await.unwrap();
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    tasks.delete_consumer("probe").await.unwrap();
+    rate
 }
