@@ -36,17 +36,23 @@ pub async fn schedule(
         "Nats-Schedule-Target",
         subjects.task(queue, priority).as_str(),
     );
-    let body = json_body(env);
-    let subject = subjects.delayed(queue, priority, &id);
-    write_settled(|| async {
-        let m = jetstream::message::PublishMessage::build()
-            .payload(body.clone())
-            .headers(headers.clone());
-        js.send_publish(subject.clone(), m).await?.await
-    })
-    .await
-    .map_err(Error::nats_source)?;
+    let m = jetstream::message::PublishMessage::build()
+        .payload(json_body(env))
+        .headers(headers);
+    publish_settled(js, subjects.delayed(queue, priority, &id), m).await?;
     Ok(())
+}
+
+/// Publishes `m` and waits for its ack, sending it again while no stream
+/// answers ([`write_settled`]).
+async fn publish_settled(
+    js: &jetstream::Context,
+    subject: String,
+    m: jetstream::message::PublishMessage,
+) -> Result<jetstream::publish::PublishAck, Error> {
+    write_settled(|| async { js.send_publish(subject.clone(), m.clone()).await?.await })
+        .await
+        .map_err(Error::nats_source)
 }
 
 /// Publishes a task on its queue (used by the API and the client): with
@@ -71,15 +77,9 @@ pub async fn publish_task(
         schedule(js, subjects, queue, priority, env).await?;
         return Ok(false);
     }
-    let body = json_body(env);
-    let subject = subjects.task(queue, priority);
-    let ack = write_settled(|| async {
-        let m = jetstream::message::PublishMessage::build()
-            .payload(body.clone())
-            .message_id(id.as_str());
-        js.send_publish(subject.clone(), m).await?.await
-    })
-    .await
-    .map_err(Error::nats_source)?;
+    let m = jetstream::message::PublishMessage::build()
+        .payload(json_body(env))
+        .message_id(id);
+    let ack = publish_settled(js, subjects.task(queue, priority), m).await?;
     Ok(ack.duplicate)
 }
