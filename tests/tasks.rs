@@ -1186,6 +1186,41 @@ async fn a_result_stream_outage_uses_no_attempt() {
     assert_eq!(r.node_id.as_deref(), Some("w1"));
 }
 
+/// A slot frees when its handler returns: while the results stream is
+/// away, a one-slot node runs the next task beside the first one's
+/// pending result, and no further (one result pending per slot). Once the
+/// stream is back every task completes with one attempt.
+#[tokio::test]
+async fn a_slot_serves_the_next_task_while_a_result_is_stored() {
+    let server = NatsServer::start();
+    let nats = server.client().await;
+    let api = api_client(&server).await;
+    let (node, order) = drained_marking_node(&server).await;
+    let config = take_stream_away(&nats, "WEAVE_RESULTS").await;
+    for id in ["a", "b", "c"] {
+        let body = json!({"type": "mark", "id": id, "payload": id});
+        publish_task(&nats, "weave.tasks.default.normal", None, body).await;
+    }
+    node.handle.resume().await;
+    wait_for(
+        "b started beside a's result",
+        Duration::from_secs(10),
+        || async { (order.lock().unwrap().len() >= 2).then_some(()) },
+    )
+    .await;
+    // An absence can only be watched for a while: b's result waits for a
+    // place (a's holds the only one), and b holds the slot meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*order.lock().unwrap(), ["a", "b"]);
+    restore_stream(&nats, config).await;
+    for id in ["a", "b", "c"] {
+        let r = api.wait(id, Duration::from_secs(15)).await.unwrap();
+        assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+        assert_eq!(r.attempts, 1, "{r:?}");
+    }
+    assert_eq!(*order.lock().unwrap(), ["a", "b", "c"]);
+}
+
 /// The node's watch of `weave-cancels` loses its consumer: the watch comes
 /// back and a cancel still stops a running task.
 #[tokio::test]

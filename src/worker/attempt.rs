@@ -79,7 +79,7 @@ pub(super) async fn run_task(
     s: Arc<NodeState>,
     source: Source,
     msg: TaskMessage,
-    _permit: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     // The stages are boxed: a spawned future is moved several times on its
     // way into the runtime, and one state machine holding all of them was
@@ -102,8 +102,12 @@ pub(super) async fn run_task(
     let outcome = Box::pin(execute(&s, &d, handler, &started_at, input)).await;
     let duration = t0.elapsed().as_secs_f64();
     spans.handler_ended(outcome_error(&outcome).as_deref());
-    // The limits count running handlers: the slots go back now.
+    // The limits count running handlers: the slots go back now, and so
+    // does the node's slot once the attempt may conclude (see
+    // `NodeState::concluding`).
     s.limits.give_back(taken).await;
+    let _concluding = s.concluding.clone().acquire_owned().await;
+    drop(slot);
     let verdict = classify(outcome, d.attempt, d.env.max_attempts());
     let failed_attempt = match &verdict {
         Verdict::Retry(_) => true,

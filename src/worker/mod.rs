@@ -157,8 +157,14 @@ pub(crate) struct NodeState {
     pub results: jetstream::stream::Stream,
     /// Failed-attempt counts (`P-attempts`).
     pub attempts: async_nats::jetstream::kv::Store,
-    /// Task slots shared by the node's queues.
+    /// Task slots shared by the node's queues: one per handler running
+    /// (or message asked for, on its way to a handler).
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Attempts whose handler has returned and whose result is being
+    /// stored: as many as slots. A slot serves the next task while its
+    /// last one's result makes its round trip to the server, so a node
+    /// holds at most twice `concurrency` unacknowledged messages.
+    pub concluding: Arc<tokio::sync::Semaphore>,
     /// Replicas of the JetStream resources it creates.
     pub replicas: usize,
     /// Flow-control limits and the slots this node holds (contract §15).
@@ -414,6 +420,7 @@ impl Node {
             results,
             attempts,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
+            concluding: Arc::new(tokio::sync::Semaphore::new(cfg.concurrency as usize)),
             replicas: self.replicas,
             limits,
             cfg,
