@@ -300,8 +300,18 @@ async fn marking_node(
     slots: u32,
     work: Duration,
 ) -> (TestNode, Arc<Mutex<Vec<String>>>) {
+    marking_node_named(server, "w1", slots, work).await
+}
+
+/// [`marking_node`] with its node id.
+async fn marking_node_named(
+    server: &NatsServer,
+    id: &str,
+    slots: u32,
+    work: Duration,
+) -> (TestNode, Arc<Mutex<Vec<String>>>) {
     let order = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut cfg = node_config("w1");
+    let mut cfg = node_config(id);
     cfg.concurrency = slots;
     let mut n = Node::new(cfg);
     let o = order.clone();
@@ -1187,38 +1197,50 @@ async fn a_result_stream_outage_uses_no_attempt() {
 }
 
 /// A slot frees when its handler returns: while the results stream is
-/// away, a one-slot node runs the next task beside the first one's
-/// pending result, and no further (one result pending per slot). Once the
-/// stream is back every task completes with one attempt.
+/// away (longer than `ack_wait`), a one-slot node runs the next task
+/// beside the first one's pending result, and no further (one result
+/// pending per slot). Both keep their leases meanwhile, so a second node
+/// gets neither: once the stream is back every task completes once, with
+/// one attempt and no lost lease.
 #[tokio::test]
 async fn a_slot_serves_the_next_task_while_a_result_is_stored() {
     let server = NatsServer::start();
     let nats = server.client().await;
     let api = api_client(&server).await;
-    let (node, order) = drained_marking_node(&server).await;
+    let (w1, order) = marking_node_named(&server, "w1", 1, Duration::ZERO).await;
+    let (w2, order2) = marking_node_named(&server, "w2", 1, Duration::ZERO).await;
     let config = take_stream_away(&nats, "WEAVE_RESULTS").await;
     for id in ["a", "b", "c"] {
         let body = json!({"type": "mark", "id": id, "payload": id});
         publish_task(&nats, "weave.tasks.default.normal", None, body).await;
     }
-    node.handle.resume().await;
+    w1.handle.resume().await;
     wait_for(
         "b started beside a's result",
         Duration::from_secs(10),
         || async { (order.lock().unwrap().len() >= 2).then_some(()) },
     )
     .await;
-    // An absence can only be watched for a while: b's result waits for a
-    // place (a's holds the only one), and b holds the slot meanwhile.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    w2.handle.resume().await;
+    wait_for("c started on w2", Duration::from_secs(10), || async {
+        (!order2.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // The outage lasts past the nodes' `ack_wait` (2 s). On w1, b's result
+    // waits for a place (a's holds the only one) and b holds the slot; w2
+    // frees its slot when c's handler returns, and would get a or b if
+    // their leases ran out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(*order.lock().unwrap(), ["a", "b"]);
+    assert_eq!(*order2.lock().unwrap(), ["c"]);
     restore_stream(&nats, config).await;
     for id in ["a", "b", "c"] {
         let r = api.wait(id, Duration::from_secs(15)).await.unwrap();
         assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
-        assert_eq!(r.attempts, 1, "{r:?}");
+        assert_eq!((r.attempts, r.lost_leases), (1, 0), "{r:?}");
     }
-    assert_eq!(*order.lock().unwrap(), ["a", "b", "c"]);
+    assert_eq!(*order.lock().unwrap(), ["a", "b"], "each ran once");
+    assert_eq!(*order2.lock().unwrap(), ["c"], "each ran once");
 }
 
 /// The node's watch of `weave-cancels` loses its consumer: the watch comes

@@ -106,7 +106,7 @@ pub(super) async fn run_task(
     // does the node's slot once the attempt may conclude (see
     // `NodeState::concluding`).
     s.limits.give_back(taken).await;
-    let _concluding = s.concluding.clone().acquire_owned().await;
+    let _concluding = place_to_conclude(&s, &d.msg).await;
     drop(slot);
     let verdict = classify(outcome, d.attempt, d.env.max_attempts());
     let failed_attempt = match &verdict {
@@ -122,6 +122,27 @@ pub(super) async fn run_task(
     let (label, error) = verdict_label(&verdict);
     Box::pin(conclude(&s, d, verdict, Some(started_at), duration)).await;
     spans.ended(label, error.as_deref());
+}
+
+/// A place among the attempts that conclude (`NodeState::concluding`).
+/// They may all be waiting out a results stream outage: the lease is
+/// renewed meanwhile, so that the task is not handed to another node
+/// while its handler's outcome waits here.
+async fn place_to_conclude(s: &NodeState, msg: &TaskMessage) -> Option<OwnedSemaphorePermit> {
+    if let Ok(p) = s.concluding.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    let every = (s.cfg.ack_wait / 4).max(Duration::from_millis(150));
+    let place = s.concluding.clone().acquire_owned();
+    tokio::pin!(place);
+    loop {
+        tokio::select! {
+            p = &mut place => return p.ok(),
+            _ = tokio::time::sleep(every) => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
 }
 
 /// The attempt's spans, in the trace the task carries.
