@@ -424,44 +424,26 @@ async fn main() {
     let ffr: Vec<f64> = ff.iter().zip(&a).map(|(f, a)| f / a).collect();
     show("    ratio (b')/(a)", &ffr, "");
     for (r, rate) in rates.iter().enumerate() {
-        let p = |f: fn(&(f64, f64, f64)) -> f64| lat[r].iter().map(f).collect::<Vec<_>>();
-        show(
-            &format!("(c) latency p50 at {rate} tasks/s"),
-            &p(|x| x.0),
-            "ms",
-        );
-        show(
-            &format!("(c) latency p99 at {rate} tasks/s"),
-            &p(|x| x.1),
-            "ms",
-        );
-        show(
-            &format!("(c) latency p99.9 at {rate} tasks/s"),
-            &p(|x| x.2),
-            "ms",
-        );
-        let w = |f: fn(&(f64, f64, f64)) -> f64| raw_lat[r].iter().map(f).collect::<Vec<_>>();
-        show(
-            &format!("(c') raw JetStream p50 at {rate}/s"),
-            &w(|x| x.0),
-            "ms",
-        );
-        show(
-            &format!("(c') raw JetStream p99 at {rate}/s"),
-            &w(|x| x.1),
-            "ms",
-        );
-        let c = |f: fn(&(f64, f64, f64)) -> f64| paced[r].iter().map(f).collect::<Vec<_>>();
-        show(
-            &format!("    core req/reply p50 at {rate}/s"),
-            &c(|x| x.0),
-            "ms",
-        );
-        show(
-            &format!("    core req/reply p99 at {rate}/s"),
-            &c(|x| x.1),
-            "ms",
-        );
+        let rows = [
+            (format!("(c) latency {{q}} at {rate} tasks/s"), &lat[r], 3),
+            (
+                format!("(c') raw JetStream {{q}} at {rate}/s"),
+                &raw_lat[r],
+                2,
+            ),
+            (
+                format!("    core req/reply {{q}} at {rate}/s"),
+                &paced[r],
+                2,
+            ),
+        ];
+        for (label, passes, count) in rows {
+            // The first `count` of p50, p99, p99.9.
+            for (i, q) in ["p50", "p99", "p99.9"].iter().enumerate().take(count) {
+                let v: Vec<f64> = passes.iter().map(|x| [x.0, x.1, x.2][i]).collect();
+                show(&label.replace("{q}", q), &v, "ms");
+            }
+        }
     }
     let med = |v: &[f64]| stats(v.to_vec()).1;
     let report = serde_json::json!({
