@@ -293,6 +293,31 @@ async fn drained_marking_node(server: &NatsServer) -> (TestNode, Arc<Mutex<Vec<S
     marking_node(server, 1, Duration::ZERO).await
 }
 
+/// Waits until each priority's consumer of the default queue counts its
+/// tasks as pending. On a replicated stream a publish is acked once a
+/// quorum has stored it, and a consumer whose leader is on another replica
+/// sees it a moment later (when that replica applies it): priority order
+/// holds among the tasks the consumers see, so the tests that check it
+/// wait for the whole backlog to be seen.
+async fn queued(server: &NatsServer, counts: &[(&str, u64)]) {
+    let js = async_nats::jetstream::new(server.client().await);
+    wait_for(
+        "the backlog seen by its consumers",
+        Duration::from_secs(10),
+        || async {
+            let st = js.get_stream("WEAVE_TASKS").await.ok()?;
+            for (p, n) in counts {
+                let info = st.consumer_info(format!("tasks_default_{p}")).await.ok()?;
+                if info.num_pending < *n {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// A drained node with `slots` slots whose `mark` handler records each
 /// task's payload in start order, then takes `work`.
 async fn marking_node(
@@ -355,6 +380,7 @@ async fn higher_priority_is_dispatched_first() {
         )
         .await;
     }
+    queued(&server, &[("low", 50), ("critical", 5)]).await;
     node.handle.resume().await;
     let api = api_client(&server).await;
     api.wait("low-49", Duration::from_secs(20)).await.unwrap();
@@ -845,6 +871,7 @@ async fn high_before_normal_before_low() {
             .await;
         }
     }
+    queued(&server, &[("low", 10), ("normal", 10), ("high", 10)]).await;
     node.handle.resume().await;
     let api = api_client(&server).await;
     for p in ["low", "normal", "high"] {
@@ -1647,9 +1674,12 @@ async fn worst_round_trip(server: &NatsServer, prefix: &str, n: usize) -> Durati
             .await
             .unwrap();
         // A generous bound, so that a stall shows how long it was.
-        tokio::time::timeout(Duration::from_secs(15), sub.next())
+        if tokio::time::timeout(Duration::from_secs(15), sub.next())
             .await
-            .expect("a result");
+            .is_err()
+        {
+            panic!("no result for {id} in 15 s: {}", where_is(&js, &id).await);
+        }
         if t0.elapsed() > Duration::from_millis(100) {
             eprintln!("round trip {id} took {:?}", t0.elapsed());
         }
@@ -1658,6 +1688,35 @@ async fn worst_round_trip(server: &NatsServer, prefix: &str, n: usize) -> Durati
     }
     eprintln!("worst of {n} sequential round trips: {worst:?}");
     worst
+}
+
+/// Where a task whose result did not come is: its stored result, and the
+/// task stream's and consumers' counts (for a failure message).
+async fn where_is(js: &async_nats::jetstream::Context, id: &str) -> String {
+    let stored = match js.get_stream("WEAVE_RESULTS").await {
+        Ok(st) => st
+            .direct_get_last_for_subject(format!("weave.results.{id}"))
+            .await
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut out = format!("stored result: {stored:?}");
+    if let Ok(mut st) = js.get_stream("WEAVE_TASKS").await {
+        if let Ok(info) = st.info().await {
+            out += &format!("; tasks stream: {} messages", info.state.messages);
+        }
+        let mut names = st.consumer_names();
+        while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+            if let Ok(c) = st.consumer_info(&name).await {
+                out += &format!(
+                    "; {name}: pending {} ack_pending {} redelivered {} waiting {}",
+                    c.num_pending, c.num_ack_pending, c.num_redelivered, c.num_waiting
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Fire and forget (`ignore_result`): a completed task runs once and

@@ -17,8 +17,10 @@
 //! slot for each, it leaves a pull request for one message waiting on each
 //! at the server (see [`super::long_poll`]): a task published, retried or
 //! redelivered then goes straight to an idle node, and an idle node asks
-//! each consumer twice a minute rather than polling. A node with fewer
-//! free slots than consumers looks again every 250 ms instead.
+//! each consumer twice a minute rather than polling. When its slots are
+//! taken (running tasks, or another queue's dispatcher holding them) it
+//! waits for them, first in line, before it asks; only a node with fewer
+//! slots than consumers looks again every 250 ms instead.
 //!
 //! Under load (a fetch filled every free slot) the dispatcher *streams*
 //! the consumer that had messages: it keeps requests for its free slots
@@ -73,10 +75,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle dispatcher whose pull requests could not be left
 /// waiting sleeps before it looks again.
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// How long an idle dispatcher waits for a free slot per consumer before
-/// it falls back to polling (another dispatcher's fetch round holds them
-/// for a round trip).
-const SLOTS_WAIT: Duration = Duration::from_millis(20);
 /// How long a request asked for under load waits at the server: one that
 /// ends with messages still owed means its consumer ran dry.
 const CREDIT_EXPIRY: Duration = Duration::from_millis(100);
@@ -251,6 +249,7 @@ enum Streamed {
 }
 
 /// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Woke {
     Go,
     Stop,
@@ -655,7 +654,10 @@ impl Dispatcher {
     /// request is lost, the health changes or the node stops. When the
     /// requests could not be sent, look again after [`IDLE_POLL`].
     async fn idle(&mut self) -> Woke {
-        let asked = self.ask_all().await;
+        let asked = match self.ask_all().await {
+            Asked::Woke(w) => return w,
+            a => a,
+        };
         let every = if asked == Asked::Yes {
             CHECK_EVERY
         } else {
@@ -680,27 +682,25 @@ impl Dispatcher {
         }
     }
 
-    /// Leaves a request waiting on every consumer that has none.
+    /// Leaves a request waiting on every consumer that has none, once the
+    /// node has a free slot for each (so that what comes for them finds
+    /// one); a node with fewer slots than consumers polls instead.
     async fn ask_all(&mut self) -> Asked {
         if !self.subscribe_inbox().await {
             return Asked::Failed;
         }
+        let need = self.consumers.len() as u32;
+        if need > self.s.cfg.concurrency {
+            return Asked::NoSlots;
+        }
+        // Held while the requests are sent.
+        let _free = match self.free_slots(need).await {
+            Ok(p) => p,
+            Err(w) => return Asked::Woke(w),
+        };
         let Some(polls) = self.polls.as_mut() else {
             return Asked::Failed;
         };
-        // A free slot for every request, or none is asked, so that what
-        // comes for the requests finds a slot. Another dispatcher's fetch
-        // round may hold the free slots for a round trip (at start, the
-        // shard dispatcher's): wait that long for them rather than a
-        // whole [`IDLE_POLL`] (fresh-node tasks waited ~245 ms).
-        let need = self.consumers.len() as u32;
-        let enough = need <= self.s.cfg.concurrency
-            && tokio::time::timeout(SLOTS_WAIT, self.s.slots.acquire_many(need))
-                .await
-                .is_ok_and(|p| p.is_ok());
-        if !enough {
-            return Asked::NoSlots;
-        }
         let expiry = long_poll::expiry(&self.s, &self.source);
         for (i, c) in self.consumers.iter().enumerate() {
             if polls.waits(i) {
@@ -713,14 +713,39 @@ impl Dispatcher {
         }
         Asked::Yes
     }
+
+    /// Waits for `need` free slots, serving replies meanwhile. Another
+    /// dispatcher may hold the free slots: for a fetch round trip, or as
+    /// credit while it streams a busy queue. The semaphore is fair, so this
+    /// wait is served before that dispatcher asks again; a bounded wait
+    /// (20 ms) followed by a 250 ms poll made an idle queue beside a busy
+    /// one wait ~250 ms on a loaded 3-server cluster.
+    async fn free_slots(&mut self, need: u32) -> Result<OwnedSemaphorePermit, Woke> {
+        let free = self.s.slots.clone().acquire_many_owned(need);
+        tokio::pin!(free);
+        loop {
+            tokio::select! {
+                p = &mut free => return p.map_err(|_| Woke::Stop),
+                r = next_reply(&mut self.polls) => if self.on_reply(r).await {
+                    return Err(Woke::Go);
+                },
+                _ = self.s.shutdown.wait() => return Err(Woke::Stop),
+                _ = self.s.stop_requested.wait() => return Err(Woke::Stop),
+                _ = self.health.changed() => return Err(Woke::Go),
+            }
+        }
+    }
 }
 
 /// Whether [`Dispatcher::ask_all`] left its requests waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
     Yes,
-    /// Fewer free slots than consumers.
+    /// Fewer slots than consumers: poll.
     NoSlots,
+    /// The wait for free slots ended otherwise (a reply started a task,
+    /// the health changed, the node stops).
+    Woke(Woke),
     /// No inbox, or a request not sent.
     Failed,
 }
