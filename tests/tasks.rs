@@ -917,9 +917,11 @@ async fn a_critical_task_overtakes_a_backlog_under_load() {
     let published_after = order.lock().unwrap().len();
     publish_task(&nats, "weave.tasks.default.critical", None, body).await;
     let api = api_client(&server).await;
-    api.wait("crit", Duration::from_secs(10)).await.unwrap();
+    let r = api.wait("crit", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     let order = order.lock().unwrap().clone();
-    let at = order.iter().position(|s| s == "crit").unwrap();
+    let at = order.iter().position(|s| s == "crit");
+    let at = at.unwrap_or_else(|| panic!("crit completed but not by w1: {r:?}"));
     assert!(
         order.len() < 400,
         "the backlog must still be running when crit is done"

@@ -693,11 +693,9 @@ impl Dispatcher {
         if need > self.s.cfg.concurrency {
             return Asked::NoSlots;
         }
-        // Held while the requests are sent.
-        let _free = match self.free_slots(need).await {
-            Ok(p) => p,
-            Err(w) => return Asked::Woke(w),
-        };
+        if let Err(w) = self.free_slots(need).await {
+            return Asked::Woke(w);
+        }
         let Some(polls) = self.polls.as_mut() else {
             return Asked::Failed;
         };
@@ -720,12 +718,14 @@ impl Dispatcher {
     /// wait is served before that dispatcher asks again; a bounded wait
     /// (20 ms) followed by a 250 ms poll made an idle queue beside a busy
     /// one wait ~250 ms on a loaded 3-server cluster.
-    async fn free_slots(&mut self, need: u32) -> Result<OwnedSemaphorePermit, Woke> {
+    /// They go back at once: an idle request holds no slot, and
+    /// [`long_poll::expiry`] counts them as free.
+    async fn free_slots(&mut self, need: u32) -> Result<(), Woke> {
         let free = self.s.slots.clone().acquire_many_owned(need);
         tokio::pin!(free);
         loop {
             tokio::select! {
-                p = &mut free => return p.map_err(|_| Woke::Stop),
+                p = &mut free => return p.map(drop).map_err(|_| Woke::Stop),
                 r = next_reply(&mut self.polls) => if self.on_reply(r).await {
                     return Err(Woke::Go);
                 },

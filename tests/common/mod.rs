@@ -166,6 +166,12 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         let listening = port_opens(self.port, Some(&mut child));
+        eprintln!(
+            "nats-server pid {} on port {}: {}",
+            child.id(),
+            self.port,
+            if listening { "listening" } else { "exited" }
+        );
         self.child = Some(child);
         listening
     }
