@@ -718,6 +718,7 @@ impl Dispatcher {
     /// wait is served before that dispatcher asks again; a bounded wait
     /// (20 ms) followed by a 250 ms poll made an idle queue beside a busy
     /// one wait ~250 ms on a loaded 3-server cluster.
+    ///
     /// They go back at once: an idle request holds no slot, and
     /// [`long_poll::expiry`] counts them as free.
     async fn free_slots(&mut self, need: u32) -> Result<(), Woke> {
