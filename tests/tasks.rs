@@ -1664,15 +1664,16 @@ async fn a_busy_queue_does_not_delay_an_idle_one() {
 /// One subscription for all of them, made before the first: on a cluster a
 /// subscription made just before its publish can miss a result published
 /// on another server (interest propagates asynchronously; seen as a stored
-/// result that never came, 1 pass in ~15 of the 3-server suite).
+/// result that never came: once in CI and once in ~13 runs of the
+/// 3-server pass here).
 async fn worst_round_trip(server: &NatsServer, prefix: &str, n: usize) -> Duration {
     use futures::StreamExt;
     let nats = server.client().await;
     let js = async_nats::jetstream::new(nats.clone());
     let mut sub = nats.subscribe("weave.results.>").await.unwrap();
     nats.flush().await.unwrap();
-    // Until the subscription has reached every server: a result published
-    // on any of them comes to it.
+    // Until the subscription has reached the node's server, where the node
+    // publishes every result.
     warm_up(&js, &mut sub, prefix).await;
     let mut worst = Duration::ZERO;
     for i in 0..n {
