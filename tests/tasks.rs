@@ -1610,6 +1610,39 @@ async fn a_full_queue_refuses_submits() {
     .await;
 }
 
+/// Running handlers that hold some of a node's slots leave it taking work
+/// in the others: with 3 of 4 slots free, a short task runs within the
+/// 250 ms poll (its consumer's request brought the long task; the other
+/// three keep theirs, one per free slot). A dispatcher waited for a free
+/// slot per consumer, 4 here, so the queue went unasked until the long
+/// task ended; the partition chaos test saw the tasks moved off a cut node
+/// wait for that.
+#[tokio::test]
+async fn a_partly_busy_node_takes_new_work_at_once() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let mut cfg = node_config("partly");
+    cfg.concurrency = 4;
+    // Requests asked while the node was busy expire after 0.7 x ack_wait:
+    // long enough not to end the wait on their own.
+    cfg.ack_wait = Duration::from_secs(10);
+    let _n = start_node(&server, cfg).await;
+    let nats = server.client().await;
+    run_sleep_task(&nats, "partly", "long", 6000).await;
+    let mut sub = nats.subscribe("weave.results.short").await.unwrap();
+    nats.flush().await.unwrap();
+    let t0 = Instant::now();
+    let body = json!({"type": "echo", "payload": 1});
+    publish_task(&nats, "weave.tasks.default.normal", Some("short"), body).await;
+    let came = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+    let took = t0.elapsed();
+    let v: serde_json::Value = serde_json::from_slice(&came.unwrap().unwrap().payload).unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    // A poll away (250 ms), not the 6 s the long task still runs.
+    assert!(took < Duration::from_secs(1), "short task took {took:?}");
+    eprintln!("beside a running task, a short one took {took:?}");
+}
+
 /// Sequential round trips (publish, wait on `weave.results.<id>`) never
 /// wait for a poll: an idle node's pull requests wait at the server, so a
 /// task goes to it as soon as it is stored. With the doorbell + 250 ms

@@ -651,8 +651,9 @@ impl Dispatcher {
 
     /// Idle: leave a request waiting on every consumer that has none,
     /// then wait until a reply brings a message or ends a request, a
-    /// request is lost, the health changes or the node stops. When the
-    /// requests could not be sent, look again after [`IDLE_POLL`].
+    /// request is lost, the health changes or the node stops. When not
+    /// every consumer has one (too few free slots, or a request not sent),
+    /// look again after [`IDLE_POLL`].
     async fn idle(&mut self) -> Woke {
         let asked = match self.ask_all().await {
             Asked::Woke(w) => return w,
@@ -684,26 +685,31 @@ impl Dispatcher {
 
     /// Leaves a request waiting on every consumer that has none, once the
     /// node has a free slot for each (so that what comes for them finds
-    /// one); a node with fewer slots than consumers polls instead.
+    /// one). While running handlers hold the slots that would take, it
+    /// asks on as many as there are free slots, in priority order, and
+    /// polls the others ([`Asked::Partly`]).
     async fn ask_all(&mut self) -> Asked {
         if !self.subscribe_inbox().await {
             return Asked::Failed;
         }
-        let need = self.consumers.len() as u32;
-        if need > self.s.cfg.concurrency {
-            return Asked::NoSlots;
-        }
-        if let Err(w) = self.free_slots(need).await {
-            return Asked::Woke(w);
-        }
+        let mut budget = match self.free_slots(self.consumers.len() as u32).await {
+            Ok(()) => usize::MAX,
+            Err(Asked::Partly) => self.s.slots.available_permits(),
+            Err(a) => return a,
+        };
         let Some(polls) = self.polls.as_mut() else {
             return Asked::Failed;
         };
+        budget = budget.saturating_sub(polls.unbacked());
         let expiry = long_poll::expiry(&self.s, &self.source);
         for (i, c) in self.consumers.iter().enumerate() {
             if polls.waits(i) {
                 continue;
             }
+            if budget == 0 {
+                return Asked::Partly;
+            }
+            budget -= 1;
             if let Err(e) = polls.ask(c, i, expiry).await {
                 tracing::warn!(error = %e, "cannot leave a pull request waiting");
                 return Asked::Failed;
@@ -719,22 +725,43 @@ impl Dispatcher {
     /// (20 ms) followed by a 250 ms poll made an idle queue beside a busy
     /// one wait ~250 ms on a loaded 3-server cluster.
     ///
+    /// Slots held by running handlers may not come back for as long as a
+    /// task runs: then (checked first and every [`IDLE_POLL`]) it gives up with
+    /// [`Asked::Partly`]. Waiting for them left a partly busy 4-slot node's
+    /// queue unasked until its last task ended (in the partition chaos
+    /// test, the tasks moved off a cut node waited ~1 s longer).
+    ///
     /// They go back at once: an idle request holds no slot, and
     /// [`long_poll::expiry`] counts them as free.
-    async fn free_slots(&mut self, need: u32) -> Result<(), Woke> {
+    async fn free_slots(&mut self, need: u32) -> Result<(), Asked> {
+        if self.handlers_hold(need) {
+            return Err(Asked::Partly);
+        }
         let free = self.s.slots.clone().acquire_many_owned(need);
         tokio::pin!(free);
+        let start = tokio::time::Instant::now() + IDLE_POLL;
+        let mut check = tokio::time::interval_at(start, IDLE_POLL);
         loop {
             tokio::select! {
-                p = &mut free => return p.map(drop).map_err(|_| Woke::Stop),
+                p = &mut free => return p.map(drop).map_err(|_| Asked::Woke(Woke::Stop)),
                 r = next_reply(&mut self.polls) => if self.on_reply(r).await {
-                    return Err(Woke::Go);
+                    return Err(Asked::Woke(Woke::Go));
                 },
-                _ = self.s.shutdown.wait() => return Err(Woke::Stop),
-                _ = self.s.stop_requested.wait() => return Err(Woke::Stop),
-                _ = self.health.changed() => return Err(Woke::Go),
+                _ = check.tick() => if self.handlers_hold(need) {
+                    return Err(Asked::Partly);
+                },
+                _ = self.s.shutdown.wait() => return Err(Asked::Woke(Woke::Stop)),
+                _ = self.s.stop_requested.wait() => return Err(Asked::Woke(Woke::Stop)),
+                _ = self.health.changed() => return Err(Asked::Woke(Woke::Go)),
             }
         }
+    }
+
+    /// Whether the running handlers leave fewer than `need` of the node's
+    /// slots to the dispatchers.
+    fn handlers_hold(&self, need: u32) -> bool {
+        let running = self.s.active.load(std::sync::atomic::Ordering::Relaxed);
+        self.s.cfg.concurrency.saturating_sub(running) < need
     }
 }
 
@@ -742,8 +769,10 @@ impl Dispatcher {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Asked {
     Yes,
-    /// Fewer slots than consumers: poll.
-    NoSlots,
+    /// Running handlers hold the slots a request per consumer needs (or
+    /// the node has fewer slots than consumers): the consumers of highest
+    /// priority have one each, the others are polled.
+    Partly,
     /// The wait for free slots ended otherwise (a reply started a task,
     /// the health changed, the node stops).
     Woke(Woke),

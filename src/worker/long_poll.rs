@@ -184,6 +184,15 @@ impl LongPolls {
         !self.waiting.is_empty()
     }
 
+    /// Messages the waiting idle requests may bring (they hold no slot).
+    pub(super) fn unbacked(&self) -> usize {
+        self.waiting
+            .iter()
+            .filter(|r| r.slots.is_none())
+            .map(|r| r.left as usize)
+            .sum()
+    }
+
     /// Slots held by the credit requests waiting on consumer `i`.
     pub(super) fn credit(&self, i: usize) -> usize {
         self.waiting
