@@ -726,10 +726,10 @@ impl Dispatcher {
     /// one wait ~250 ms on a loaded 3-server cluster.
     ///
     /// Slots held by running handlers may not come back for as long as a
-    /// task runs: then (checked first and every [`IDLE_POLL`]) it gives up with
-    /// [`Asked::Partly`]. Waiting for them left a partly busy 4-slot node's
-    /// queue unasked until its last task ended (in the partition chaos
-    /// test, the tasks moved off a cut node waited ~1 s longer).
+    /// task runs: then (checked first, and every [`IDLE_POLL`]) it gives
+    /// up with [`Asked::Partly`]. Waiting for them left a partly busy
+    /// 4-slot node's queue unasked until its last task ended (in the
+    /// partition chaos test, tasks moved off a cut node waited ~1 s more).
     ///
     /// They go back at once: an idle request holds no slot, and
     /// [`long_poll::expiry`] counts them as free.
